@@ -1,0 +1,1 @@
+"""The ``rtl-kernels`` command line."""

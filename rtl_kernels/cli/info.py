@@ -1,0 +1,40 @@
+"""``rtl-kernels info``: what a save directory holds (layers, K, densities, similarity)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+from ..masks.packed import PackedMasks
+from ..masks.similarity import jaccard
+from ..models.io import MASKS, read_metadata
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="describe a saved RTL model or run directory", description="Print the layers, ticket densities and mask similarity of a save made by rtl.save.")
+    p.add_argument("path", type=Path, help="a directory written by rtl.save (or a run directory containing model/)")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of a table")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    path = args.path / "model" if (args.path / "model" / "rtl.json").is_file() else args.path
+    meta = read_metadata(path)
+    bits = load_file(str(path / MASKS))
+    packed = {name: PackedMasks(bits[name], info["weight_shape"]) for name, info in meta["layers"].items()}
+    layers = {name: [round(float(d), 4) for d in p.density()] for name, p in packed.items()}
+    sim = jaccard(packed)
+    report = {"path": str(path), "num_tickets": meta["num_tickets"], "layer_density": layers, "jaccard": sim.tolist(), "metadata": meta["metadata"]}
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{path}: {len(layers)} RTL layers, K = {meta['num_tickets']} tickets (saved with rtl_kernels {meta.get('library_version')})")
+    for name, dens in layers.items():
+        print(f"  {name:<40} density per ticket: {' '.join(f'{d:.3f}' for d in dens)}")
+    k = sim.shape[0]
+    off = (sim.sum() - sim.diagonal().sum()) / max(k * (k - 1), 1)
+    print(f"model-level mean Jaccard similarity between tickets: {float(off):.3f}")
+    return 0

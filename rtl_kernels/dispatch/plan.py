@@ -1,0 +1,109 @@
+"""Routing plan: what a grouped kernel needs, computed once from the routes.
+
+Everything here runs on the routes' device with static shapes and no host synchronisation, so a
+plan can be built inside a CUDA graph or a ``torch.compile`` region. The sort is stable, so the
+plan is deterministic and dropless (every row appears exactly once).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class RoutingPlan:
+    """Rows grouped by ticket.
+
+    ``routes[i]`` is row i's ticket; ``perm`` lists row indices sorted by ticket (stable);
+    ``offsets[k]:offsets[k+1]`` is ticket k's slice of ``perm``.
+    """
+
+    routes: torch.Tensor  # int64 [M]
+    perm: torch.Tensor  # int64 [M]
+    offsets: torch.Tensor  # int64 [K + 1]
+
+    @property
+    def num_tickets(self) -> int:
+        return int(self.offsets.shape[0]) - 1
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.routes.shape[0])
+
+    @property
+    def counts(self) -> torch.Tensor:
+        return self.offsets[1:] - self.offsets[:-1]
+
+    def repeat_rows(self, factor: int) -> RoutingPlan:
+        """The plan for ``M * factor`` rows where row ``i`` becomes rows ``i*factor … i*factor+factor-1``.
+
+        A model routed per sample (routes ``[B]``) uses this for a layer that sees ``[B, T, C]``:
+        no new sort, only index arithmetic.
+        """
+        if factor == 1:
+            return self
+        step = torch.arange(factor, dtype=torch.int64, device=self.perm.device)
+        return RoutingPlan(
+            routes=self.routes.repeat_interleave(factor),
+            perm=(self.perm.unsqueeze(1) * factor + step).reshape(-1),
+            offsets=self.offsets * factor,
+        )
+
+    def to(self, device: torch.device | str) -> RoutingPlan:
+        return RoutingPlan(self.routes.to(device), self.perm.to(device), self.offsets.to(device))
+
+
+def make_plan(routes: torch.Tensor, num_tickets: int) -> RoutingPlan:
+    """Build the plan for int64 ``routes`` ``[M]`` whose values lie in ``[0, num_tickets)``."""
+    routes = routes.reshape(-1).to(torch.int64)
+    counts = torch.zeros(num_tickets, dtype=torch.int64, device=routes.device)
+    counts.scatter_add_(0, routes, torch.ones_like(routes))
+    offsets = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
+    perm = torch.argsort(routes, stable=True)
+    return RoutingPlan(routes=routes, perm=perm, offsets=offsets)
+
+
+@dataclass(frozen=True)
+class BlockSchedule:
+    """Per-block metadata for a grouped kernel with ``block_rows`` rows per tile.
+
+    Each ticket's rows are split into ``ceil(count / block_rows)`` blocks; ``block_ticket[b]`` is the
+    ticket of block b (-1 for the unused tail, whose size is the static upper bound
+    ``ceil(M / block_rows) + K``), and ``block_start[b]`` its first position in ``perm``.
+    """
+
+    block_ticket: torch.Tensor  # int32 [max_blocks]
+    block_start: torch.Tensor  # int64 [max_blocks]
+    block_end: torch.Tensor  # int64 [max_blocks]: end of that ticket's segment in ``perm``
+    block_rows: int
+
+    @property
+    def max_blocks(self) -> int:
+        return int(self.block_ticket.shape[0])
+
+
+def block_schedule(plan: RoutingPlan, block_rows: int) -> BlockSchedule:
+    """Blocks of at most ``block_rows`` rows, each within one ticket (padded like vLLM's MoE align)."""
+    if block_rows < 1:
+        raise ValueError(f"block_rows: expected a positive integer, got {block_rows}")
+    counts = plan.counts
+    k = counts.shape[0]
+    device = counts.device
+    blocks_per_ticket = (counts + block_rows - 1) // block_rows
+    first_block = torch.cumsum(blocks_per_ticket, 0) - blocks_per_ticket
+    max_blocks = (plan.num_rows + block_rows - 1) // block_rows + k
+    block_ids = torch.arange(max_blocks, dtype=torch.int64, device=device)
+    # ticket of each block = number of tickets whose first block is <= b, minus one (searchsorted)
+    ticket = torch.searchsorted(first_block + blocks_per_ticket, block_ids, right=True)
+    valid = ticket < k
+    ticket_c = ticket.clamp_max(k - 1)
+    start = plan.offsets[ticket_c] + (block_ids - first_block[ticket_c]) * block_rows
+    end = plan.offsets[ticket_c + 1]
+    return BlockSchedule(
+        block_ticket=torch.where(valid, ticket_c, torch.full_like(ticket_c, -1)).to(torch.int32),
+        block_start=torch.where(valid, start, torch.zeros_like(start)),
+        block_end=torch.where(valid, end, torch.zeros_like(end)),
+        block_rows=block_rows,
+    )

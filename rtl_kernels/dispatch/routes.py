@@ -1,0 +1,112 @@
+"""From what the user passes as ``routes`` to a checked :class:`RoutingPlan`.
+
+Accepted: a Python int (whole batch on one ticket), an integer tensor whose shape is a prefix of
+the row dims (broadcast over the rest), or a ready :class:`RoutingPlan` (computed once per model
+forward and reused by every layer, see :func:`plan_routes`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+
+import torch
+
+from .plan import RoutingPlan, make_plan
+
+_INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+_CHECKS = {"enabled": os.environ.get("RTL_KERNELS_CHECK_ROUTES", "1") != "0"}
+
+
+def set_route_checks(enabled: bool) -> None:
+    """Turn the route range check on or off globally (default on).
+
+    The check reads the routes' min/max on the host (a device sync). Latency-critical serving whose
+    router is trusted may turn it off (also ``RTL_KERNELS_CHECK_ROUTES=0``); routes outside
+    ``[0, K)`` are then clamped into range (wrong tickets, but never an out-of-bounds access).
+    """
+    _CHECKS["enabled"] = bool(enabled)
+
+
+def route_checks_enabled() -> bool:
+    return _CHECKS["enabled"]
+
+
+def _checked(routes: torch.Tensor, num_tickets: int, check: bool | None) -> torch.Tensor:
+    if route_checks_enabled() if check is None else check:
+        return torch.ops.rtl_kernels.check_routes(routes, num_tickets)
+    return routes.to(torch.int64).clamp(0, num_tickets - 1)
+
+
+def validate_route_tensor(routes: object, device: torch.device, name: str = "routes") -> torch.Tensor:
+    """Type and device checks shared by every entry point that takes routes."""
+    if not isinstance(routes, torch.Tensor):
+        raise TypeError(f"{name}: expected an int, an integer tensor or a RoutingPlan, got {type(routes).__name__}")
+    if routes.dtype not in _INT_DTYPES:
+        raise TypeError(f"{name}: expected an integer tensor (ticket ids), got dtype {routes.dtype}")
+    if routes.device != device:
+        raise ValueError(f"{name}: expected a tensor on {device} (the input's device), got one on {routes.device}")
+    return routes
+
+
+def plan_routes(
+    routes: int | torch.Tensor, num_tickets: int, *, device: torch.device | str | None = None, check: bool | None = None
+) -> RoutingPlan:
+    """Check ``routes`` (an int or an integer tensor, flattened) and build its plan once.
+
+    Pass the result as ``routes=`` to every routed op of one forward: layers whose inputs have
+    more rows (e.g. ``[B, T, C]`` for routes ``[B]``) expand it without sorting again.
+    """
+    if isinstance(routes, torch.Tensor):
+        dev = routes.device if device is None else torch.device(device)
+        routes = validate_route_tensor(routes, dev)
+        return make_plan(_checked(routes.reshape(-1), num_tickets, check), num_tickets)
+    return plan_for_rows(routes, num_tickets, (1,), torch.device(device or "cpu"), check=check)
+
+
+def _check_int_route(route: int, num_tickets: int) -> int:
+    if isinstance(route, bool) or not isinstance(route, int):
+        raise TypeError(f"routes: expected an int, an integer tensor or a RoutingPlan, got {type(route).__name__}")
+    if not 0 <= route < num_tickets:
+        raise ValueError(f"routes: expected a ticket id in [0, {num_tickets}), got {route}")
+    return route
+
+
+def plan_for_rows(
+    routes: int | torch.Tensor | RoutingPlan,
+    num_tickets: int,
+    lead_shape: Sequence[int],
+    device: torch.device,
+    *,
+    check: bool | None = None,
+    what: str = "x.shape[:-1]",
+) -> RoutingPlan:
+    """The plan for ``prod(lead_shape)`` rows, broadcasting ``routes`` over trailing row dims."""
+    lead_shape = tuple(int(s) for s in lead_shape)
+    rows = math.prod(lead_shape)
+    if isinstance(routes, RoutingPlan):
+        return _expand_plan(routes, num_tickets, lead_shape, device, what)
+    if isinstance(routes, torch.Tensor):
+        routes = validate_route_tensor(routes, device)
+        if tuple(routes.shape) != lead_shape[: routes.dim()]:
+            raise ValueError(f"routes: expected a shape that is a prefix of {what} = {list(lead_shape)}, got {list(routes.shape)}")
+        plan = make_plan(_checked(routes.reshape(-1), num_tickets, check), num_tickets)
+        return plan.repeat_rows(rows // max(routes.numel(), 1) if routes.numel() else 1)
+    route = _check_int_route(routes, num_tickets)
+    return make_plan(torch.full((rows,), route, dtype=torch.int64, device=device), num_tickets)
+
+
+def _expand_plan(plan: RoutingPlan, num_tickets: int, lead_shape: tuple[int, ...], device: torch.device, what: str) -> RoutingPlan:
+    if plan.num_tickets != num_tickets:
+        raise ValueError(f"routes: the RoutingPlan was built for {plan.num_tickets} tickets, this layer has {num_tickets}")
+    if plan.routes.device != device:
+        raise ValueError(f"routes: expected a RoutingPlan on {device} (the input's device), got one on {plan.routes.device}")
+    n = plan.num_rows
+    for prefix in range(len(lead_shape) + 1):
+        if math.prod(lead_shape[:prefix]) == n:
+            return plan.repeat_rows(math.prod(lead_shape[prefix:]))
+    raise ValueError(
+        f"routes: the RoutingPlan covers {n} rows, which is not the size of a prefix of {what} = {list(lead_shape)} "
+        "(was it built for a batch of a different size?)"
+    )

@@ -1,0 +1,178 @@
+"""Save and load a converted model: safetensors (weights, packed masks) + JSON; no pickle.
+
+A save is a directory holding ``weights.safetensors`` (the state dict without masks, so its keys
+match the original dense model), ``masks.safetensors`` (one int32 bit tensor per RTL layer) and
+``rtl.json`` (layer map, K, versions, user metadata). Files are written to temporary names and
+renamed, so an interrupted save never leaves a half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..masks.packed import PackedMasks
+from .state import named_rtl_layers
+
+FORMAT = "rtl_kernels"
+FORMAT_VERSION = 1
+WEIGHTS, MASKS, META = "weights.safetensors", "masks.safetensors", "rtl.json"
+_MASK_SUFFIX = ".mask_bits"
+
+
+class LoadError(ValueError):
+    """A save directory that is missing, corrupt, or does not match the model."""
+
+
+def _weights_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """State dict without mask buffers, with tied tensors stored once (``aliases``: name -> kept name)."""
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple, str] = {}
+    for name, t in model.state_dict(keep_vars=False).items():
+        if name.endswith(_MASK_SUFFIX):
+            continue
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype) if t.numel() else None
+        if key is not None and key in seen:
+            aliases[name] = seen[key]
+            continue
+        if key is not None:
+            seen[key] = name
+        tensors[name] = t.detach().to("cpu").contiguous()
+    return tensors, aliases
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save(model: nn.Module, path: str | os.PathLike, *, metadata: dict | None = None) -> Path:
+    """Write the converted ``model`` (weights, masks, layer map, ``metadata``) to directory ``path``."""
+    layers = named_rtl_layers(model)
+    if not layers:
+        raise ValueError("model: expected a converted model with RTL layers (use rtl.convert first), found none")
+    if metadata is not None:
+        try:
+            json.dumps(metadata)
+        except TypeError as exc:
+            raise TypeError(f"metadata: expected JSON-serialisable values, got {exc}") from None
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"path: expected a directory (or a new path), got an existing file {out}")
+    out.mkdir(parents=True, exist_ok=True)
+    tensors, aliases = _weights_state(model)
+    masks = {name: layer.mask_bits.detach().to("cpu").contiguous() for name, layer in layers.items()}
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "library_version": _library_version(),
+        "torch_version": torch.__version__,
+        "num_tickets": next(iter(layers.values())).num_tickets,
+        "layers": {
+            name: {"type": type(layer).__name__, "weight_shape": list(layer.weight.shape), "num_tickets": layer.num_tickets}
+            for name, layer in layers.items()
+        },
+        "aliases": aliases,
+        "metadata": metadata or {},
+    }
+    _atomic_write(out / WEIGHTS, lambda p: save_file(tensors, p, metadata={"format": FORMAT}))
+    _atomic_write(out / MASKS, lambda p: save_file(masks, p, metadata={"format": FORMAT}))
+    _atomic_write(out / META, lambda p: Path(p).write_text(json.dumps(meta, indent=2, sort_keys=True)))
+    return out
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The ``rtl.json`` of a save directory, checked for format."""
+    meta_path = Path(path) / META
+    if not meta_path.is_file():
+        raise LoadError(f"path: expected an rtl_kernels save directory containing {META}, got {Path(path)}")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise LoadError(f"path: {meta_path} is not valid JSON ({exc}); the save is corrupt") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("layers"), dict):
+        raise LoadError(f"path: {meta_path} is not an rtl_kernels save (missing 'format' or 'layers')")
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise LoadError(f"path: saved with format version {meta['format_version']}, this library reads up to {FORMAT_VERSION}")
+    return meta
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise LoadError(f"path: expected {path.name} in the save directory, it is missing")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise LoadError(f"path: {path} is not a readable safetensors file ({exc}); the save is corrupt") from None
+
+
+def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
+    """Load a save into ``model`` (converted the same way, same K); returns the model.
+
+    Everything is checked before anything is copied, so a mismatch leaves the model untouched.
+    """
+    base = Path(path)
+    meta = read_metadata(base)
+    layers = named_rtl_layers(model)
+    saved_layers: dict = meta["layers"]
+    missing, unexpected = sorted(set(saved_layers) - set(layers)), sorted(set(layers) - set(saved_layers))
+    if missing or unexpected:
+        raise LoadError(
+            f"model: its RTL layers do not match the save (in the save only: {missing}; in the model only: {unexpected}); "
+            "convert the model the same way before loading"
+        )
+    for name, info in saved_layers.items():
+        layer = layers[name]
+        if info.get("num_tickets") != layer.num_tickets:
+            raise LoadError(f"model: layer {name!r} has {layer.num_tickets} tickets, the save has {info.get('num_tickets')}")
+        if list(info.get("weight_shape", [])) != list(layer.weight.shape):
+            raise LoadError(f"model: layer {name!r} has weight shape {list(layer.weight.shape)}, the save has {info.get('weight_shape')}")
+    weights = _load_tensors(base / WEIGHTS)
+    masks = _load_tensors(base / MASKS)
+    for alias, target in meta.get("aliases", {}).items():
+        if target not in weights:
+            raise LoadError(f"path: alias {alias!r} points to {target!r}, which is not in {WEIGHTS}; the save is corrupt")
+        weights[alias] = weights[target]
+    packed: dict[str, PackedMasks] = {}
+    for name, layer in layers.items():
+        if name not in masks:
+            raise LoadError(f"path: {MASKS} has no masks for layer {name!r}; the save is corrupt")
+        try:
+            packed[name] = PackedMasks(masks[name], layer.weight.shape)
+        except (TypeError, ValueError) as exc:
+            raise LoadError(f"path: masks for layer {name!r} are malformed: {exc}") from None
+    expected = {k for k in model.state_dict() if not k.endswith(_MASK_SUFFIX)}
+    if set(weights) != expected:
+        raise LoadError(
+            f"model: state dict keys do not match the save (in the save only: {sorted(set(weights) - expected)[:8]}; "
+            f"in the model only: {sorted(expected - set(weights))[:8]})"
+        )
+    state = model.state_dict()
+    for key, value in weights.items():
+        if tuple(state[key].shape) != tuple(value.shape):
+            raise LoadError(f"model: {key!r} has shape {list(state[key].shape)}, the save has {list(value.shape)}")
+    for name, masks_k in packed.items():
+        weights[f"{name}{_MASK_SUFFIX}" if name else _MASK_SUFFIX[1:]] = masks_k.bits
+    model.load_state_dict(weights, strict=True)
+    return model
+
+
+def _library_version() -> str:
+    from .. import __version__
+
+    return __version__

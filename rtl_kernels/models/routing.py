@@ -1,0 +1,97 @@
+"""Routes for a whole model: the ``routing`` context and :class:`RoutedModel`.
+
+The routing plan (rows sorted by ticket) is computed once per forward and handed to every RTL
+layer, which only expands it to its own row count; no layer sorts again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from ..dispatch.plan import RoutingPlan
+from ..dispatch.routes import plan_routes
+from ..nn.base import RTLLayer
+
+
+def rtl_layers(model: nn.Module) -> list[RTLLayer]:
+    """The RTL layers of ``model`` (each once), raising when there are none or their K differ."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+    layers = [m for m in model.modules() if isinstance(m, RTLLayer)]
+    if not layers:
+        raise ValueError("model: expected a model with RTL layers (convert it with rtl.convert first), found none")
+    ks = {layer.num_tickets for layer in layers}
+    if len(ks) > 1:
+        raise ValueError(f"model: expected all RTL layers to have the same number of tickets, found {sorted(ks)}")
+    return layers
+
+
+def _model_plan(layers: list[RTLLayer], routes: int | torch.Tensor | RoutingPlan, check: bool | None) -> RoutingPlan:
+    if isinstance(routes, RoutingPlan):
+        return routes
+    device = routes.device if isinstance(routes, torch.Tensor) else layers[0].weight.device
+    return plan_routes(routes, layers[0].num_tickets, device=device, check=check)
+
+
+def _set_routes(layers: list[RTLLayer], plans: list[RoutingPlan | None]) -> None:
+    for layer, plan in zip(layers, plans):
+        layer._rtl_routes = plan
+
+
+@contextmanager
+def routing(model: nn.Module, routes: int | torch.Tensor | RoutingPlan, *, check: bool | None = None) -> Iterator[RoutingPlan]:
+    """Inside the block, every RTL layer of ``model`` uses ``routes`` when called without routes.
+
+    ``routes`` is an int, an integer tensor (one ticket per sample, ``[B]``, or per row) or a plan;
+    the plan is built once here and yielded.
+    """
+    layers = rtl_layers(model)
+    plan = _model_plan(layers, routes, check)
+    previous = [layer._rtl_routes for layer in layers]
+    _set_routes(layers, [plan] * len(layers))
+    try:
+        yield plan
+    finally:
+        _set_routes(layers, previous)
+
+
+class RoutedModel(nn.Module):
+    """A converted model plus a router: ``forward(*args, routes=None, **kwargs)``.
+
+    When ``routes`` is None the router computes them from the first positional argument. The
+    routing plan is built once per call and shared by every RTL layer.
+    """
+
+    def __init__(self, model: nn.Module, router: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        super().__init__()
+        rtl_layers(model)
+        if router is not None and not callable(router):
+            raise TypeError(f"router: expected a callable router(x) -> LongTensor [B], got {type(router).__name__}")
+        self.model = model
+        self.router = router
+
+    def route(self, *args: object, **kwargs: object) -> torch.Tensor:
+        """The router's ticket ids for this input (checked later against K)."""
+        if self.router is None:
+            raise ValueError("routes: expected routes=... because this RoutedModel has no router, got None")
+        if not args:
+            raise ValueError("args: the router needs the input as the first positional argument, got none")
+        routes = self.router(args[0])
+        if not isinstance(routes, torch.Tensor):
+            raise TypeError(f"router: expected it to return an integer tensor [B], got {type(routes).__name__}")
+        return routes
+
+    def forward(self, *args: object, routes: int | torch.Tensor | RoutingPlan | None = None, **kwargs: object) -> object:
+        if routes is None:
+            routes = self.route(*args, **kwargs)
+        layers = rtl_layers(self.model)
+        plan = _model_plan(layers, routes, None)
+        _set_routes(layers, [plan] * len(layers))
+        try:
+            return self.model(*args, **kwargs)
+        finally:
+            _set_routes(layers, [None] * len(layers))

@@ -1,0 +1,81 @@
+"""What every RTL layer shares: K packed masks over its weight, and where its routes come from."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..dispatch.plan import RoutingPlan
+from ..masks.packed import PackedMasks, ones_bits, pack_masks
+
+
+def check_num_tickets(num_tickets: object) -> int:
+    if isinstance(num_tickets, bool) or not isinstance(num_tickets, int) or num_tickets < 1:
+        raise ValueError(f"num_tickets: expected a positive int, got {num_tickets!r}")
+    return num_tickets
+
+
+class RTLLayer(nn.Module):
+    """Base of :class:`RTLLinear` and :class:`RTLConv2d`.
+
+    Masks live in the int32 buffer ``mask_bits`` (see :mod:`rtl_kernels.masks.packed`); a fresh
+    layer has all-ones masks. ``backend`` picks the kernel (default ``"auto"``).
+    """
+
+    weight: nn.Parameter
+    mask_bits: torch.Tensor
+    backend: str = "auto"
+
+    def _init_masks(self, num_tickets: int) -> None:
+        check_num_tickets(num_tickets)
+        self.register_buffer("mask_bits", ones_bits(num_tickets, self.weight.shape, device=self.weight.device))
+        self._rtl_routes: RoutingPlan | torch.Tensor | int | None = None
+
+    @property
+    def num_tickets(self) -> int:
+        return int(self.mask_bits.shape[0])
+
+    @property
+    def packed_masks(self) -> PackedMasks:
+        return PackedMasks(self.mask_bits, self.weight.shape)
+
+    def get_masks(self) -> torch.Tensor:
+        """Bool masks ``[K, *weight.shape]``."""
+        return self.packed_masks.unpack()
+
+    @torch.no_grad()
+    def set_masks(self, masks: torch.Tensor | PackedMasks) -> None:
+        """Replace the masks (bool ``[K, *weight.shape]`` or :class:`PackedMasks` with this layer's K)."""
+        if isinstance(masks, torch.Tensor):
+            if masks.dtype != torch.bool:
+                raise TypeError(f"masks: expected a bool tensor or PackedMasks, got dtype {masks.dtype}")
+            if tuple(masks.shape) != (self.num_tickets, *self.weight.shape):
+                raise ValueError(f"masks: expected shape {[self.num_tickets, *self.weight.shape]}, got {list(masks.shape)}")
+            packed = pack_masks(masks)
+        elif isinstance(masks, PackedMasks):
+            if masks.num_tickets != self.num_tickets or tuple(masks.weight_shape) != tuple(self.weight.shape):
+                raise ValueError(
+                    f"masks: expected PackedMasks with {self.num_tickets} tickets for weight shape {list(self.weight.shape)}, "
+                    f"got {masks.num_tickets} tickets for {list(masks.weight_shape)}"
+                )
+            packed = masks
+        else:
+            raise TypeError(f"masks: expected a bool tensor or PackedMasks, got {type(masks).__name__}")
+        self.mask_bits.copy_(packed.bits.to(self.mask_bits.device))
+
+    def _resolve_routes(self, routes: int | torch.Tensor | RoutingPlan | None) -> int | torch.Tensor | RoutingPlan:
+        if routes is not None:
+            return routes
+        if self._rtl_routes is not None:
+            return self._rtl_routes
+        if self.num_tickets == 1:
+            return 0
+        raise ValueError(
+            f"routes: expected ticket ids for this {type(self).__name__} with {self.num_tickets} tickets, got None "
+            "(pass routes to forward, or call the model inside `with rtl.routing(model, routes):`)"
+        )
+
+    def _masked_weight(self, ticket: int) -> torch.Tensor:
+        if not 0 <= ticket < self.num_tickets:
+            raise ValueError(f"ticket: expected an int in [0, {self.num_tickets}), got {ticket}")
+        return self.weight.detach() * self.packed_masks.select([ticket]).unpack()[0]

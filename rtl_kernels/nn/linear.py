@@ -1,0 +1,66 @@
+"""``RTLLinear``: an ``nn.Linear`` whose weight is shared by K tickets, each with its own mask."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..dispatch.plan import RoutingPlan
+from ..ops.linear import routed_linear
+from .base import RTLLayer, check_num_tickets
+
+
+class RTLLinear(RTLLayer):
+    """Routed masked linear layer; ``weight``/``bias`` are named and initialised as in ``nn.Linear``."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        num_tickets: int,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        check_num_tickets(num_tickets)
+        self.in_features = in_features
+        self.out_features = out_features
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=dtype))
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype))
+        else:
+            self.register_parameter("bias", None)
+        nn.Linear.reset_parameters(self)
+        self._init_masks(num_tickets)
+
+    @classmethod
+    def from_dense(cls, module: nn.Linear, num_tickets: int) -> RTLLinear:
+        """An RTL layer that shares ``module``'s Parameter objects, with all-ones masks."""
+        if not isinstance(module, nn.Linear):
+            raise TypeError(f"module: expected an nn.Linear, got {type(module).__name__}")
+        check_num_tickets(num_tickets)
+        layer = cls.__new__(cls)
+        RTLLayer.__init__(layer)
+        layer.in_features, layer.out_features = module.in_features, module.out_features
+        layer.weight = module.weight
+        layer.bias = module.bias
+        layer._init_masks(num_tickets)
+        layer.train(module.training)
+        return layer
+
+    def forward(self, x: torch.Tensor, routes: int | torch.Tensor | RoutingPlan | None = None) -> torch.Tensor:
+        return routed_linear(x, self.weight, self.packed_masks, self._resolve_routes(routes), self.bias, backend=self.backend)
+
+    def to_dense(self, ticket: int) -> nn.Linear:
+        """A plain ``nn.Linear`` with ticket ``ticket``'s mask baked into a copy of the weight."""
+        w = self._masked_weight(ticket)
+        dense = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device=w.device, dtype=w.dtype)
+        with torch.no_grad():
+            dense.weight.copy_(w)
+            if self.bias is not None:
+                dense.bias.copy_(self.bias)
+        return dense
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, num_tickets={self.num_tickets}"

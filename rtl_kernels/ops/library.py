@@ -1,0 +1,200 @@
+"""``torch.library`` custom ops: the boundary that ``torch.compile`` and CUDA graphs see.
+
+Each op takes only tensors and static scalars (the routing plan travels as its three tensors),
+has a fake implementation for tracing, and dispatches to the backend named by the caller.
+Autograd is registered on the forward ops; the backward ops are custom ops themselves.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..backends.registry import ConvParams, conv_output_format, get_backend
+from ..dispatch.plan import RoutingPlan
+from ..masks.packed import PackedMasks
+
+Tensor = torch.Tensor
+_EMPTY = (0,)
+
+
+@torch.library.custom_op("rtl_kernels::check_routes", mutates_args=())
+def check_routes(routes: Tensor, num_tickets: int) -> Tensor:
+    """Copy of ``routes`` as int64; raises ``ValueError`` for a route outside ``[0, num_tickets)``."""
+    out = routes.to(torch.int64, copy=True)
+    if out.numel():
+        lo, hi = (int(v) for v in torch.aminmax(out))
+        if lo < 0 or hi >= num_tickets:
+            bad = out[(out < 0) | (out >= num_tickets)]
+            raise ValueError(
+                f"routes: expected ticket ids in [0, {num_tickets}), got {bad.numel()} out of range "
+                f"(min {lo}, max {hi}; first offending value {int(bad[0])})"
+            )
+    return out
+
+
+@check_routes.register_fake
+def _(routes: Tensor, num_tickets: int) -> Tensor:
+    return torch.empty_like(routes, dtype=torch.int64)
+
+
+def _plan(routes: Tensor, perm: Tensor, offsets: Tensor) -> RoutingPlan:
+    return RoutingPlan(routes=routes, perm=perm, offsets=offsets)
+
+
+def _or_empty(t: Tensor | None, like: Tensor) -> Tensor:
+    return like.new_empty(_EMPTY) if t is None else t
+
+
+# ----------------------------------------------------------------------------- linear
+
+
+@torch.library.custom_op("rtl_kernels::routed_linear", mutates_args=())
+def routed_linear_op(
+    x: Tensor, weight: Tensor, bits: Tensor, routes: Tensor, perm: Tensor, offsets: Tensor, bias: Tensor | None, backend: str
+) -> Tensor:
+    masks = PackedMasks(bits, weight.shape)
+    return get_backend(backend).linear_forward(x, weight, masks, _plan(routes, perm, offsets), bias)
+
+
+@routed_linear_op.register_fake
+def _(x, weight, bits, routes, perm, offsets, bias, backend):
+    return x.new_empty((x.shape[0], weight.shape[0]))
+
+
+@torch.library.custom_op("rtl_kernels::routed_linear_backward", mutates_args=())
+def routed_linear_backward_op(
+    dy: Tensor,
+    x: Tensor,
+    weight: Tensor,
+    bits: Tensor,
+    routes: Tensor,
+    perm: Tensor,
+    offsets: Tensor,
+    backend: str,
+    need_dx: bool,
+    need_dw: bool,
+) -> tuple[Tensor, Tensor]:
+    masks = PackedMasks(bits, weight.shape)
+    dx, dw = get_backend(backend).linear_backward(dy, x, weight, masks, _plan(routes, perm, offsets), need_dx, need_dw)
+    return _or_empty(dx, x), _or_empty(dw, weight)
+
+
+@routed_linear_backward_op.register_fake
+def _(dy, x, weight, bits, routes, perm, offsets, backend, need_dx, need_dw):
+    dx = torch.empty_like(x) if need_dx else x.new_empty(_EMPTY)
+    dw = torch.empty_like(weight) if need_dw else weight.new_empty(_EMPTY)
+    return dx, dw
+
+
+def _linear_setup(ctx, inputs, output):
+    x, weight, bits, routes, perm, offsets, _bias, backend = inputs
+    ctx.save_for_backward(x, weight, bits, routes, perm, offsets)
+    ctx.backend = backend
+
+
+def _bias_grad(dy: Tensor, dims: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+    acc = torch.float64 if dy.dtype == torch.float64 else torch.float32
+    return dy.sum(dims, dtype=acc).to(dtype)
+
+
+def _linear_backward(ctx, dy):
+    x, weight, bits, routes, perm, offsets = ctx.saved_tensors
+    need_dx, need_dw, need_db = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[6]
+    dx = dw = db = None
+    if need_dx or need_dw:
+        dx, dw = routed_linear_backward_op(dy.contiguous(), x, weight, bits, routes, perm, offsets, ctx.backend, need_dx, need_dw)
+    if need_db:
+        db = _bias_grad(dy, (0,), weight.dtype)
+    return (dx if need_dx else None), (dw if need_dw else None), None, None, None, None, db, None
+
+
+routed_linear_op.register_autograd(_linear_backward, setup_context=_linear_setup)
+
+
+# ----------------------------------------------------------------------------- conv2d
+
+
+def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _conv_params(stride: list[int], padding: list[int], dilation: list[int], groups: int) -> ConvParams:
+    return ConvParams(tuple(stride), tuple(padding), tuple(dilation), groups)
+
+
+@torch.library.custom_op("rtl_kernels::routed_conv2d", mutates_args=())
+def routed_conv2d_op(
+    x: Tensor,
+    weight: Tensor,
+    bits: Tensor,
+    routes: Tensor,
+    perm: Tensor,
+    offsets: Tensor,
+    bias: Tensor | None,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+    backend: str,
+) -> Tensor:
+    masks = PackedMasks(bits, weight.shape)
+    params = _conv_params(stride, padding, dilation, groups)
+    return get_backend(backend).conv2d_forward(x, weight, masks, _plan(routes, perm, offsets), bias, params)
+
+
+@routed_conv2d_op.register_fake
+def _(x, weight, bits, routes, perm, offsets, bias, stride, padding, dilation, groups, backend):
+    h, w = (conv_output_size(x.shape[2 + i], weight.shape[2 + i], stride[i], padding[i], dilation[i]) for i in range(2))
+    return x.new_empty((x.shape[0], weight.shape[0], h, w)).contiguous(memory_format=conv_output_format(x))
+
+
+@torch.library.custom_op("rtl_kernels::routed_conv2d_backward", mutates_args=())
+def routed_conv2d_backward_op(
+    dy: Tensor,
+    x: Tensor,
+    weight: Tensor,
+    bits: Tensor,
+    routes: Tensor,
+    perm: Tensor,
+    offsets: Tensor,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+    backend: str,
+    need_dx: bool,
+    need_dw: bool,
+) -> tuple[Tensor, Tensor]:
+    masks = PackedMasks(bits, weight.shape)
+    params = _conv_params(stride, padding, dilation, groups)
+    plan = _plan(routes, perm, offsets)
+    dx, dw = get_backend(backend).conv2d_backward(dy, x, weight, masks, plan, params, need_dx, need_dw)
+    return _or_empty(dx, x), _or_empty(dw, weight)
+
+
+@routed_conv2d_backward_op.register_fake
+def _(dy, x, weight, bits, routes, perm, offsets, stride, padding, dilation, groups, backend, need_dx, need_dw):
+    dx = torch.empty_like(x).contiguous(memory_format=conv_output_format(x)) if need_dx else x.new_empty(_EMPTY)
+    dw = torch.empty_like(weight) if need_dw else weight.new_empty(_EMPTY)
+    return dx, dw
+
+
+def _conv_setup(ctx, inputs, output):
+    x, weight, bits, routes, perm, offsets, _bias, stride, padding, dilation, groups, backend = inputs
+    ctx.save_for_backward(x, weight, bits, routes, perm, offsets)
+    ctx.static = (stride, padding, dilation, groups, backend)
+
+
+def _conv_backward(ctx, dy):
+    x, weight, bits, routes, perm, offsets = ctx.saved_tensors
+    need_dx, need_dw, need_db = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[6]
+    dx = dw = db = None
+    if need_dx or need_dw:
+        dy_c = dy.contiguous(memory_format=conv_output_format(x))
+        dx, dw = routed_conv2d_backward_op(dy_c, x, weight, bits, routes, perm, offsets, *ctx.static, need_dx, need_dw)
+    if need_db:
+        db = _bias_grad(dy, (0, 2, 3), weight.dtype)
+    return (dx if need_dx else None), (dw if need_dw else None), None, None, None, None, db, None, None, None, None, None
+
+
+routed_conv2d_op.register_autograd(_conv_backward, setup_context=_conv_setup)
