@@ -1,0 +1,113 @@
+"""``RTLConv1DLinear``: routed masks for Hugging Face ``Conv1D`` (GPT-2), whose weight is stored ``[in, out]``.
+
+The masks cover the Conv1D weight in its own shape ``[in, out]`` (so pruning by magnitude sees the
+same tensor as the model), and the forward is ``routed_linear`` on ``weight.T`` with the masks
+transposed once per mask change (cached; recomputed inside ``torch.compile``, where it traces).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..dispatch.plan import RoutingPlan
+from ..masks.packed import PackedMasks, pack_masks
+from ..ops.linear import routed_linear
+from .base import RTLLayer, check_num_tickets
+
+# where transformers defines Conv1D; matched by name so that importing rtl_kernels never imports transformers
+HF_CONV1D_QUALNAME = "transformers.pytorch_utils.Conv1D"
+
+
+def is_hf_conv1d(module: object) -> bool:
+    """True when ``module`` is (a subclass of) transformers' ``Conv1D``, without importing transformers."""
+    return any(f"{k.__module__}.{k.__qualname__}" == HF_CONV1D_QUALNAME for k in type(module).__mro__)
+
+
+def transpose_masks(masks: PackedMasks) -> PackedMasks:
+    """The same K masks for the transposed 2-D weight (``[in, out]`` -> ``[out, in]``)."""
+    return pack_masks(masks.unpack().transpose(1, 2).contiguous())
+
+
+class RTLConv1DLinear(RTLLayer):
+    """Routed masked ``Conv1D``: ``y = x @ (weight * mask[r]) + bias`` with ``weight`` of shape ``[nx, nf]``."""
+
+    def __init__(
+        self,
+        nf: int,
+        nx: int,
+        num_tickets: int,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        check_num_tickets(num_tickets)
+        self.nf, self.nx = nf, nx
+        self.weight = nn.Parameter(torch.empty(nx, nf, device=device, dtype=dtype))
+        nn.init.normal_(self.weight, std=0.02)
+        if bias:
+            self.bias = nn.Parameter(torch.zeros(nf, device=device, dtype=dtype))
+        else:
+            self.register_parameter("bias", None)
+        self._init_masks(num_tickets)
+        self._t_cache: tuple[torch.Tensor, int, torch.Tensor] | None = None
+
+    @property
+    def in_features(self) -> int:
+        return self.nx
+
+    @property
+    def out_features(self) -> int:
+        return self.nf
+
+    @classmethod
+    def from_dense(cls, module: nn.Module, num_tickets: int) -> RTLConv1DLinear:
+        """An RTL layer that shares the Conv1D's Parameter objects (``weight`` ``[nx, nf]``), with all-ones masks."""
+        if not is_hf_conv1d(module):
+            raise TypeError(f"module: expected a transformers Conv1D, got {type(module).__name__}")
+        check_num_tickets(num_tickets)
+        layer = cls.__new__(cls)
+        RTLLayer.__init__(layer)
+        layer.nx, layer.nf = module.weight.shape
+        layer.weight = module.weight
+        layer.bias = getattr(module, "bias", None)
+        layer._init_masks(num_tickets)
+        layer._t_cache = None
+        layer.train(module.training)
+        return layer
+
+    def _linear_masks(self) -> PackedMasks:
+        """Masks in ``routed_linear``'s layout (over ``weight.T``), cached per buffer version."""
+        if torch.compiler.is_compiling():
+            return transpose_masks(self.packed_masks)
+        bits = self.mask_bits
+        try:
+            version = bits._version
+        except RuntimeError:  # inference tensors carry no version counter
+            return transpose_masks(self.packed_masks)
+        cache = self._t_cache
+        if cache is None or cache[0] is not bits or cache[1] != version:
+            # the cache keeps the source buffer alive, so identity + version identify its contents
+            cache = self._t_cache = (bits, version, transpose_masks(self.packed_masks).bits)
+        return PackedMasks(cache[2], (self.nf, self.nx))
+
+    def forward(self, x: torch.Tensor, routes: int | torch.Tensor | RoutingPlan | None = None) -> torch.Tensor:
+        return routed_linear(x, self.weight.t(), self._linear_masks(), self._resolve_routes(routes), self.bias, backend=self.backend)
+
+    def to_dense(self, ticket: int) -> nn.Module:
+        """A transformers ``Conv1D`` with ticket ``ticket``'s mask baked into a copy of the weight."""
+        from transformers.pytorch_utils import Conv1D
+
+        w = self._masked_weight(ticket)
+        dense = Conv1D(self.nf, self.nx).to(device=w.device, dtype=w.dtype)
+        with torch.no_grad():
+            dense.weight.copy_(w)
+            if self.bias is not None:
+                dense.bias.copy_(self.bias)
+            else:
+                dense.bias.zero_()
+        return dense
+
+    def extra_repr(self) -> str:
+        return f"nx={self.nx}, nf={self.nf}, bias={self.bias is not None}, num_tickets={self.num_tickets}"
