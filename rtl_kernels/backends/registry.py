@@ -122,8 +122,8 @@ def resolve_backend(name: str, call: Call) -> Backend:
             if backend.priority(call.device) >= 0 and backend.implements(call.op) and backend.supports(call):
                 return backend
         return _BACKENDS["reference"]
-    backend = get_backend(name)
-    if not _safe_available(backend, call.device):
+    backend = _BACKENDS.get(name)
+    if backend is None or not _safe_available(backend, call.device):
         raise ValueError(f"backend: {name!r} is not available on device {call.device} (available there: {available_backends(call.device)})")
     if not backend.implements(call.op) or not backend.supports(call):
         raise ValueError(

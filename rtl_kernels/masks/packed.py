@@ -70,7 +70,7 @@ class PackedMasks:
         rows, cols = matrix_shape(self.weight_shape)
         shifts = torch.arange(WORD_BITS, dtype=torch.int32, device=self.bits.device)
         flat = torch.bitwise_and(torch.bitwise_right_shift(self.bits.unsqueeze(-1), shifts), 1).to(torch.bool)
-        flat = flat.reshape(self.num_tickets, rows, -1)[:, :, :cols]
+        flat = flat.reshape(self.num_tickets, rows, self.bits.shape[2] * WORD_BITS)[:, :, :cols]
         return flat.reshape(self.num_tickets, *self.weight_shape)
 
     def count(self) -> torch.Tensor:
