@@ -1,0 +1,1 @@
+"""Triton kernels for the routed masked ops (grouped, decode, weight-gradient and conv implicit GEMM)."""

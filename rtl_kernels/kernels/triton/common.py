@@ -1,0 +1,72 @@
+"""Pieces every routed Triton kernel shares: mask-bit expansion in registers and cached tile flags."""
+
+from __future__ import annotations
+
+import functools
+from collections import OrderedDict
+
+import torch
+import triton
+import triton.language as tl
+
+from ...masks.packed import PackedMasks
+from ...masks.tiles import tile_occupancy
+
+
+@triton.jit
+def keep_tile(bits_ptr, ticket, rows, cols, valid, n_rows, n_words):
+    """Ticket's mask bits for weight elements ``(rows[i], cols[j])`` as a bool tile (canonical packed layout)."""
+    base = (ticket.to(tl.int64) * n_rows + rows[:, None]) * n_words
+    words = tl.load(bits_ptr + base + (cols[None, :] // 32), mask=valid, other=0)
+    return ((words >> (cols[None, :] % 32).to(tl.int32)) & 1) != 0
+
+
+@triton.jit
+def masked_weight_tile(w_ptr, bits_ptr, ticket, rows, cols, valid, n_rows, row_len, n_words):
+    """Weight tile ``w[rows, cols]`` (row-major ``[n_rows, row_len]``) with the ticket's mask applied by select."""
+    w = tl.load(w_ptr + rows[:, None] * row_len + cols[None, :], mask=valid, other=0.0)
+    keep = keep_tile(bits_ptr, ticket, rows, cols, valid, n_rows, n_words)
+    return tl.where(keep, w, tl.zeros_like(w))
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).multi_processor_count)
+    return 2
+
+
+def auto_split(requested: int, tiles: int, max_split: int, device: torch.device) -> int:
+    """Split factor: ``requested``, or for 0 enough to give ~2 programs per SM; within ``[1, max_split]``."""
+    split = requested if requested > 0 else -(-2 * _sm_count(device) // max(tiles, 1))
+    return max(1, min(split, max_split))
+
+
+_FLAG_CACHE: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+_FLAG_CACHE_SIZE = 64
+
+
+def cached_tile_flags(masks: PackedMasks, tile: tuple[int, int]) -> torch.Tensor:
+    """uint8 ``[K, nR, nC]`` tile occupancy of ``masks``, cached by the bits' storage and version.
+
+    The cache holds a reference to the bits tensor, so its address cannot be reused by another
+    tensor while the entry lives; an in-place update bumps the version and misses the cache.
+    """
+    bits = masks.bits
+    key = (bits.data_ptr(), bits._version, tuple(bits.shape), str(bits.device), tuple(masks.weight_shape), tile)
+    hit = _FLAG_CACHE.get(key)
+    if hit is not None:
+        _FLAG_CACHE.move_to_end(key)
+        return hit[1]
+    flags = tile_occupancy(masks, tile)
+    if bits.is_cuda and torch.cuda.is_current_stream_capturing():
+        return flags  # computed only at graph replay: never cache it for eager use
+    _FLAG_CACHE[key] = (bits, flags)
+    while len(_FLAG_CACHE) > _FLAG_CACHE_SIZE:
+        _FLAG_CACHE.popitem(last=False)
+    return flags
+
+
+def sorted_tickets(plan_routes: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """Ticket of each position of ``perm`` (rows in ticket order)."""
+    return plan_routes.index_select(0, perm)
