@@ -28,7 +28,15 @@ def linear_ref(x: torch.Tensor, weight: torch.Tensor, masks: torch.Tensor, route
 def conv_ref(x, weight, masks, routes, bias, stride, padding, dilation, groups) -> torch.Tensor:
     """Per-image float64 conv with that image's masked filter."""
     outs = [
-        F.conv2d(x[b : b + 1].double(), weight.double() * masks[int(routes[b])], None if bias is None else bias.double(), stride, padding, dilation, groups)
+        F.conv2d(
+            x[b : b + 1].double(),
+            weight.double() * masks[int(routes[b])],
+            None if bias is None else bias.double(),
+            stride,
+            padding,
+            dilation,
+            groups,
+        )
         for b in range(x.shape[0])
     ]
     return torch.cat(outs)

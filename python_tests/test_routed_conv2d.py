@@ -26,7 +26,19 @@ def conv_case(draw):
     batch = draw(st.integers(0, 6))
     k = draw(st.integers(1, 32))
     seed = draw(st.integers(0, 2**31 - 1))
-    return dict(groups=groups, cin=cin, cout=cout, kernel=(kh, kw), stride=stride, dilation=dilation, padding=padding, hw=(h, w), batch=batch, k=k, seed=seed)
+    return dict(
+        groups=groups,
+        cin=cin,
+        cout=cout,
+        kernel=(kh, kw),
+        stride=stride,
+        dilation=dilation,
+        padding=padding,
+        hw=(h, w),
+        batch=batch,
+        k=k,
+        seed=seed,
+    )
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)

@@ -201,8 +201,10 @@ def convert(
             if child is not None and id(child) in replaced:
                 parent._modules[child_name] = replaced[id(child)]
     if not summary.converted:
+        existing = sum(isinstance(m, RTLLayer) for m in root.modules())
+        note = f"; {existing} RTL layers already in it" if existing else ""
         warnings.warn(
-            f"rtl.convert: no module matched (targets={[t.__name__ for t in targets]}); the model is unchanged",
+            f"rtl.convert: no module matched (targets={[t.__name__ for t in targets]}); the model is unchanged{note}",
             stacklevel=2,
         )
     logger.info("%s", summary)
