@@ -48,11 +48,11 @@ def test_routed_linear_rejects(kwargs, exc, pattern):
 
 def test_mismatched_devices_are_rejected():
     meta_w = torch.empty(5, 6, device="meta")
-    with pytest.raises(ValueError, match="weight: expected a tensor on cpu.*meta"):
+    with pytest.raises(ValueError, match=r"weight: expected a tensor on cpu.*meta"):
         rtl.routed_linear(X, meta_w, MASKS, ROUTES)
-    with pytest.raises(ValueError, match="routes: expected a tensor on cpu.*meta"):
+    with pytest.raises(ValueError, match=r"routes: expected a tensor on cpu.*meta"):
         rtl.routed_linear(X, W, MASKS, torch.zeros(4, dtype=torch.long, device="meta"))
-    with pytest.raises(ValueError, match="masks: expected a tensor on cpu.*meta"):
+    with pytest.raises(ValueError, match=r"masks: expected a tensor on cpu.*meta"):
         rtl.routed_linear(X, W, torch.ones(3, 5, 6, dtype=torch.bool, device="meta"), ROUTES)
 
 

@@ -92,7 +92,7 @@ def test_corrupt_or_missing_files_are_clear_errors(tmp_path):
         rtl.load(tmp_path, build())
     rtl.save(model, tmp_path)
     (tmp_path / "masks.safetensors").unlink()
-    with pytest.raises(ValueError, match="masks.safetensors in the save directory, it is missing"):
+    with pytest.raises(ValueError, match=r"masks\.safetensors in the save directory, it is missing"):
         rtl.load(tmp_path, build())
 
 
