@@ -75,7 +75,7 @@ class RoutedModel(nn.Module):
         self.router = router
 
     def route(self, *args: object, **kwargs: object) -> torch.Tensor:
-        """The router's ticket ids for this input (checked later against K)."""
+        """The router's ticket ids for this input, checked for type and batch size (range: when planned)."""
         if self.router is None:
             raise ValueError("routes: expected routes=... because this RoutedModel has no router, got None")
         if not args:
@@ -83,15 +83,33 @@ class RoutedModel(nn.Module):
         routes = self.router(args[0])
         if not isinstance(routes, torch.Tensor):
             raise TypeError(f"router: expected it to return an integer tensor [B], got {type(routes).__name__}")
+        if routes.dtype.is_floating_point or routes.dtype == torch.bool or routes.is_complex():
+            raise TypeError(f"router: expected it to return integer ticket ids [B], got dtype {routes.dtype}")
+        _check_batch(routes, args[0], "router")
         return routes
 
     def forward(self, *args: object, routes: int | torch.Tensor | RoutingPlan | None = None, **kwargs: object) -> object:
+        layers = rtl_layers(self.model)
         if routes is None:
             routes = self.route(*args, **kwargs)
-        layers = rtl_layers(self.model)
-        plan = _model_plan(layers, routes, None)
+            try:
+                plan = _model_plan(layers, routes, None)
+            except ValueError as exc:
+                raise ValueError(f"router: returned ticket ids the model cannot use ({exc})") from None
+        else:
+            if isinstance(routes, torch.Tensor) and args:
+                _check_batch(routes, args[0], "routes")
+            plan = _model_plan(layers, routes, None)
         _set_routes(layers, [plan] * len(layers))
         try:
             return self.model(*args, **kwargs)
         finally:
             _set_routes(layers, [None] * len(layers))
+
+
+def _check_batch(routes: torch.Tensor, x: object, name: str) -> None:
+    """Routes with a batch dimension must match the input's batch size (``x.shape[0]``)."""
+    if routes.dim() and isinstance(x, torch.Tensor) and x.dim() and routes.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"{name}: expected one ticket id per sample of the first argument (batch {x.shape[0]}), got shape {list(routes.shape)}"
+        )
