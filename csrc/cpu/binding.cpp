@@ -1,0 +1,270 @@
+// Torch binding of the CPU routed-linear kernels: argument checks (before any pointer is
+// read), ISA selection, threading over output blocks with at::parallel_for, and the GEMM path
+// for large batches (per-ticket masked weight built by the kernel, product by torch.mm).
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+
+#include <string>
+#include <vector>
+
+#include "routed_cpu.h"
+
+namespace {
+
+enum Isa : int64_t { kBest = -1, kGeneric = 0, kAvx2 = 1, kAvx512 = 2 };
+
+bool isa_supported(int64_t isa) {
+  if (isa == kGeneric) return true;
+#if (defined(__x86_64__) || defined(_M_X64)) && defined(__GNUC__)
+  if (isa == kAvx2) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (isa == kAvx512) return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+#endif
+  return false;
+}
+
+int64_t best_isa() {
+  for (int64_t isa : {kAvx512, kAvx2})
+    if (isa_supported(isa)) return isa;
+  return kGeneric;
+}
+
+const rtl_cpu::Ops& ops_for(int64_t isa) {
+  if (isa == kBest) isa = best_isa();
+  TORCH_CHECK_VALUE(isa >= kGeneric && isa <= kAvx512, "isa: expected -1 (best), 0 (generic), 1 (avx2) or 2 (avx512), got ", isa);
+  TORCH_CHECK_VALUE(isa_supported(isa), "isa: ", isa, " is not supported by this CPU (best available: ", best_isa(), ")");
+#if defined(__x86_64__) || defined(_M_X64)
+  if (isa == kAvx512) return rtl_cpu::kOpsAvx512;
+  if (isa == kAvx2) return rtl_cpu::kOpsAvx2;
+#endif
+  return rtl_cpu::kOpsGeneric;
+}
+
+std::string shape_of(const at::Tensor& t) {
+  std::string s = "[";
+  for (int64_t i = 0; i < t.dim(); ++i) s += (i ? ", " : "") + std::to_string(t.size(i));
+  return s + "]";
+}
+
+void check_common(const at::Tensor& t, const char* name, int64_t dim) {
+  TORCH_CHECK_VALUE(t.defined(), name, ": expected a tensor, got None");
+  TORCH_CHECK_VALUE(t.device().is_cpu(), name, ": expected a CPU tensor, got one on ", t.device());
+  TORCH_CHECK_VALUE(t.dim() == dim, name, ": expected a ", dim, "-D tensor, got shape ", shape_of(t));
+  TORCH_CHECK_VALUE(t.is_contiguous(), name, ": expected a contiguous tensor, got strides ", t.strides());
+}
+
+void check_float(const at::Tensor& t, const char* name, int64_t dim, at::ScalarType like) {
+  check_common(t, name, dim);
+  TORCH_CHECK_TYPE(t.scalar_type() == like, name, ": expected dtype ", like, ", got ", t.scalar_type());
+}
+
+void check_shape(const at::Tensor& t, const char* name, std::vector<int64_t> want) {
+  TORCH_CHECK_VALUE(t.sizes() == at::IntArrayRef(want), name, ": expected shape ", at::IntArrayRef(want), ", got ", shape_of(t));
+}
+
+// weight, bits and dtype: everything a masked-weight problem needs
+rtl_cpu::Problem weight_problem(const at::Tensor& weight, const at::Tensor& bits) {
+  check_common(weight, "weight", 2);
+  const auto dt = weight.scalar_type();
+  TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kBFloat16, "weight: expected dtype float32 or bfloat16, got ", dt);
+  check_common(bits, "bits", 3);
+  TORCH_CHECK_TYPE(bits.scalar_type() == at::kInt, "bits: expected dtype int32, got ", bits.scalar_type());
+  rtl_cpu::Problem p{};
+  p.dtype = dt == at::kBFloat16 ? rtl_cpu::kBFloat16 : rtl_cpu::kFloat32;
+  p.N = weight.size(0);
+  p.C = weight.size(1);
+  p.words = (p.C + 31) / 32;
+  p.K = bits.size(0);
+  TORCH_CHECK_VALUE(p.K >= 1, "bits: expected at least one ticket, got shape ", shape_of(bits));
+  check_shape(bits, "bits", {p.K, p.N, p.words});
+  p.w = weight.data_ptr();
+  p.bits = reinterpret_cast<const uint32_t*>(bits.data_ptr<int32_t>());
+  return p;
+}
+
+// routing plan: offsets must partition [0, M) and perm must index rows of x
+void add_plan(rtl_cpu::Problem& p, int64_t M, const at::Tensor& perm, const at::Tensor& offsets) {
+  check_common(perm, "perm", 1);
+  check_common(offsets, "offsets", 1);
+  TORCH_CHECK_TYPE(perm.scalar_type() == at::kLong, "perm: expected dtype int64, got ", perm.scalar_type());
+  TORCH_CHECK_TYPE(offsets.scalar_type() == at::kLong, "offsets: expected dtype int64, got ", offsets.scalar_type());
+  check_shape(perm, "perm", {M});
+  check_shape(offsets, "offsets", {p.K + 1});
+  const int64_t* off = offsets.data_ptr<int64_t>();
+  TORCH_CHECK_VALUE(off[0] == 0 && off[p.K] == M, "offsets: expected offsets[0] = 0 and offsets[K] = ", M, " (rows), got ", off[0], " and ", off[p.K]);
+  for (int64_t k = 0; k < p.K; ++k) TORCH_CHECK_VALUE(off[k] <= off[k + 1], "offsets: expected a non-decreasing sequence, got offsets[", k, "] = ", off[k], " > offsets[", k + 1, "] = ", off[k + 1]);
+  const int64_t* pr = perm.data_ptr<int64_t>();
+  for (int64_t i = 0; i < M; ++i) TORCH_CHECK_VALUE(pr[i] >= 0 && pr[i] < M, "perm: expected row ids in [0, ", M, "), got ", pr[i], " at position ", i);
+  p.M = M;
+  p.perm = pr;
+  p.offsets = off;
+}
+
+rtl_cpu::Problem linear_problem(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bits, const at::Tensor& perm, const at::Tensor& offsets) {
+  rtl_cpu::Problem p = weight_problem(weight, bits);
+  check_float(x, "x", 2, weight.scalar_type());
+  TORCH_CHECK_VALUE(x.size(1) == p.C, "x: expected shape [M, ", p.C, "] (in_features of weight), got ", shape_of(x));
+  add_plan(p, x.size(0), perm, offsets);
+  p.x = x.data_ptr();
+  return p;
+}
+
+void check_dy(rtl_cpu::Problem& p, const at::Tensor& dy, at::ScalarType dt) {
+  check_float(dy, "dy", 2, dt);
+  check_shape(dy, "dy", {p.M, p.N});
+  p.dy = dy.data_ptr();
+}
+
+at::Tensor bias_f32(const c10::optional<at::Tensor>& bias, const rtl_cpu::Problem& p, at::ScalarType dt) {
+  if (!bias.has_value() || !bias->defined()) return at::Tensor();
+  check_float(*bias, "bias", 1, dt);
+  check_shape(*bias, "bias", {p.N});
+  return bias->to(at::kFloat).contiguous();
+}
+
+// at::parallel_for over blocks of `block` items, with at least ~64k multiply-adds per task
+template <typename F>
+void parallel_blocks(int64_t items, int64_t block, int64_t work_per_item, const F& fn) {
+  if (items <= 0) return;
+  const int64_t blocks = (items + block - 1) / block;
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, block * work_per_item));
+  at::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) { fn(b0 * block, std::min(items, b1 * block)); });
+}
+
+void materialize_into(const rtl_cpu::Ops& ops, const rtl_cpu::Problem& p, int64_t k, at::Tensor& out) {
+  void* dst = out.data_ptr();
+  parallel_blocks(p.N, 1, p.C, [&](int64_t n0, int64_t n1) { ops.materialize(p, k, dst, n0, n1); });
+}
+
+// ------------------------------------------------------------------------------- direct kernels
+
+at::Tensor forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bits, const at::Tensor& perm, const at::Tensor& offsets,
+                   const c10::optional<at::Tensor>& bias, int64_t isa) {
+  const rtl_cpu::Ops& ops = ops_for(isa);
+  rtl_cpu::Problem p = linear_problem(x, weight, bits, perm, offsets);
+  const at::Tensor b = bias_f32(bias, p, x.scalar_type());
+  at::Tensor y = at::zeros({p.M, p.N}, x.options().dtype(at::kFloat));
+  const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
+  float* yp = y.data_ptr<float>();
+  if (p.M > 0) parallel_blocks(p.N, rtl_cpu::kRowBlock, p.M * p.C, [&](int64_t n0, int64_t n1) { ops.forward(p, bp, yp, n0, n1); });
+  return y.to(x.scalar_type());
+}
+
+at::Tensor grad_input(const at::Tensor& dy, const at::Tensor& weight, const at::Tensor& bits, const at::Tensor& perm, const at::Tensor& offsets, int64_t isa) {
+  const rtl_cpu::Ops& ops = ops_for(isa);
+  rtl_cpu::Problem p = weight_problem(weight, bits);
+  check_common(dy, "dy", 2);
+  add_plan(p, dy.size(0), perm, offsets);
+  check_dy(p, dy, weight.scalar_type());
+  at::Tensor dx = at::zeros({p.M, p.C}, dy.options().dtype(at::kFloat));
+  float* dxp = dx.data_ptr<float>();
+  if (p.M > 0) parallel_blocks(p.C, rtl_cpu::kColBlock, p.M * p.N, [&](int64_t c0, int64_t c1) { ops.grad_x(p, dxp, c0, c1); });
+  return dx.to(dy.scalar_type());
+}
+
+at::Tensor grad_weight(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bits, const at::Tensor& perm,
+                       const at::Tensor& offsets, int64_t isa) {
+  const rtl_cpu::Ops& ops = ops_for(isa);
+  rtl_cpu::Problem p = linear_problem(x, weight, bits, perm, offsets);
+  check_dy(p, dy, x.scalar_type());
+  at::Tensor dw = at::empty({p.N, p.C}, x.options().dtype(at::kFloat));
+  float* dwp = dw.data_ptr<float>();
+  parallel_blocks(p.N, rtl_cpu::kRowBlock, std::max<int64_t>(p.M, 1) * p.C, [&](int64_t n0, int64_t n1) { ops.grad_w(p, dwp, n0, n1); });
+  return dw.to(x.scalar_type());
+}
+
+at::Tensor masked_weight(const at::Tensor& weight, const at::Tensor& bits, int64_t ticket, int64_t isa) {
+  const rtl_cpu::Ops& ops = ops_for(isa);
+  rtl_cpu::Problem p = weight_problem(weight, bits);
+  TORCH_CHECK_VALUE(ticket >= 0 && ticket < p.K, "ticket: expected a value in [0, ", p.K, "), got ", ticket);
+  at::Tensor out = at::empty_like(weight);
+  materialize_into(ops, p, ticket, out);
+  return out;
+}
+
+// ------------------------------------------------------------------------------- GEMM path (large batches)
+
+at::Tensor forward_grouped(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bits, const at::Tensor& perm, const at::Tensor& offsets,
+                           const c10::optional<at::Tensor>& bias, int64_t isa) {
+  const rtl_cpu::Ops& ops = ops_for(isa);
+  rtl_cpu::Problem p = linear_problem(x, weight, bits, perm, offsets);
+  const bool has_bias = bias.has_value() && bias->defined();
+  if (has_bias) {
+    check_float(*bias, "bias", 1, x.scalar_type());
+    check_shape(*bias, "bias", {p.N});
+  }
+  const at::Tensor xs = x.index_select(0, perm);
+  at::Tensor ys = at::empty({p.M, p.N}, x.options());
+  at::Tensor wk = at::empty_like(weight);
+  for (int64_t k = 0; k < p.K; ++k) {
+    const int64_t lo = p.offsets[k], hi = p.offsets[k + 1];
+    if (hi <= lo) continue;
+    materialize_into(ops, p, k, wk);
+    at::Tensor out = ys.narrow(0, lo, hi - lo);
+    if (has_bias)
+      at::addmm_out(out, *bias, xs.narrow(0, lo, hi - lo), wk.t());
+    else
+      at::mm_out(out, xs.narrow(0, lo, hi - lo), wk.t());
+  }
+  return at::empty_like(ys).index_copy_(0, perm, ys);
+}
+
+std::tuple<at::Tensor, at::Tensor> backward_grouped(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bits,
+                                                    const at::Tensor& perm, const at::Tensor& offsets, bool need_dx, bool need_dw, int64_t isa) {
+  const rtl_cpu::Ops& ops = ops_for(isa);
+  rtl_cpu::Problem p = linear_problem(x, weight, bits, perm, offsets);
+  check_dy(p, dy, x.scalar_type());
+  const at::Tensor dys = dy.index_select(0, perm);
+  const at::Tensor dys_f = need_dw ? dys.to(at::kFloat) : at::Tensor();
+  const at::Tensor xs_f = need_dw ? x.index_select(0, perm).to(at::kFloat) : at::Tensor();
+  at::Tensor dxs = need_dx ? at::empty({p.M, p.C}, x.options()) : at::Tensor();
+  at::Tensor dw = need_dw ? at::zeros({p.N, p.C}, x.options().dtype(at::kFloat)) : at::Tensor();
+  at::Tensor g = need_dw ? at::empty({p.N, p.C}, x.options().dtype(at::kFloat)) : at::Tensor();
+  at::Tensor wk = need_dx ? at::empty_like(weight) : at::Tensor();
+  for (int64_t k = 0; k < p.K; ++k) {
+    const int64_t lo = p.offsets[k], hi = p.offsets[k + 1];
+    if (hi <= lo) continue;
+    if (need_dx) {
+      materialize_into(ops, p, k, wk);
+      at::Tensor out = dxs.narrow(0, lo, hi - lo);
+      at::mm_out(out, dys.narrow(0, lo, hi - lo), wk);
+    }
+    if (need_dw) {
+      at::mm_out(g, dys_f.narrow(0, lo, hi - lo).t(), xs_f.narrow(0, lo, hi - lo));
+      const float* gp = g.data_ptr<float>();
+      float* dwp = dw.data_ptr<float>();
+      parallel_blocks(p.N, 1, p.C, [&](int64_t n0, int64_t n1) { ops.masked_add(p, k, gp, dwp, n0, n1); });
+    }
+  }
+  at::Tensor dx = need_dx ? at::empty_like(dxs).index_copy_(0, perm, dxs) : at::Tensor();
+  return {dx, need_dw ? dw.to(x.scalar_type()) : dw};
+}
+
+std::vector<int64_t> supported_isas() {
+  std::vector<int64_t> out;
+  for (int64_t isa : {kGeneric, kAvx2, kAvx512})
+    if (isa_supported(isa)) out.push_back(isa);
+  return out;
+}
+
+std::string isa_name(int64_t isa) { return ops_for(isa).name; }
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "rtl_kernels CPU kernels: routed masked linear (bit-packed masks, weight read once per call)";
+  m.def("forward", &forward, "y = x @ (W & mask[route])^T + b, weight-stationary kernel", py::arg("x"), py::arg("weight"), py::arg("bits"), py::arg("perm"),
+        py::arg("offsets"), py::arg("bias") = py::none(), py::arg("isa") = -1);
+  m.def("grad_input", &grad_input, "dx = dy @ (W & mask[route])", py::arg("dy"), py::arg("weight"), py::arg("bits"), py::arg("perm"), py::arg("offsets"),
+        py::arg("isa") = -1);
+  m.def("grad_weight", &grad_weight, "dW = sum_k mask_k * (dY_k^T X_k)", py::arg("dy"), py::arg("x"), py::arg("weight"), py::arg("bits"), py::arg("perm"),
+        py::arg("offsets"), py::arg("isa") = -1);
+  m.def("masked_weight", &masked_weight, "W & mask[ticket] as a dense tensor", py::arg("weight"), py::arg("bits"), py::arg("ticket"), py::arg("isa") = -1);
+  m.def("forward_grouped", &forward_grouped, "forward via per-ticket masked weight and torch.mm (large batches)", py::arg("x"), py::arg("weight"),
+        py::arg("bits"), py::arg("perm"), py::arg("offsets"), py::arg("bias") = py::none(), py::arg("isa") = -1);
+  m.def("backward_grouped", &backward_grouped, "(dx, dW) via per-ticket masked weight and torch.mm (large batches)", py::arg("dy"), py::arg("x"),
+        py::arg("weight"), py::arg("bits"), py::arg("perm"), py::arg("offsets"), py::arg("need_dx"), py::arg("need_dw"), py::arg("isa") = -1);
+  m.def("supported_isas", &supported_isas, "ISA ids this CPU runs (0 generic, 1 avx2, 2 avx512)");
+  m.def("best_isa", &best_isa, "the ISA id used by default");
+  m.def("isa_name", &isa_name, "name of an ISA id", py::arg("isa") = -1);
+}

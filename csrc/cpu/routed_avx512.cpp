@@ -1,0 +1,59 @@
+// AVX-512 (F/BW/VL) instance of the routed kernels: a 16-bit slice of a mask word is directly
+// the __mmask16 of a masked load, so masking costs nothing beyond the load itself.
+#include <immintrin.h>
+
+#include "routed_cpu.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,avx2"))), apply_to = function)
+#elif defined(__GNUC__)
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma,avx2")
+// GCC 12 headers trip -Wuninitialized on their own `__Y = __Y` idiom under a target pragma
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+namespace rtl_cpu::avx512 {
+
+struct V {
+  static constexpr int L = 16, RT = 4, RN = 4, CB = 4;
+  typedef __m512 vec;
+  static inline vec from_bf16(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
+  static inline vec zero() { return _mm512_setzero_ps(); }
+  static inline vec bcast(float f) { return _mm512_set1_ps(f); }
+  static inline vec fmadd(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
+  static inline vec mul(vec a, vec b) { return _mm512_mul_ps(a, b); }
+  static inline vec load(const float* p) { return _mm512_loadu_ps(p); }
+  static inline vec load(const uint16_t* p) { return from_bf16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+  static inline vec load_masked(const float* p, uint32_t m) { return _mm512_maskz_loadu_ps(static_cast<__mmask16>(m), p); }
+  static inline vec load_masked(const uint16_t* p, uint32_t m) { return from_bf16(_mm256_maskz_loadu_epi16(static_cast<__mmask16>(m), p)); }
+  template <typename T>
+  static inline vec load_keep(const T* p, uint32_t keep) { return load_masked(p, keep); }
+  static inline vec mask_add(vec acc, uint32_t m, vec s) { return _mm512_mask_add_ps(acc, static_cast<__mmask16>(m), acc, s); }
+  static inline float reduce(vec v) { return _mm512_reduce_add_ps(v); }
+  static inline void store(float* p, vec v) { _mm512_storeu_ps(p, v); }
+  static inline void store_masked(float* p, vec v, uint32_t m) { _mm512_mask_storeu_ps(p, static_cast<__mmask16>(m), v); }
+  static inline void copy_keep(float* o, const float* w, uint32_t keep) { _mm512_storeu_ps(o, _mm512_maskz_loadu_ps(static_cast<__mmask16>(keep), w)); }
+  static inline void copy_keep(uint16_t* o, const uint16_t* w, uint32_t keep) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), _mm256_maskz_loadu_epi16(static_cast<__mmask16>(keep), w));
+  }
+};
+
+}  // namespace rtl_cpu::avx512
+
+#define RTL_ISA_NS rtl_cpu::avx512
+#include "routed_cpu_impl.h"
+#undef RTL_ISA_NS
+
+const rtl_cpu::Ops rtl_cpu::kOpsAvx512 = {"avx512", avx512::forward, avx512::grad_x, avx512::grad_w, avx512::materialize, avx512::masked_add};
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#elif defined(__GNUC__)
+#pragma GCC pop_options
+#endif
+
+#endif  // x86-64

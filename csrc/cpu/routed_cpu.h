@@ -1,0 +1,52 @@
+// Routed masked linear on CPU: the plain C++ interface between the torch binding and the
+// per-ISA kernels. Nothing here includes torch, so the ISA translation units can be compiled
+// with their own target options without touching inline torch code.
+//
+// Mask layout (see rtl_kernels/masks/packed.py): bit (c % 32) of word bits[k][n][c / 32] is
+// ticket k's mask of weight element (n, c); padding bits past C are zero (kernels mask them
+// again with the tail mask, so non-zero padding cannot cause reads past a row).
+#pragma once
+#include <cstdint>
+
+namespace rtl_cpu {
+
+enum DType : int { kFloat32 = 0, kBFloat16 = 1 };
+
+struct Problem {
+  int dtype;          // DType of x, weight and dy (bf16 is stored as uint16_t)
+  int64_t M, N, C;    // rows, out features, in features
+  int64_t K, words;   // tickets, int32 words per mask row (= ceil(C / 32))
+  const void* x;      // [M, C]
+  const void* w;      // [N, C]
+  const void* dy;     // [M, N] (backward only)
+  const uint32_t* bits;    // [K, N, words]
+  const int64_t* perm;     // [M] row ids sorted by ticket
+  const int64_t* offsets;  // [K + 1] ticket k owns perm[offsets[k] : offsets[k + 1]]
+};
+
+// Column ranges handed to grad_x must start at a multiple of kColBlock.
+constexpr int64_t kColBlock = 64;
+// Row ranges handed to forward / grad_w should start at a multiple of kRowBlock.
+constexpr int64_t kRowBlock = 4;
+
+struct Ops {
+  const char* name;
+  // y[m, n] (fp32) for n in [n0, n1): x[m] . (w[n] & mask[route(m)][n]) + bias[n]; bias may be null.
+  void (*forward)(const Problem&, const float* bias, float* y, int64_t n0, int64_t n1);
+  // dx[m, c] (fp32) for c in [c0, c1): sum_n dy[m, n] * (w[n, c] & mask[route(m)][n, c]).
+  void (*grad_x)(const Problem&, float* dx, int64_t c0, int64_t c1);
+  // dw[n, c] (fp32) for n in [n0, n1): sum_k mask[k][n, c] * sum_{m in k} dy[m, n] * x[m, c].
+  void (*grad_w)(const Problem&, float* dw, int64_t n0, int64_t n1);
+  // out[n, c] (problem dtype) = w[n, c] & mask[k][n, c] for n in [n0, n1).
+  void (*materialize)(const Problem&, int64_t k, void* out, int64_t n0, int64_t n1);
+  // dw[n, c] += mask[k][n, c] ? g[n, c] : 0 (both fp32 [N, C]) for n in [n0, n1).
+  void (*masked_add)(const Problem&, int64_t k, const float* g, float* dw, int64_t n0, int64_t n1);
+};
+
+extern const Ops kOpsGeneric;
+#if defined(__x86_64__) || defined(_M_X64)
+extern const Ops kOpsAvx2;
+extern const Ops kOpsAvx512;
+#endif
+
+}  // namespace rtl_cpu

@@ -1,0 +1,136 @@
+"""Loads the compiled kernels: the module built by ``setup.py`` if present, else a JIT build.
+
+The JIT build (``torch.utils.cpp_extension.load`` with ninja) compiles the C++ sources found in
+the repository checkout (``<repo>/csrc``, editable installs) or shipped as package data
+(``rtl_kernels/_csrc``, staged by ``rtl_kernels/_build.py``) and caches the result under
+``TORCH_EXTENSIONS_DIR``. Without a compiler the loader warns once and returns ``None``, so
+callers fall back to the reference backend. ``RTL_KERNELS_NO_EXTENSION=1`` disables the
+extensions; ``RTL_KERNELS_SANITIZE=address`` JIT-builds an AddressSanitizer variant (run with
+``LD_PRELOAD`` of libasan).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+logger = logging.getLogger(__name__)
+
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class ExtensionSpec:
+    """One compiled module: its prebuilt import name, its JIT name and its sources (relative to csrc)."""
+
+    prebuilt: str
+    jit_name: str
+    sources: tuple[str, ...]
+    cuda: bool = False
+
+
+CPU_SPEC = ExtensionSpec(
+    prebuilt="rtl_kernels._C_cpu",
+    jit_name="rtl_kernels_cpu",
+    sources=("cpu/binding.cpp", "cpu/routed_generic.cpp", "cpu/routed_avx2.cpp", "cpu/routed_avx512.cpp"),
+)
+CUDA_SPEC = ExtensionSpec(
+    prebuilt="rtl_kernels._C_cuda",
+    jit_name="rtl_kernels_cuda",
+    sources=("cuda/binding.cpp", "cuda/routed_gemv.cu"),
+    cuda=True,
+)
+CXX_FLAGS = ("-O3",)
+NVCC_FLAGS = ("-O3", "-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90a,code=sm_90a")
+
+_lock = threading.Lock()
+_loaded: dict[str, ModuleType | None] = {}
+
+
+def source_dirs() -> list[Path]:
+    """Where the C++ sources may live: the checkout's ``csrc`` first, then the packaged copy."""
+    return [PACKAGE_DIR.parent / "csrc", PACKAGE_DIR / "_csrc"]
+
+
+def find_sources(spec: ExtensionSpec) -> list[str] | None:
+    for root in source_dirs():
+        paths = [root / s for s in spec.sources]
+        if all(p.is_file() for p in paths):
+            return [str(p) for p in paths]
+    return None
+
+
+def disabled() -> bool:
+    return os.environ.get("RTL_KERNELS_NO_EXTENSION", "") not in ("", "0")
+
+
+def _sanitizer() -> str:
+    return os.environ.get("RTL_KERNELS_SANITIZE", "")
+
+
+def _import_prebuilt(spec: ExtensionSpec) -> ModuleType | None:
+    if _sanitizer():
+        return None
+    try:
+        return importlib.import_module(spec.prebuilt)
+    except ImportError:
+        return None
+
+
+def _jit(spec: ExtensionSpec) -> ModuleType:
+    from torch.utils import cpp_extension
+
+    sources = find_sources(spec)
+    if sources is None:
+        raise FileNotFoundError(f"C++ sources {list(spec.sources)} not found in {[str(d) for d in source_dirs()]}")
+    cflags = list(CXX_FLAGS)
+    ldflags: list[str] = []
+    name = spec.jit_name
+    if _sanitizer():
+        cflags += [f"-fsanitize={_sanitizer()}", "-fno-omit-frame-pointer", "-g"]
+        ldflags += [f"-fsanitize={_sanitizer()}"]
+        name += "_" + _sanitizer().replace(",", "_")
+    logger.info("compiling %s from %s (first use; cached afterwards)", name, Path(sources[0]).parent.parent)
+    kwargs = {"extra_cuda_cflags": list(NVCC_FLAGS)} if spec.cuda else {}
+    return cpp_extension.load(name=name, sources=sources, extra_cflags=cflags, extra_ldflags=ldflags, verbose=False, **kwargs)
+
+
+def load(spec: ExtensionSpec) -> ModuleType | None:
+    """The compiled module for ``spec`` (built on first use), or ``None`` with a one-time warning."""
+    key = spec.jit_name
+    if key in _loaded:
+        return _loaded[key]
+    with _lock:
+        if key in _loaded:
+            return _loaded[key]
+        module = None
+        if not disabled():
+            module = _import_prebuilt(spec)
+            if module is None:
+                try:
+                    module = _jit(spec)
+                except Exception as exc:  # no compiler, no ninja, missing sources: fall back, never fail
+                    warnings.warn(
+                        f"rtl_kernels: could not build the {key} extension ({type(exc).__name__}: {str(exc)[:300]}); "
+                        "using the reference backend instead",
+                        RuntimeWarning,
+                        stacklevel=3,
+                    )
+        _loaded[key] = module
+        return module
+
+
+def load_cpu() -> ModuleType | None:
+    """The CPU kernels module, or ``None`` when it cannot be built here."""
+    return load(CPU_SPEC)
+
+
+def load_cuda() -> ModuleType | None:
+    """The CUDA kernels module, or ``None`` when it cannot be built here."""
+    return load(CUDA_SPEC)
