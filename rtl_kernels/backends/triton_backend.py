@@ -25,7 +25,7 @@ try:
     import triton  # noqa: F401
 
     from ..kernels.triton import configs
-    from ..kernels.triton.common import cached_tile_flags, sorted_tickets
+    from ..kernels.triton.common import cached_tile_flags, cached_tile_lists, sorted_tickets
     from ..kernels.triton.geometry import Geometry, conv_geometry, linear_geometry
     from ..kernels.triton.grouped_gemm import launch_dx, launch_forward
     from ..kernels.triton.linear_decode import block_rows_for, launch_decode
@@ -88,10 +88,10 @@ def linear_forward(x: torch.Tensor, weight: torch.Tensor, masks: PackedMasks, pl
         flags = _flags(masks, (cfg["BLOCK_N"], cfg["BLOCK_K"]))
         return launch_decode(x, weight, bits, flags, bias, plan.perm, sorted_tickets(plan.routes, plan.perm), plan.offsets, False, cfg)
     cfg = _config("fwd", x.device, x.dtype, m, n, kin)
-    flags = _flags(masks, (cfg["BLOCK_N"], cfg["BLOCK_K"]))
+    lists = cached_tile_lists(masks, (cfg["BLOCK_N"], cfg["BLOCK_K"]), along_rows=False)
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     sched = block_schedule(plan, cfg["BLOCK_M"])
-    launch_forward(x, weight, bits, flags, bias, y, plan.perm, sched, linear_geometry(m, kin, n), cfg)
+    launch_forward(x, weight, bits, lists, bias, y, plan.perm, sched, linear_geometry(m, kin, n), cfg)
     return y
 
 
@@ -104,9 +104,9 @@ def _linear_dx(dy: torch.Tensor, weight: torch.Tensor, masks: PackedMasks, plan:
         flags = _flags(masks, (cfg["BLOCK_K"], cfg["BLOCK_N"]))
         return launch_decode(dy, weight, bits, flags, None, plan.perm, sorted_tickets(plan.routes, plan.perm), plan.offsets, True, cfg)
     cfg = _config("dx", dy.device, dy.dtype, m, kin, n)
-    flags = _flags(masks, (cfg["BLOCK_K"], cfg["BLOCK_N"]))
+    lists = cached_tile_lists(masks, (cfg["BLOCK_K"], cfg["BLOCK_N"]), along_rows=True)
     dx = torch.empty((m, kin), dtype=dy.dtype, device=dy.device)
-    launch_dx(dy, weight, bits, flags, dx, plan.perm, block_schedule(plan, cfg["BLOCK_M"]), linear_geometry(m, kin, n), cfg)
+    launch_dx(dy, weight, bits, lists, dx, plan.perm, block_schedule(plan, cfg["BLOCK_M"]), linear_geometry(m, kin, n), cfg)
     return dx
 
 

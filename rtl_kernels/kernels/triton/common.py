@@ -25,7 +25,9 @@ def keep_tile(bits_ptr, ticket, rows, cols, valid, n_rows, n_words):
 def masked_weight_tile(w_ptr, bits_ptr, ticket, rows, cols, valid, n_rows, row_len, n_words):
     """Weight tile ``w[rows, cols]`` (row-major ``[n_rows, row_len]``) with the ticket's mask applied by select."""
     w = tl.load(w_ptr + rows[:, None] * row_len + cols[None, :], mask=valid, other=0.0)
-    keep = keep_tile(bits_ptr, ticket, rows, cols, valid, n_rows, n_words)
+    # bit expansion inlined (not a call to keep_tile): device-function calls are costly in the interpreter
+    words = tl.load(bits_ptr + (ticket.to(tl.int64) * n_rows + rows[:, None]) * n_words + (cols[None, :] // 32), mask=valid, other=0)
+    keep = ((words >> (cols[None, :] % 32).to(tl.int32)) & 1) != 0
     return tl.where(keep, w, tl.zeros_like(w))
 
 
@@ -65,6 +67,31 @@ def cached_tile_flags(masks: PackedMasks, tile: tuple[int, int]) -> torch.Tensor
     while len(_FLAG_CACHE) > _FLAG_CACHE_SIZE:
         _FLAG_CACHE.popitem(last=False)
     return flags
+
+
+def cached_tile_lists(masks: PackedMasks, tile: tuple[int, int], along_rows: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per (ticket, tile row) the column-tile indices whose flag is set, first and ascending, plus their count.
+
+    ``along_rows`` swaps the roles (per tile column, the row tiles), for a reduction over weight rows.
+    Both are int32 and computed on the device (stable sort, no host read); cached like the flags.
+    """
+    bits = masks.bits
+    key = ("lists", bits.data_ptr(), bits._version, tuple(bits.shape), str(bits.device), tuple(masks.weight_shape), tile, along_rows)
+    hit = _FLAG_CACHE.get(key)
+    if hit is not None:
+        _FLAG_CACHE.move_to_end(key)
+        return hit[1]
+    flags = cached_tile_flags(masks, tile)
+    if along_rows:
+        flags = flags.transpose(1, 2)
+    order = torch.argsort(flags.to(torch.int32), dim=2, descending=True, stable=True).to(torch.int32).contiguous()
+    counts = flags.to(torch.int32).sum(dim=2, dtype=torch.int32).contiguous()
+    if bits.is_cuda and torch.cuda.is_current_stream_capturing():
+        return order, counts
+    _FLAG_CACHE[key] = (bits, (order, counts))
+    while len(_FLAG_CACHE) > _FLAG_CACHE_SIZE:
+        _FLAG_CACHE.popitem(last=False)
+    return order, counts
 
 
 def sorted_tickets(plan_routes: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
