@@ -1,0 +1,223 @@
+"""``rtl-kernels tune``: time candidate launch configs of the Triton kernels and write the best as a JSON table.
+
+For every linear shape, dtype and row count it times each candidate of each kernel (grouped
+forward, dX, dW, decode) on random routes and masks, keeps the fastest, and merges the winners
+into ``<gpu name>.json`` (keyed by shape bucket) in the config directory, where the Triton
+backend reads them. On CPU it runs the interpreter (only useful to test the command).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import logging
+import math
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+CANDIDATES = {
+    "fwd": {"BLOCK_M": (16, 32, 64, 128), "BLOCK_N": (32, 64, 128, 256), "BLOCK_K": (32, 64, 128), "num_warps": (4, 8), "num_stages": (2, 3, 4)},
+    "dx": {"BLOCK_M": (16, 32, 64, 128), "BLOCK_N": (32, 64, 128, 256), "BLOCK_K": (32, 64, 128), "num_warps": (4, 8), "num_stages": (2, 3, 4)},
+    "dw": {"BLOCK_M": (16, 32, 64, 128), "BLOCK_N": (64, 128), "BLOCK_K": (32, 64, 128), "SPLIT": (0, 1, 4), "num_warps": (4, 8), "num_stages": (2, 3)},
+    "decode": {"BLOCK_N": (16, 32, 64, 128), "BLOCK_K": (64, 128, 256), "SPLIT_K": (0, 1, 2, 4, 8), "num_warps": (4,), "num_stages": (2, 3, 4)},
+}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "tune",
+        help="autotune the Triton kernels' launch configs for this GPU",
+        description="Time candidate block sizes / warps / stages per kernel, shape bucket and dtype and write the fastest to "
+        "rtl_kernels/configs/<gpu>.json (read by the triton backend). Run warmup() afterwards in serving processes.",
+    )
+    p.add_argument("--linear", action="append", required=True, metavar="IN:OUT", help="a linear shape in_features:out_features (repeatable)")
+    p.add_argument("--rows", default="1,4,16,64,256,1024,4096", help="comma-separated row counts (default %(default)s)")
+    p.add_argument("--tickets", type=int, default=8, help="number of tickets K (default %(default)s)")
+    p.add_argument("--density", type=float, default=0.2, help="mask density of the random masks (default %(default)s)")
+    p.add_argument("--dtype", action="append", choices=sorted(DTYPES), help="dtype(s) to tune (default bfloat16)")
+    p.add_argument("--kernels", default="fwd,dx,dw,decode", help="comma-separated subset of fwd,dx,dw,decode (default all)")
+    p.add_argument("--device", default="cuda", help="device (default cuda; cpu uses the Triton interpreter)")
+    p.add_argument("--max-candidates", type=int, default=0, help="time at most this many candidates per kernel and bucket (0: all)")
+    p.add_argument("--reps", type=int, default=10, help="timed repetitions per candidate on CPU (default %(default)s)")
+    p.add_argument("--output-dir", type=Path, help="directory for the table (default: the package's config directory)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def _parse_shape(text: str) -> tuple[int, int]:
+    try:
+        a, b = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise ValueError(f"--linear: expected IN:OUT with two positive integers, got {text!r}") from None
+    if a < 1 or b < 1:
+        raise ValueError(f"--linear: expected positive sizes, got {text!r}")
+    return a, b
+
+
+def candidates(kernel: str, rows: int, limit: int = 0) -> list[dict]:
+    """Candidate configs of ``kernel`` for ``rows`` rows (row tiles no taller than needed), at most ``limit``."""
+    space = CANDIDATES[kernel]
+    keys = list(space)
+    out = []
+    for values in itertools.product(*(space[k] for k in keys)):
+        cfg = dict(zip(keys, values))
+        if "BLOCK_M" in cfg and cfg["BLOCK_M"] > max(16, 1 << max(rows - 1, 0).bit_length()):
+            continue
+        out.append(cfg)
+    if limit > 0 and len(out) > limit:
+        step = len(out) / limit
+        out = [out[int(i * step)] for i in range(limit)]
+    return out
+
+
+def _timer(device: torch.device, reps: int) -> Callable[[Callable[[], object]], float]:
+    if device.type == "cuda":
+        import triton.testing
+
+        return lambda fn: float(triton.testing.do_bench(fn, warmup=5, rep=25))
+
+    def cpu_time(fn: Callable[[], object]) -> float:
+        fn()
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+        return statistics.median(times)
+
+    return cpu_time
+
+
+def _runner(kernel: str, cfg: dict, problem: dict) -> Callable[[], object]:
+    """A closure that runs ``kernel`` with ``cfg`` on ``problem`` (imports Triton lazily)."""
+    from ..backends import triton_backend as tb
+    from ..dispatch.plan import block_schedule
+    from ..kernels.triton.common import cached_tile_flags, cached_tile_lists, sorted_tickets
+    from ..kernels.triton.geometry import linear_geometry
+    from ..kernels.triton.grouped_gemm import launch_dx, launch_forward
+    from ..kernels.triton.linear_decode import launch_decode
+    from ..kernels.triton.weight_grad import launch_dw
+
+    x, w, dy, masks, plan = problem["x"], problem["w"], problem["dy"], problem["masks"], problem["plan"]
+    m, kin = x.shape
+    n = w.shape[0]
+    geom = linear_geometry(m, kin, n)
+    bits = masks.bits
+    if kernel == "fwd":
+        lists = cached_tile_lists(masks, (cfg["BLOCK_N"], cfg["BLOCK_K"]), along_rows=False)
+        y = torch.empty(m, n, dtype=x.dtype, device=x.device)
+        return lambda: launch_forward(x, w, bits, lists, None, y, plan.perm, block_schedule(plan, cfg["BLOCK_M"]), geom, cfg)
+    if kernel == "dx":
+        lists = cached_tile_lists(masks, (cfg["BLOCK_K"], cfg["BLOCK_N"]), along_rows=True)
+        dx = torch.empty_like(x)
+        return lambda: launch_dx(dy, w, bits, lists, dx, plan.perm, block_schedule(plan, cfg["BLOCK_M"]), geom, cfg)
+    if kernel == "dw":
+        flags = cached_tile_flags(masks, (cfg["BLOCK_N"], cfg["BLOCK_K"]))
+        return lambda: launch_dw(dy, x, bits, flags, plan.perm, block_schedule(plan, cfg["BLOCK_M"]), geom, cfg, w.dtype)
+    flags = tb.cached_tile_flags(masks, (cfg["BLOCK_N"], cfg["BLOCK_K"]))
+    st = sorted_tickets(plan.routes, plan.perm)
+    return lambda: launch_decode(x, w, bits, flags, None, plan.perm, st, plan.offsets, False, cfg)
+
+
+def _problem(rows: int, kin: int, n: int, k: int, density: float, dtype: torch.dtype, device: torch.device) -> dict:
+    from ..dispatch.plan import make_plan
+    from ..masks.packed import pack_masks
+
+    gen = torch.Generator().manual_seed(0)
+    masks = pack_masks((torch.rand(k, n, kin, generator=gen) < density).to(device))
+    routes = torch.randint(0, k, (rows,), generator=gen).to(device)
+    return {
+        "x": torch.randn(rows, kin, generator=gen).to(dtype).to(device),
+        "w": torch.randn(n, kin, generator=gen).to(dtype).to(device),
+        "dy": torch.randn(rows, n, generator=gen).to(dtype).to(device),
+        "masks": masks,
+        "plan": make_plan(routes, k),
+    }
+
+
+def tune_table(args: argparse.Namespace) -> dict:
+    """Time every candidate and return the updated table for this device."""
+    from ..backends.triton_backend import is_available
+    from ..kernels.triton import configs
+
+    device = torch.device(args.device)
+    if not is_available(device):
+        raise ValueError(f"--device: the triton backend is not available on {device} (CPU needs TRITON_INTERPRET=1)")
+    kernels = [k.strip() for k in args.kernels.split(",") if k.strip()]
+    bad = [k for k in kernels if k not in CANDIDATES]
+    if bad:
+        raise ValueError(f"--kernels: expected a subset of {sorted(CANDIDATES)}, got {bad}")
+    rows_list = sorted({int(r) for r in args.rows.split(",") if r.strip()})
+    if not rows_list or rows_list[0] < 1:
+        raise ValueError(f"--rows: expected positive integers, got {args.rows!r}")
+    shapes = [_parse_shape(s) for s in args.linear]
+    dtypes = [DTYPES[d] for d in (args.dtype or ["bfloat16"])]
+    stem = configs.device_key(device)
+    table = _load_existing(args.output_dir, stem) or {"configs": {}}
+    table["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "Triton interpreter (CPU)"
+    limits = configs.dispatch_limits(device)
+    timer = _timer(device, args.reps)
+    jobs = [(d, s, r, kern) for d in dtypes for s in shapes for r in rows_list for kern in kernels]
+    for dtype, (kin, n), rows, kernel in tqdm(jobs, disable=args.quiet, desc="tune"):
+        if kernel == "decode" and rows > limits["decode_max_rows"]:
+            continue
+        problem = _problem(rows, kin, n, args.tickets, args.density, dtype, device)
+        best, best_ms = None, math.inf
+        for cfg in candidates(kernel, rows, args.max_candidates):
+            try:
+                ms = timer(_runner(kernel, cfg, problem))
+            except Exception as exc:  # e.g. out of shared memory for this tile shape
+                logger.debug("config %s of %s failed: %s", cfg, kernel, exc)
+                continue
+            if ms < best_ms:
+                best, best_ms = cfg, ms
+        if best is None:
+            logger.warning("no working config for %s %s rows=%d shape=%dx%d", kernel, dtype, rows, kin, n)
+            continue
+        # same keys the backend looks up: (rows, output features, reduction); dW as (rows, N, K_in)
+        bucket = configs.shape_bucket(rows, kin, n) if kernel == "dx" else configs.shape_bucket(rows, n, kin)
+        entry = table["configs"].setdefault(kernel, {}).setdefault(configs.dtype_key(dtype), {})
+        entry[bucket] = {**best, "ms": round(best_ms, 5)}
+        logger.info("%s %s %s: %s (%.4f ms)", kernel, configs.dtype_key(dtype), bucket, best, best_ms)
+    import triton
+
+    table["triton_version"] = triton.__version__
+    table["torch_version"] = torch.__version__
+    return table
+
+
+def _load_existing(output_dir: Path | None, stem: str) -> dict:
+    import json
+
+    from ..kernels.triton import configs
+
+    path = (output_dir or configs.CONFIG_DIR) / f"{stem}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    return {}
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from ..kernels.triton import configs
+
+    table = tune_table(args)
+    stem = configs.device_key(torch.device(args.device))
+    if args.output_dir is None:
+        path = configs.write_table(stem, table)
+    else:
+        args.output_dir.mkdir(parents=True, exist_ok=True)
+        path = args.output_dir / f"{stem}.json"
+        path.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+    n_entries = sum(len(v) for per_kernel in table["configs"].values() for v in per_kernel.values())
+    print(f"wrote {n_entries} tuned entries to {path}")
+    return 0
