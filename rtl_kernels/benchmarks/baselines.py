@@ -8,6 +8,7 @@ A factory raises :class:`Unsupported` with a reason when the approach cannot run
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -227,7 +228,9 @@ def make_bsr_loop(problem: Problem) -> Approach:
         raise Unsupported(f"weight {n}x{kin} is not a multiple of the {tr}x{tc} tile")
     b, k = problem.bias, problem.num_tickets
     try:
-        blocks = [(problem.weight * m).to_sparse_bsr((tr, tc)) for m in problem.masks]
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse BSR tensor support is in beta")
+            blocks = [(problem.weight * m).to_sparse_bsr((tr, tc)) for m in problem.masks]
     except (RuntimeError, NotImplementedError) as exc:
         raise Unsupported(f"to_sparse_bsr failed: {str(exc).splitlines()[0]}") from exc
 

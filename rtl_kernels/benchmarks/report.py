@@ -204,6 +204,11 @@ def _title(key: tuple, axis_skip: str) -> str:
     return " ".join(parts)
 
 
+def _color(doc: dict, name: str) -> str:
+    """The same colour for an approach in every panel and plot."""
+    return f"C{doc['approaches'].index(name) % 10}"
+
+
 def plot_time_vs_rows(doc: dict, path: Path) -> bool:
     """Log-log median time vs rows, one line per approach, one panel per series; False if nothing to plot."""
     groups = _series_groups(doc, "rows")
@@ -220,7 +225,7 @@ def plot_time_vs_rows(doc: dict, path: Path) -> bool:
             pts = [(r["case"]["rows"], r["results"][name]["median_us"]) for r in recs if name in r["results"] and _ok(r["results"][name])]
             if len(pts) >= 1:
                 xs, ys = zip(*pts)
-                ax.plot(xs, ys, marker="o", label=name, linestyle="--" if not _masked(name) else "-")
+                ax.plot(xs, ys, marker="o", label=name, color=_color(doc, name), linestyle="--" if not _masked(name) else "-")
         ax.set(xscale="log", yscale="log", xlabel="rows (images for conv2d)", ylabel="median time per call (µs)", title=_title(key, "rows"))
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
@@ -251,7 +256,7 @@ def plot_speedup_vs_density(doc: dict, path: Path, baseline: str = "naive_eager"
                     pts.append((100 * r["case"]["density"], base["median_us"] / res["median_us"]))
             if pts:
                 xs, ys = zip(*pts)
-                ax.plot(xs, ys, marker="o", label=name, linestyle="--" if not _masked(name) else "-")
+                ax.plot(xs, ys, marker="o", label=name, color=_color(doc, name), linestyle="--" if not _masked(name) else "-")
         ax.axhline(1.0, color="gray", linewidth=0.8)
         ax.set(
             xscale="log",
@@ -260,6 +265,9 @@ def plot_speedup_vs_density(doc: dict, path: Path, baseline: str = "naive_eager"
             ylabel=f"speed-up over {baseline}",
             title=_title(key, "density"),
         )
+        densities = sorted({100 * r["case"]["density"] for r in recs})
+        ax.set_xticks(densities, [f"{d:g}%" for d in densities])
+        ax.minorticks_off()
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()

@@ -15,8 +15,8 @@ from .cases import Case, build_cases
 from .machine import machine_info, utc_now, versions
 from .probes import run_probes
 from .problem import Problem, build_problem, reference_rows, relative_error
-from .roofline import approach_bytes, approach_flops, geometry
-from .timing import TimerConfig, time_rotating
+from .roofline import Geometry, approach_bytes, approach_flops, geometry
+from .timing import TimerConfig, Timing, time_interleaved
 
 logger = logging.getLogger(__name__)
 
@@ -55,27 +55,24 @@ def _select(factories: dict[str, Callable], wanted: Sequence[str] | None) -> dic
     return {name: factories[name] for name in factories if name in wanted}
 
 
-def _run_approach(approach: Approach, problem: Problem, ref: tuple[int, torch.Tensor], config: RunConfig, probes: dict) -> dict:
-    n, expected = ref
-    x, routes = problem.inputs[0]
-    out = approach.fn(x, routes)
+def _check(approach: Approach, problem: Problem, ref: tuple[int, torch.Tensor]) -> tuple[float | None, bool | None]:
+    """Relative error of the first rows against float64 and whether it is within tolerance."""
     if approach.kind == "dense":
-        err, correct = None, None  # ignores routes: a time floor, not an answer
-    else:
-        err = relative_error(out[:n], expected)
-        correct = err <= TOLERANCE[problem.case.dtype]
-    del out
-    timing = time_rotating(approach.fn, problem.inputs, problem.device, config.timer)
-    geo = geometry(problem)
+        return None, None  # ignores routes: a time floor, not an answer
+    n, expected = ref
+    out = approach.fn(*problem.inputs[0])
+    err = relative_error(out[:n], expected)
+    return err, err <= TOLERANCE[problem.case.dtype]
+
+
+def _figures(approach: Approach, timing: Timing, geo: Geometry, dtype: str, probes: dict) -> dict:
     nbytes, flops = approach_bytes(approach.kind, geo), approach_flops(approach.kind, geo)
     t_bw = nbytes / probes["bandwidth_Bps"]
-    t_flop = flops / probes["matmul_flops"][problem.case.dtype]
+    t_flop = flops / probes["matmul_flops"][dtype]
     return {
         "kind": approach.kind,
         "time": timing.as_dict(),
         "median_us": timing.median_s * 1e6,
-        "rel_err": err,
-        "correct": correct,
         "bytes": nbytes,
         "flops": flops,
         "bw_time_us": t_bw * 1e6,
@@ -86,30 +83,40 @@ def _run_approach(approach: Approach, problem: Problem, ref: tuple[int, torch.Te
     }
 
 
+def _failure(exc: Exception) -> str:
+    return f"failed here: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+
+
 def run_case(case: Case, factories: dict[str, Callable[[Problem], Approach]], config: RunConfig, probes: dict) -> dict:
-    """Build one case's data and measure every approach on it (skips carry their reason)."""
+    """Build one case's data, check every approach against float64, then time them interleaved."""
     device = torch.device(config.device)
     problem = build_problem(case, device, rotations=config.rotations, seed=config.seed)
     ref = reference_rows(problem)
+    results: dict[str, dict] = {}
+    ready: dict[str, tuple[Approach, float | None, bool | None]] = {}
+    with torch.inference_mode():
+        for name, make in factories.items():
+            try:
+                approach = make(problem)
+                ready[name] = (approach, *_check(approach, problem, ref))
+            except Unsupported as exc:
+                results[name] = {"skipped": str(exc)}
+            except (RuntimeError, NotImplementedError, ValueError, TypeError) as exc:
+                logger.info("%s on %s failed: %s", name, case.key(), exc)
+                results[name] = {"skipped": _failure(exc)}
+        timings = time_interleaved({name: a.fn for name, (a, _, _) in ready.items()}, problem.inputs, device, config.timer) if ready else {}
+    geo = geometry(problem)
+    for name, (approach, err, correct) in ready.items():
+        results[name] = {**_figures(approach, timings[name], geo, case.dtype, probes), "rel_err": err, "correct": correct}
     record = {
         "key": case.key(),
         "case": case.as_dict(),
-        "active_tickets": problem.active_tickets(),
+        "active_tickets": geo.active_tickets,
         "rotations": len(problem.inputs),
-        "results": {},
+        "results": {name: results[name] for name in factories},
     }
-    for name, make in factories.items():
-        try:
-            with torch.inference_mode():
-                approach = make(problem)
-                record["results"][name] = _run_approach(approach, problem, ref, config, probes)
-        except Unsupported as exc:
-            record["results"][name] = {"skipped": str(exc)}
-        except (RuntimeError, NotImplementedError, ValueError, TypeError) as exc:
-            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
-            logger.info("%s on %s failed: %s", name, case.key(), reason)
-            record["results"][name] = {"skipped": f"failed here: {reason}"}
-        gc.collect()
+    del ready, problem
+    gc.collect()
     return record
 
 

@@ -1,5 +1,9 @@
 """Timer: warm-up, many repeats, median, inputs rotated so caches do not flatter the result.
 
+Several approaches of one case are timed *interleaved*: the measurement is split into rounds and
+every round times each approach in turn, so a burst of load from other processes hits all of them
+alike instead of whichever was running at the time.
+
 CPU: ``time.perf_counter`` around each call. CUDA: one pair of CUDA events per call, with the L2
 cache flushed (a large buffer zeroed) before each call, like ``triton.testing.do_bench``.
 """
@@ -8,21 +12,24 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
 
+FLUSH_BYTES = 256 * 1024 * 1024
+
 
 @dataclass(frozen=True)
 class TimerConfig:
-    """How long to warm up and measure (seconds), and the repeat bounds."""
+    """Warm-up and measured seconds per approach, repeat bounds, rounds of interleaving."""
 
     warmup_s: float = 0.05
     min_time_s: float = 0.2
     min_repeats: int = 5
     max_repeats: int = 200
     flush_l2: bool = True
+    rounds: int = 4
 
 
 @dataclass(frozen=True)
@@ -58,63 +65,85 @@ def summarize(samples: Sequence[float], method: str) -> Timing:
     )
 
 
-def time_rotating(fn: Callable[..., object], inputs: Sequence[tuple], device: torch.device, config: TimerConfig = TimerConfig()) -> Timing:
-    """Time ``fn(*inputs[i % len(inputs)])`` call by call after a warm-up; returns the summary."""
+class _Rotation:
+    """One callable, the input sets it cycles through, and its samples so far."""
+
+    def __init__(self, fn: Callable[..., object], inputs: Sequence[tuple], device: torch.device, flush: torch.Tensor | None) -> None:
+        self.fn, self.inputs, self.device, self.flush = fn, inputs, device, flush
+        self.i = 0
+        self.samples: list[float] = []
+        self.estimate_s = 0.0
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _next(self) -> tuple:
+        args = self.inputs[self.i % len(self.inputs)]
+        self.i += 1
+        return args
+
+    def warmup(self, seconds: float) -> None:
+        """At least one pass over every input set and ``seconds``; estimates the per-call time."""
+        start = time.perf_counter()
+        calls = 0
+        while calls < len(self.inputs) or time.perf_counter() - start < seconds:
+            self.fn(*self._next())
+            calls += 1
+            if calls >= len(self.inputs):
+                self._sync()
+        self._sync()
+        t0 = time.perf_counter()
+        for _ in range(len(self.inputs)):
+            self.fn(*self._next())
+        self._sync()
+        self.estimate_s = max((time.perf_counter() - t0) / len(self.inputs), 1e-7)
+
+    def measure(self, calls: int) -> None:
+        """Time ``calls`` more calls, one sample each."""
+        if self.device.type == "cuda":
+            events = []
+            for _ in range(calls):
+                if self.flush is not None:
+                    self.flush.zero_()
+                args = self._next()
+                begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                begin.record()
+                self.fn(*args)
+                end.record()
+                events.append((begin, end))
+            torch.cuda.synchronize(self.device)
+            self.samples += [b.elapsed_time(e) / 1e3 for b, e in events]
+            return
+        for _ in range(calls):
+            args = self._next()
+            t0 = time.perf_counter()
+            self.fn(*args)
+            self.samples.append(time.perf_counter() - t0)
+
+
+def time_interleaved(
+    fns: Mapping[str, Callable[..., object]], inputs: Sequence[tuple], device: torch.device, config: TimerConfig = TimerConfig()
+) -> dict[str, Timing]:
+    """Time each ``fn(*inputs[i % len(inputs)])`` call by call, in interleaved rounds; summary per name."""
     if not inputs:
         raise ValueError("inputs: expected at least one argument tuple to rotate through, got none")
-    if device.type == "cuda":
-        return _time_cuda(fn, inputs, device, config)
-    return _time_host(fn, inputs, config)
+    flush = None
+    if device.type == "cuda" and config.flush_l2:
+        flush = torch.empty(FLUSH_BYTES // 4, dtype=torch.int32, device=device)
+    rotations = {name: _Rotation(fn, inputs, device, flush) for name, fn in fns.items()}
+    for rot in rotations.values():
+        rot.warmup(config.warmup_s)
+    rounds = max(1, config.rounds)
+    for r in range(rounds):
+        for rot in rotations.values():
+            want = min(config.max_repeats, max(config.min_repeats, int(config.min_time_s / rot.estimate_s)))
+            share = want * (r + 1) // rounds - want * r // rounds  # split ``want`` calls over the rounds
+            rot.measure(share)
+    method = "cuda_events" + ("+l2flush" if flush is not None else "") if device.type == "cuda" else "perf_counter"
+    return {name: summarize(rot.samples, method) for name, rot in rotations.items()}
 
 
-def _time_host(fn: Callable[..., object], inputs: Sequence[tuple], config: TimerConfig) -> Timing:
-    n = len(inputs)
-    i = 0
-    start = time.perf_counter()
-    while True:  # warm-up: at least one pass over every input set
-        fn(*inputs[i % n])
-        i += 1
-        if i >= n and time.perf_counter() - start >= config.warmup_s:
-            break
-    samples: list[float] = []
-    begin = time.perf_counter()
-    while len(samples) < config.max_repeats and (len(samples) < config.min_repeats or time.perf_counter() - begin < config.min_time_s):
-        args = inputs[i % n]
-        t0 = time.perf_counter()
-        fn(*args)
-        samples.append(time.perf_counter() - t0)
-        i += 1
-    return summarize(samples, "perf_counter")
-
-
-def _time_cuda(fn: Callable[..., object], inputs: Sequence[tuple], device: torch.device, config: TimerConfig) -> Timing:
-    n = len(inputs)
-    flush = torch.empty(256 * 1024 * 1024 // 4, dtype=torch.int32, device=device) if config.flush_l2 else None
-    i = 0
-    torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    while True:
-        fn(*inputs[i % n])
-        i += 1
-        if i >= n:
-            torch.cuda.synchronize(device)
-            if time.perf_counter() - start >= config.warmup_s:
-                break
-    # estimate the per-call time to pick the repeat count, then record events for every call
-    t0 = time.perf_counter()
-    for j in range(n):
-        fn(*inputs[(i + j) % n])
-    torch.cuda.synchronize(device)
-    est = max((time.perf_counter() - t0) / n, 1e-6)
-    reps = int(min(config.max_repeats, max(config.min_repeats, config.min_time_s / est)))
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
-    for begin, end in events:
-        if flush is not None:
-            flush.zero_()
-        args = inputs[i % n]
-        begin.record()
-        fn(*args)
-        end.record()
-        i += 1
-    torch.cuda.synchronize(device)
-    return summarize([b.elapsed_time(e) / 1e3 for b, e in events], "cuda_events" + ("+l2flush" if flush is not None else ""))
+def time_rotating(fn: Callable[..., object], inputs: Sequence[tuple], device: torch.device, config: TimerConfig = TimerConfig()) -> Timing:
+    """Time one callable (see :func:`time_interleaved`)."""
+    return time_interleaved({"fn": fn}, inputs, device, config)["fn"]
