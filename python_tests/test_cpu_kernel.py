@@ -1,0 +1,196 @@
+"""CPU C++ kernels against a float64 oracle: every ISA this CPU runs, both paths, forward and backward, bad inputs."""
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from reference_math import linear_ref, rel_error
+
+import rtl_kernels as rtl
+from rtl_kernels.backends import cpu_backend, extension
+from rtl_kernels.backends.registry import Call, resolve_backend
+from rtl_kernels.dispatch.plan import make_plan
+
+ext = extension.load_cpu()
+pytestmark = pytest.mark.skipif(ext is None, reason="the C++ CPU extension cannot be built here (no compiler)")
+ISAS = ext.supported_isas() if ext is not None else []
+TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}  # the oracle sees the same rounded inputs, so only accumulation/output rounding counts
+
+
+@st.composite
+def problem(draw, max_rows=24):
+    k = draw(st.integers(1, 32))
+    m = draw(st.integers(0, max_rows))
+    n = draw(st.integers(1, 37))
+    c = draw(st.integers(1, 70))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    kind = draw(st.sampled_from(["uniform", "one_ticket", "some_empty"]))
+    if kind == "uniform":
+        routes = torch.randint(0, k, (m,), generator=g)
+    elif kind == "one_ticket":
+        routes = torch.full((m,), draw(st.integers(0, k - 1)), dtype=torch.long)
+    else:
+        routes = 2 * torch.randint(0, (k + 1) // 2, (m,), generator=g)
+    dtype = draw(st.sampled_from([torch.float32, torch.bfloat16]))
+    masks = torch.rand(k, n, c, generator=g) < draw(st.sampled_from([0.0, 0.3, 0.5, 0.9, 1.0]))
+    x = torch.randn(m, c, generator=g).to(dtype)
+    w = torch.randn(n, c, generator=g).to(dtype)
+    b = torch.randn(n, generator=g).to(dtype) if draw(st.booleans()) else None
+    dy = torch.randn(m, n, generator=g).to(dtype)
+    return x, w, b, masks, routes, dy
+
+
+def grads_ref(x, w, masks, routes, dy):
+    x64 = x.double().requires_grad_()
+    w64 = w.double().requires_grad_()
+    linear_ref(x64, w64, masks, routes, None).backward(dy.double())
+    return x64.grad, w64.grad
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@given(case=problem())
+def test_kernels_match_float64_oracle(isa, case):
+    x, w, b, masks, routes, dy = case
+    packed = rtl.pack_masks(masks)
+    plan = make_plan(routes, masks.shape[0])
+    args = (packed.bits, plan.perm, plan.offsets)
+    tol = TOL[x.dtype]
+    ref = linear_ref(x, w, masks, routes, b)
+    for y in (ext.forward(x, w, *args, b, isa), ext.forward_grouped(x, w, *args, b, isa)):
+        assert y.dtype == x.dtype and y.shape == ref.shape
+        assert rel_error(y, ref) <= tol
+    dx_ref, dw_ref = grads_ref(x, w, masks, routes, dy)
+    dx, dw = ext.grad_input(dy, w, *args, isa), ext.grad_weight(dy, x, w, *args, isa)
+    gdx, gdw = ext.backward_grouped(dy, x, w, *args, True, True, isa)
+    for got, want in ((dx, dx_ref), (gdx, dx_ref), (dw, dw_ref), (gdw, dw_ref)):
+        assert got.dtype == x.dtype and got.shape == want.shape
+        assert rel_error(got, want) <= tol
+
+
+@given(case=problem())
+def test_isas_agree(case):
+    x, w, b, masks, routes, _ = case
+    packed = rtl.pack_masks(masks)
+    plan = make_plan(routes, masks.shape[0])
+    outs = [ext.forward(x, w, packed.bits, plan.perm, plan.offsets, b, isa).double() for isa in ISAS]
+    for out in outs[1:]:
+        assert rel_error(out, outs[0]) <= TOL[x.dtype]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_masked_weight_is_exact(isa):
+    g = torch.Generator().manual_seed(3)
+    for dtype in (torch.float32, torch.bfloat16):
+        w = torch.randn(7, 45, generator=g).to(dtype)
+        masks = torch.rand(3, 7, 45, generator=g) < 0.5
+        bits = rtl.pack_masks(masks).bits
+        for k in range(3):
+            assert torch.equal(ext.masked_weight(w, bits, k, isa), w * masks[k])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows", [5, cpu_backend.DIRECT_MAX_ROWS + 3])  # both paths of the backend
+def test_backend_autograd_with_broadcast_routes(dtype, rows):
+    g = torch.Generator().manual_seed(rows)
+    k, n, c = 5, 19, 33
+    x = torch.randn(rows, 2, c, generator=g).to(dtype).requires_grad_()
+    w = torch.randn(n, c, generator=g).to(dtype).requires_grad_()
+    b = torch.randn(n, generator=g).to(dtype).requires_grad_()
+    masks = torch.rand(k, n, c, generator=g) < 0.5
+    routes = torch.randint(0, k, (rows,), generator=g)
+    y = rtl.routed_linear(x, w, masks, routes, b, backend="cpu")
+    dy = torch.randn(y.shape, generator=g).to(dtype)
+    y.backward(dy)
+    flat_routes = routes.repeat_interleave(2)
+    x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, w, b))
+    ref = linear_ref(x64.reshape(-1, c), w64, masks, flat_routes, b64).reshape(rows, 2, n)
+    ref.backward(dy.double())
+    tol = TOL[dtype]
+    assert rel_error(y, ref) <= tol
+    for got, want in ((x.grad, x64.grad), (w.grad, w64.grad), (b.grad, b64.grad)):
+        assert rel_error(got, want) <= tol
+
+
+def test_auto_picks_cpu_for_supported_dtypes_only():
+    assert "cpu" in rtl.available_backends("cpu")
+    dev = torch.device("cpu")
+    for dtype in (torch.float32, torch.bfloat16):
+        assert resolve_backend("auto", Call("linear", dev, dtype, 16, (8, 8), 2)).name == "cpu"
+    assert resolve_backend("auto", Call("linear", dev, torch.float16, 16, (8, 8), 2)).name != "cpu"
+    with pytest.raises(ValueError, match="backend"):
+        resolve_backend("cpu", Call("linear", dev, torch.float16, 16, (8, 8), 2))
+
+
+def test_misaligned_inputs_are_handled():
+    g = torch.Generator().manual_seed(5)
+    m, n, c, k = 6, 9, 37, 3
+    for dtype in (torch.float32, torch.bfloat16):
+        buf = torch.randn(m * c + 1, generator=g).to(dtype)
+        x = buf[1:].view(m, c)  # data pointer one element past an allocation boundary
+        w = torch.randn(n * c + 1, generator=g).to(dtype)[1:].view(n, c)
+        masks = torch.rand(k, n, c, generator=g) < 0.5
+        routes = torch.randint(0, k, (m,), generator=g)
+        plan = make_plan(routes, k)
+        y = ext.forward(x, w, rtl.pack_masks(masks).bits, plan.perm, plan.offsets, None)
+        assert rel_error(y, linear_ref(x, w, masks, routes, None)) <= TOL[dtype]
+
+
+def _valid(m=4, n=5, c=40, k=3):
+    x = torch.randn(m, c)
+    w = torch.randn(n, c)
+    bits = rtl.pack_masks(torch.rand(k, n, c) < 0.5).bits
+    plan = make_plan(torch.arange(m) % k, k)
+    return {"x": x, "weight": w, "bits": bits, "perm": plan.perm, "offsets": plan.offsets}
+
+
+BAD_INPUTS = [
+    ("x", lambda a: a["x"].t().contiguous().t(), ValueError, "x: expected a contiguous"),
+    ("x", lambda a: a["x"].half(), TypeError, "x: expected dtype"),
+    ("x", lambda a: a["x"][:, :-1].contiguous(), ValueError, "x: expected shape"),
+    ("x", lambda a: a["x"][0], ValueError, "x: expected a 2-D"),
+    ("weight", lambda a: a["weight"].half(), TypeError, "weight: expected dtype float32 or bfloat16"),
+    ("weight", lambda a: a["weight"].double(), TypeError, "weight: expected dtype float32 or bfloat16"),
+    ("weight", lambda a: a["weight"].t(), ValueError, "weight: expected a contiguous"),
+    ("bits", lambda a: a["bits"][:, :, :1].contiguous(), ValueError, "bits: expected shape"),
+    ("bits", lambda a: a["bits"].long(), TypeError, "bits: expected dtype int32"),
+    ("bits", lambda a: a["bits"][:, :-1].contiguous(), ValueError, "bits: expected shape"),
+    ("perm", lambda a: a["perm"] + 100, ValueError, "perm: expected row ids"),
+    ("perm", lambda a: a["perm"] - 100, ValueError, "perm: expected row ids"),
+    ("perm", lambda a: a["perm"].int(), TypeError, "perm: expected dtype int64"),
+    ("perm", lambda a: a["perm"][:-1].contiguous(), ValueError, "perm: expected shape"),
+    ("offsets", lambda a: a["offsets"] * 2, ValueError, "offsets: expected offsets"),
+    ("offsets", lambda a: a["offsets"].flip(0).contiguous(), ValueError, "offsets: expected"),
+    ("offsets", lambda a: a["offsets"][:-1].contiguous(), ValueError, "offsets: expected shape"),
+]
+
+
+@pytest.mark.parametrize("name, corrupt, exc, message", BAD_INPUTS)
+def test_bad_inputs_are_rejected_with_a_clear_error(name, corrupt, exc, message):
+    a = _valid()
+    a[name] = corrupt(a)
+    with pytest.raises(exc, match=message):
+        ext.forward(a["x"], a["weight"], a["bits"], a["perm"], a["offsets"], None)
+    with pytest.raises(exc, match=message):
+        ext.forward_grouped(a["x"], a["weight"], a["bits"], a["perm"], a["offsets"], None)
+    dy = torch.randn(a["perm"].shape[0] if name == "perm" else 4, 5)
+    with pytest.raises(exc, match=message):
+        ext.grad_weight(dy, a["x"], a["weight"], a["bits"], a["perm"], a["offsets"])
+
+
+def test_bad_bias_dy_ticket_and_isa_are_rejected():
+    a = _valid()
+    args = (a["x"], a["weight"], a["bits"], a["perm"], a["offsets"])
+    with pytest.raises(ValueError, match=r"bias: expected shape \[5\]"):
+        ext.forward(*args, torch.randn(6))
+    with pytest.raises(TypeError, match="bias: expected dtype"):
+        ext.forward(*args, torch.randn(5, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"dy: expected shape \[4, 5\]"):
+        ext.grad_weight(torch.randn(4, 6), *args)
+    with pytest.raises(TypeError, match="dy: expected dtype"):
+        ext.grad_input(torch.randn(4, 5, dtype=torch.float64), a["weight"], a["bits"], a["perm"], a["offsets"])
+    with pytest.raises(ValueError, match="ticket: expected a value in"):
+        ext.masked_weight(a["weight"], a["bits"], 3)
+    with pytest.raises(ValueError, match="isa: expected"):
+        ext.forward(*args, None, 7)
+    with pytest.raises(TypeError):  # pybind11 rejects a non-tensor before the kernel sees it
+        ext.forward(None, *args[1:], None)
