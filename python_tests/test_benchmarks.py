@@ -15,7 +15,7 @@ from rtl_kernels.benchmarks.baselines import Unsupported, approach_factories, ba
 from rtl_kernels.benchmarks.cases import PRESETS, Case, build_cases, parse_shape
 from rtl_kernels.benchmarks.machine import device_slug, slug
 from rtl_kernels.benchmarks.problem import build_problem, reference_rows, relative_error, sample_masks, sample_routes
-from rtl_kernels.benchmarks.report import markdown, write_report
+from rtl_kernels.benchmarks.report import markdown, speedup_cell, write_report
 from rtl_kernels.benchmarks.roofline import Geometry, approach_bytes, approach_flops, geometry
 from rtl_kernels.benchmarks.runner import RunConfig, run_benchmark
 from rtl_kernels.benchmarks.timing import TimerConfig, summarize, time_interleaved, time_rotating
@@ -341,6 +341,23 @@ def test_markdown_marks_wrong_and_skipped(tiny_doc):
     rec["results"]["copies_loop"] = {"skipped": "because"}
     text = markdown(doc)
     assert "✗" in text and "`copies_loop`: because (1 case)" in text
+    doc["machine"]["load_average"] = [99.0, 99.0]
+    assert "Busy machine" in markdown(doc)
+
+
+def test_speedup_cell_compares_fastest_correct_entries():
+    def r(us, correct=True):
+        return {"median_us": us, "correct": correct}
+
+    results = {
+        "rtl:a": r(10.0),
+        "rtl:b": r(5.0, False),
+        "naive_eager": r(30.0),
+        "copies_loop": r(20.0),
+        "dense_unmasked": {"median_us": 1.0, "correct": None},
+    }
+    assert speedup_cell(results) == "2.00x"
+    assert speedup_cell({"naive_eager": r(3.0)}) == "—"
 
 
 def test_cli_list_and_help(capsys):

@@ -90,14 +90,31 @@ def _case_header() -> list[str]:
     return head
 
 
+def _fastest(results: dict, ours: bool) -> float | None:
+    """Median µs of the fastest correct masked approach among ours (``rtl:*``) or among the baselines."""
+    times = [
+        r["median_us"]
+        for n, r in results.items()
+        if _ok(r) and _masked(n) and r.get("correct") is not False and n.startswith("rtl:") == ours
+    ]
+    return min(times) if times else None
+
+
+def speedup_cell(results: dict) -> str:
+    """Fastest correct baseline time / our fastest correct backend time (above 1: ours is faster)."""
+    ours, base = _fastest(results, True), _fastest(results, False)
+    return f"{base / ours:.2f}x" if ours and base else "—"
+
+
 def time_table(doc: dict) -> list[str]:
     """Median µs per approach and case; the fastest correct masked approach in bold."""
     names = doc["approaches"]
     rows = []
     for rec in doc["cases"]:
         best = _best(rec["results"])
-        rows.append(_case_cells(rec) + [_cell(rec["results"].get(n, {"skipped": "not run"}), n == best) for n in names])
-    return _table(_case_header() + names, rows)
+        cells = [_cell(rec["results"].get(n, {"skipped": "not run"}), n == best) for n in names]
+        rows.append(_case_cells(rec) + cells + [speedup_cell(rec["results"])])
+    return _table([*_case_header(), *names, "ours vs best baseline"], rows)
 
 
 def roofline_table(doc: dict) -> list[str]:
@@ -161,7 +178,8 @@ def markdown(doc: dict, images: list[str] | None = None) -> str:
         f"square matmul ({p['matmul_size']}) peak: {peaks}.",
         f"Backends timed: {', '.join(doc['backends']['timed']) or 'none'}. Raw figures: `{run_stem(doc)}.json`.",
         "",
-        "#### Median time per call (µs unless marked; best correct masked approach in bold; ✗ = wrong output; — = did not run)",
+        "#### Median time per call (µs unless marked; best correct masked approach in bold; ✗ = wrong output; — = did not run; "
+        "last column: fastest baseline time / fastest of our backends)",
         "",
         *time_table(doc),
         "",
@@ -174,6 +192,12 @@ def markdown(doc: dict, images: list[str] | None = None) -> str:
         *footprint_table(doc),
         "",
     ]
+    if load and load[0] is not None and load[0] > m["cpu_count"]:
+        out.insert(
+            4,
+            f"**Busy machine:** the 1-minute load average ({load[0]:.1f}) exceeded the {m['cpu_count']} CPUs, other jobs shared the "
+            "cores: absolute CPU times are inflated and noisy; approaches of one case were timed interleaved, so their ratios are fairer.",
+        )
     reasons = skip_reasons(doc)
     if reasons:
         out += ["#### Not run", "", *reasons, ""]

@@ -77,6 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--min-time", type=float, default=0.2, help="measured seconds per approach and case (at least --min-repeats calls)")
     t.add_argument("--min-repeats", type=int, default=5, help="fewest timed calls")
     t.add_argument("--max-repeats", type=int, default=200, help="most timed calls")
+    t.add_argument("--rounds", type=int, default=4, help="interleaved rounds: each visits every approach of a case in turn")
     t.add_argument("--rotations", type=int, default=4, help="distinct (x, routes) sets cycled between calls")
     t.add_argument("--no-l2-flush", action="store_true", help="GPU: do not flush L2 between calls")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -130,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
             min_repeats=args.min_repeats,
             max_repeats=args.max_repeats,
             flush_l2=not args.no_l2_flush,
+            rounds=args.rounds,
         ),
         rotations=args.rotations,
         copy_bytes=args.copy_mib << 20,
