@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -307,15 +308,20 @@ def test_tiny_run_document(tiny_doc):
 
 
 def test_report_files(tiny_doc, tmp_path, monkeypatch):
-    paths = write_report(tiny_doc, tmp_path, plots=True)
+    monkeypatch.chdir(tmp_path)
+    paths = write_report(tiny_doc, Path("bench/results"), plots=True)
     data = json.loads(paths["json"].read_text())
     assert data["cases"][0]["key"] == tiny_doc["cases"][0]["key"]
     text = paths["markdown"].read_text()
     assert "| op | shape | rows | K | K_act |" in text and "rtl:reference" in text and "**" in text
     assert paths["latest"].read_text().count("### Kernel benchmarks") == 1
     assert paths["markdown"].name.startswith("cpu-")
+    stem = paths["json"].stem
+    assert f"({stem}.json)" in text  # the per-run report links next to itself
+    assert f"(bench/results/{stem}.json)" in paths["latest"].read_text()  # LATEST links from the repository root
     pytest.importorskip("matplotlib")
     assert paths["time_vs_rows"].stat().st_size > 0 and paths["speedup_vs_density"].stat().st_size > 0
+    assert f"](bench/results/{paths['time_vs_rows'].name})" in paths["latest"].read_text()
 
 
 def test_report_without_matplotlib(tiny_doc, tmp_path, monkeypatch):

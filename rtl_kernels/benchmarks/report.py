@@ -160,8 +160,8 @@ def skip_reasons(doc: dict) -> list[str]:
     return lines
 
 
-def markdown(doc: dict, images: list[str] | None = None) -> str:
-    """The Markdown report (also the README snippet)."""
+def markdown(doc: dict, images: list[str] | None = None, *, link_prefix: str = "") -> str:
+    """The Markdown report (also the README snippet); ``link_prefix`` is prepended to the JSON link."""
     m, v, p = doc["machine"], doc["versions"], doc["probes"]
     hw = m.get("gpu_name") or f"{m['cpu_model']}, {m['cpu_count']} cores"
     peaks = ", ".join(f"{k} {val / 1e9:,.0f} GFLOP/s" for k, val in p["matmul_flops"].items())
@@ -176,7 +176,7 @@ def markdown(doc: dict, images: list[str] | None = None) -> str:
         + ".",
         f"Probes in the same run: copy bandwidth {p['bandwidth_Bps'] / 1e9:,.1f} GB/s (read + write of {p['copy_bytes'] >> 20} MiB), "
         f"square matmul ({p['matmul_size']}) peak: {peaks}.",
-        f"Backends timed: {', '.join(doc['backends']['timed']) or 'none'}. Raw figures: `{run_stem(doc)}.json`.",
+        f"Backends timed: {', '.join(doc['backends']['timed']) or 'none'}. Raw figures: [{run_stem(doc)}.json]({link_prefix}{run_stem(doc)}.json).",
         "",
         "#### Median time per call (µs unless marked; best correct masked approach in bold; ✗ = wrong output; — = did not run; "
         "last column: fastest baseline time / fastest of our backends)",
@@ -325,6 +325,14 @@ def _finite(obj):
     return obj
 
 
+def _prefix_from_cwd(out: Path) -> str:
+    try:
+        rel = out.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return ""
+    return "" if str(rel) == "." else rel.as_posix() + "/"
+
+
 def write_report(doc: dict, out_dir: str | Path, *, plots: bool = True) -> dict[str, Path]:
     """Write ``<stem>.json``, ``<stem>.md``, the PNGs, ``LATEST-<type>.md`` and ``LATEST.md``; returns the paths."""
     out = Path(out_dir)
@@ -335,11 +343,12 @@ def write_report(doc: dict, out_dir: str | Path, *, plots: bool = True) -> dict[
     images = _plots(doc, out, stem) if plots else []
     for img in images:
         paths[img.stem.removeprefix(stem + "-")] = img
-    text = markdown(doc, [img.name for img in images])
-    paths["markdown"].write_text(text)
+    paths["markdown"].write_text(markdown(doc, [img.name for img in images]))
+    # the LATEST files are meant for inclusion in the top-level README: links relative to the working directory
+    prefix = _prefix_from_cwd(out)
     kind = "cuda" if doc["machine"].get("gpu_name") else "cpu"
     paths["latest_device"] = out / f"LATEST-{kind}.md"
-    paths["latest_device"].write_text(text)
+    paths["latest_device"].write_text(markdown(doc, [prefix + img.name for img in images], link_prefix=prefix))
     paths["latest"] = out / "LATEST.md"
     parts = [(out / f"LATEST-{k}.md").read_text() for k in ("cpu", "cuda") if (out / f"LATEST-{k}.md").is_file()]
     paths["latest"].write_text(
