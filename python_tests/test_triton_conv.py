@@ -11,9 +11,9 @@ from reference_math import TOLERANCE, conv_ref, rel_error
 import rtl_kernels as rtl
 
 pytest.importorskip("triton")
-from rtl_kernels.backends import triton_backend as tb  # noqa: E402
-from rtl_kernels.backends.registry import ConvParams  # noqa: E402
-from rtl_kernels.dispatch.plan import make_plan  # noqa: E402
+from rtl_kernels.backends import triton_backend as tb
+from rtl_kernels.backends.registry import ConvParams
+from rtl_kernels.dispatch.plan import make_plan
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 pytestmark = pytest.mark.skipif(not tb.is_available(DEVICE), reason="triton backend unavailable on this device")
@@ -76,7 +76,9 @@ def test_conv_empty_batch_and_single_ticket():
     x = torch.randn(0, 3, 5, 5, device=DEVICE)
     w = torch.randn(4, 3, 3, 3, device=DEVICE)
     masks = rtl.pack_masks(torch.ones(2, *w.shape, dtype=torch.bool, device=DEVICE))
-    y = tb.conv2d_forward(x, w, masks, make_plan(torch.zeros(0, dtype=torch.long, device=DEVICE), 2), None, ConvParams((1, 1), (0, 0), (1, 1), 1))
+    y = tb.conv2d_forward(
+        x, w, masks, make_plan(torch.zeros(0, dtype=torch.long, device=DEVICE), 2), None, ConvParams((1, 1), (0, 0), (1, 1), 1)
+    )
     assert y.shape == (0, 4, 3, 3)
 
 

@@ -16,14 +16,14 @@ import rtl_kernels as rtl
 from rtl_kernels.backends.registry import get_backend
 
 pytest.importorskip("triton")
-from rtl_kernels.backends import triton_backend as tb  # noqa: E402
-from rtl_kernels.dispatch.plan import block_schedule, make_plan  # noqa: E402
-from rtl_kernels.kernels.triton.common import cached_tile_lists, sorted_tickets  # noqa: E402
-from rtl_kernels.kernels.triton.geometry import linear_geometry  # noqa: E402
-from rtl_kernels.kernels.triton.grouped_gemm import launch_dx, launch_forward  # noqa: E402
-from rtl_kernels.kernels.triton.linear_decode import launch_decode  # noqa: E402
-from rtl_kernels.kernels.triton.weight_grad import launch_dw  # noqa: E402
-from rtl_kernels.masks.tiles import tile_prune  # noqa: E402
+from rtl_kernels.backends import triton_backend as tb
+from rtl_kernels.dispatch.plan import block_schedule, make_plan
+from rtl_kernels.kernels.triton.common import cached_tile_lists, sorted_tickets
+from rtl_kernels.kernels.triton.geometry import linear_geometry
+from rtl_kernels.kernels.triton.grouped_gemm import launch_dx, launch_forward
+from rtl_kernels.kernels.triton.linear_decode import launch_decode
+from rtl_kernels.kernels.triton.weight_grad import launch_dw
+from rtl_kernels.masks.tiles import tile_prune
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 pytestmark = pytest.mark.skipif(not tb.is_available(DEVICE), reason="triton backend unavailable on this device")
@@ -162,7 +162,7 @@ def test_tile_structured_masks_skip_empty_tiles():
 
 
 def test_ticket_grads_are_unmasked_per_ticket():
-    x, w, _, masks, routes = make_problem(26, 19, 23, 4, torch.float32, "holes")
+    x, _, _, _, routes = make_problem(26, 19, 23, 4, torch.float32, "holes")
     dy = torch.randn(26, 23).to(DEVICE)
     g = tb.linear_ticket_grads(dy, x, make_plan(routes, 4), 4)
     ref = torch.stack([dy[routes == t].double().T @ x[routes == t].double() for t in range(4)])

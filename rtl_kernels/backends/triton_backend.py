@@ -174,7 +174,9 @@ def conv2d_forward(
     fmt = conv_output_format(x)
     if _is_pointwise(weight, params):
         hw = x.shape[2] * x.shape[3]
-        y = linear_forward(_pixels(x).contiguous(), weight.reshape(weight.shape[0], -1), _flat_masks(masks, weight), plan.repeat_rows(hw), bias)
+        y = linear_forward(
+            _pixels(x).contiguous(), weight.reshape(weight.shape[0], -1), _flat_masks(masks, weight), plan.repeat_rows(hw), bias
+        )
         return _images(y, x.shape, fmt)
     geom = conv_geometry(x, weight, params.stride, params.padding, params.dilation, params.groups)
     y = torch.empty((geom.batch, geom.c_out, geom.ho, geom.wo), dtype=x.dtype, device=x.device).contiguous(memory_format=fmt)

@@ -24,10 +24,35 @@ logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 CANDIDATES = {
-    "fwd": {"BLOCK_M": (16, 32, 64, 128), "BLOCK_N": (32, 64, 128, 256), "BLOCK_K": (32, 64, 128), "num_warps": (4, 8), "num_stages": (2, 3, 4)},
-    "dx": {"BLOCK_M": (16, 32, 64, 128), "BLOCK_N": (32, 64, 128, 256), "BLOCK_K": (32, 64, 128), "num_warps": (4, 8), "num_stages": (2, 3, 4)},
-    "dw": {"BLOCK_M": (16, 32, 64, 128), "BLOCK_N": (64, 128), "BLOCK_K": (32, 64, 128), "SPLIT": (0, 1, 4), "num_warps": (4, 8), "num_stages": (2, 3)},
-    "decode": {"BLOCK_N": (16, 32, 64, 128), "BLOCK_K": (64, 128, 256), "SPLIT_K": (0, 1, 2, 4, 8), "num_warps": (4,), "num_stages": (2, 3, 4)},
+    "fwd": {
+        "BLOCK_M": (16, 32, 64, 128),
+        "BLOCK_N": (32, 64, 128, 256),
+        "BLOCK_K": (32, 64, 128),
+        "num_warps": (4, 8),
+        "num_stages": (2, 3, 4),
+    },
+    "dx": {
+        "BLOCK_M": (16, 32, 64, 128),
+        "BLOCK_N": (32, 64, 128, 256),
+        "BLOCK_K": (32, 64, 128),
+        "num_warps": (4, 8),
+        "num_stages": (2, 3, 4),
+    },
+    "dw": {
+        "BLOCK_M": (16, 32, 64, 128),
+        "BLOCK_N": (64, 128),
+        "BLOCK_K": (32, 64, 128),
+        "SPLIT": (0, 1, 4),
+        "num_warps": (4, 8),
+        "num_stages": (2, 3),
+    },
+    "decode": {
+        "BLOCK_N": (16, 32, 64, 128),
+        "BLOCK_K": (64, 128, 256),
+        "SPLIT_K": (0, 1, 2, 4, 8),
+        "num_warps": (4,),
+        "num_stages": (2, 3, 4),
+    },
 }
 
 
@@ -38,7 +63,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Time candidate block sizes / warps / stages per kernel, shape bucket and dtype and write the fastest to "
         "rtl_kernels/configs/<gpu>.json (read by the triton backend). Run warmup() afterwards in serving processes.",
     )
-    p.add_argument("--linear", action="append", required=True, metavar="IN:OUT", help="a linear shape in_features:out_features (repeatable)")
+    p.add_argument(
+        "--linear", action="append", required=True, metavar="IN:OUT", help="a linear shape in_features:out_features (repeatable)"
+    )
     p.add_argument("--rows", default="1,4,16,64,256,1024,4096", help="comma-separated row counts (default %(default)s)")
     p.add_argument("--tickets", type=int, default=8, help="number of tickets K (default %(default)s)")
     p.add_argument("--density", type=float, default=0.2, help="mask density of the random masks (default %(default)s)")

@@ -6,6 +6,7 @@ import functools
 from collections import OrderedDict
 
 import torch
+
 import triton
 import triton.language as tl
 
@@ -31,7 +32,7 @@ def masked_weight_tile(w_ptr, bits_ptr, ticket, rows, cols, valid, n_rows, row_l
     return tl.where(keep, w, tl.zeros_like(w))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sm_count(device: torch.device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.get_device_properties(device).multi_processor_count)

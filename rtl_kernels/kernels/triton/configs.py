@@ -47,7 +47,7 @@ def dtype_key(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_table(stem: str) -> dict:
     """The parsed table ``<stem>.json`` (empty when the file does not exist)."""
     path = CONFIG_DIR / f"{stem}.json"
