@@ -154,6 +154,7 @@ def test_byte_and_flop_formulas():
     assert approach_bytes("fused", g) == w + 8 * w / 16 + act + 8 * 16
     assert approach_bytes("copies", g) == approach_bytes("grouped", g) == 8 * w + 3 * act + 8 * 16
     assert approach_bytes("naive", g) == 8 * (3.5 * w + 8 * 16) + 3 * act
+    assert approach_bytes("per_row", g) == 8 * w + act + 8 * 16
     # the design note's worked example: fused ~48 MiB, K copies ~256 MiB
     assert approach_bytes("fused", g) / 2**20 == pytest.approx(48.5, abs=0.5)
     assert approach_bytes("copies", g) / 2**20 == pytest.approx(256.8, abs=0.5)
@@ -198,7 +199,7 @@ def test_every_approach_is_correct_or_skipped_with_a_reason(op):
         if approach.kind != "dense":
             assert relative_error(out0[:n], ref) < 1e-5, name
         ran.add(name)
-    expected = {"naive_eager", "copies_loop", "dense_unmasked"} | (
+    expected = {"naive_eager", "per_row_loop", "copies_loop", "dense_unmasked"} | (
         {"grouped_mm", "bsr_loop"} if op == "linear" and hasattr(torch, "_grouped_mm") else set()
     )
     assert expected <= ran

@@ -31,7 +31,7 @@ class Approach:
     """A timed callable ``fn(x, routes) -> y`` and the bytes it keeps resident (weights + masks)."""
 
     name: str
-    kind: str  # roofline family: fused, naive, copies, grouped, bsr, dense
+    kind: str  # roofline family: fused, naive, per_row, copies, grouped, bsr, dense
     fn: Fn
     footprint_bytes: int
 
@@ -198,6 +198,32 @@ def _segments(counts: list[int]) -> list[tuple[int, int, int]]:
     return out
 
 
+MAX_PER_ROW = 4096
+
+
+def make_per_row_loop(problem: Problem) -> Approach:
+    """K masked dense copies and one dense op per row (or image) with that row's copy: the simplest serving loop."""
+    if problem.rows > MAX_PER_ROW:
+        raise Unsupported(f"per-row loop skipped above {MAX_PER_ROW} rows (one Python-level call per row)")
+    copies, b = _copies(problem), problem.bias
+    if problem.case.op == "conv2d":
+        per_ticket = [c.contiguous(memory_format=torch.channels_last) for c in copies]
+        pad = _padding(problem)
+
+        def fn(x: torch.Tensor, routes: torch.Tensor) -> torch.Tensor:
+            return torch.cat([F.conv2d(x[i : i + 1], per_ticket[r], b, padding=pad) for i, r in enumerate(routes.tolist())])
+
+        return Approach("per_row_loop", "per_row", fn, _nbytes(b, *per_ticket))
+
+    def fn(x: torch.Tensor, routes: torch.Tensor) -> torch.Tensor:
+        y = x.new_empty(x.shape[0], copies.shape[1])
+        for i, r in enumerate(routes.tolist()):
+            torch.addmm(b, x[i : i + 1], copies[r].T, out=y[i : i + 1])
+        return y
+
+    return Approach("per_row_loop", "per_row", fn, _nbytes(b, copies))
+
+
 def make_grouped_mm(problem: Problem) -> Approach:
     """K masked copies through ``torch._grouped_mm`` (one launch, no host sync), sort/gather/scatter included."""
     if problem.case.op != "linear":
@@ -258,9 +284,6 @@ def make_dense(problem: Problem) -> Approach:
     return Approach("dense_unmasked", "dense", lambda x, routes: F.linear(x, w, b), _nbytes(w, b))
 
 
-BASELINES = ("naive_eager", "naive_compiled", "copies_loop", "grouped_mm", "bsr_loop", "dense_unmasked")
-
-
 def approach_factories(
     device: torch.device, *, compile_mode: str = "default"
 ) -> tuple[dict[str, Callable[[Problem], Approach]], dict[str, str]]:
@@ -270,6 +293,7 @@ def approach_factories(
     factories.update(
         naive_eager=make_naive_eager,
         naive_compiled=make_naive_compiled(compile_mode),
+        per_row_loop=make_per_row_loop,
         copies_loop=make_copies_loop,
         grouped_mm=make_grouped_mm,
         bsr_loop=make_bsr_loop,

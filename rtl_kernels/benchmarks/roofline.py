@@ -7,6 +7,7 @@ activation bytes (read X once, write Y once), K_act = tickets with rows in the b
 - ``fused``   (our backends, bit masks):     s·E + K_act·(mask words bytes per ticket) + A + 8·M (routes)
 - ``copies``  (K dense copies, loop):        K_act·s·E + 3·A + 8·M   (gather X / scatter Y add 2·A)
 - ``grouped`` (K copies, torch._grouped_mm): K_act·s·E + 3·A + 8·M
+- ``per_row`` (K copies, one op per row):    K_act·s·E + A + 8·M     (each copy read once if caches keep it)
 - ``naive``   (W*M_k built per call):        K_act·((3·s + 1)·E + 8·M) + 3·A
   (per ticket: read W, read the bool mask, write and re-read W_k; scan the routes)
 - ``bsr``     (per-ticket BSR weights):      stored bytes of the active tickets' BSR tensors + 3·A + 8·M
@@ -24,7 +25,7 @@ from .problem import Problem
 
 ROUTE_BYTES = 8  # int64 ticket id per row
 
-KINDS = ("dense", "fused", "copies", "grouped", "naive", "bsr")
+KINDS = ("dense", "fused", "copies", "grouped", "per_row", "naive", "bsr")
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ def approach_bytes(kind: str, g: Geometry) -> float:
         return w + g.active_tickets * g.mask_bytes_per_ticket + act + routes
     if kind in ("copies", "grouped"):
         return g.active_tickets * w + 3 * act + routes
+    if kind == "per_row":
+        return g.active_tickets * w + act + routes
     if kind == "naive":
         return g.active_tickets * ((3 * g.elem_size + 1) * g.weight_elems + routes) + 3 * act
     if kind == "bsr":
