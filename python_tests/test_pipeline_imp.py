@@ -161,3 +161,20 @@ def test_same_seed_same_tickets():
     a = find_tickets(*tiny(), sparsity=0.5, rounds=2, **ARGS)
     b = find_tickets(*tiny(), sparsity=0.5, rounds=2, **ARGS)
     assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+@pytest.mark.parametrize("action", ["stop", "revert"])
+def test_collapse_controller_stops_the_search(action):
+    from rtl_kernels.pipeline import CollapseController
+
+    model, subsets = tiny()
+    controller = CollapseController(threshold=1e-6, action=action)
+    search = extract_tickets(model, subsets, schedule=round_sparsities(0.0, 0.8, 4), controller=controller, **ARGS)
+    assert search.collapse is not None and search.collapse["round"] == 1 and search.collapse["action"] == action
+    assert len(search.masks) == (2 if action == "stop" else 1)
+    assert len(search.history) == 2, "the triggering round is still reported"
+
+
+def test_lazy_public_import():
+    assert rtl.pipeline.find_tickets is find_tickets
+    assert callable(rtl.pipeline.joint_retrain) and callable(rtl.pipeline.similarity) and rtl.pipeline.Recipe

@@ -14,7 +14,11 @@ from ..models.io import MASKS, read_metadata
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("info", help="describe a saved RTL model or run directory", description="Print the layers, ticket densities and mask similarity of a save made by rtl.save.")
+    p = sub.add_parser(
+        "info",
+        help="describe a saved RTL model or run directory",
+        description="Print the layers, ticket densities and mask similarity of a save made by rtl.save (and, for a pipeline run directory, its comparison table).",
+    )
     p.add_argument("path", type=Path, help="a directory written by rtl.save (or a run directory containing model/)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of a table")
     p.set_defaults(func=run)
@@ -22,12 +26,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     path = args.path / "model" if (args.path / "model" / "rtl.json").is_file() else args.path
+    run_report = _run_report(args.path)
     meta = read_metadata(path)
     bits = load_file(str(path / MASKS))
     packed = {name: PackedMasks(bits[name], info["weight_shape"]) for name, info in meta["layers"].items()}
     layers = {name: [round(float(d), 4) for d in p.density()] for name, p in packed.items()}
     sim = jaccard(packed)
-    report = {"path": str(path), "num_tickets": meta["num_tickets"], "layer_density": layers, "jaccard": sim.tolist(), "metadata": meta["metadata"]}
+    report = {
+        "path": str(path),
+        "num_tickets": meta["num_tickets"],
+        "layer_density": layers,
+        "jaccard": sim.tolist(),
+        "metadata": meta["metadata"],
+    }
+    if run_report is not None:
+        report["run"] = {key: run_report.get(key) for key in ("rows", "collapse_point", "collapse_controller", "timings_s")}
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -37,4 +50,15 @@ def run(args: argparse.Namespace) -> int:
     k = sim.shape[0]
     off = (sim.sum() - sim.diagonal().sum()) / max(k * (k - 1), 1)
     print(f"model-level mean Jaccard similarity between tickets: {float(off):.3f}")
+    if run_report is not None:
+        from ..pipeline.run import format_table
+
+        print(f"\npipeline run {args.path} (recipe in recipe.json):")
+        print(format_table(run_report["rows"], run_report["levels"][0]["params"]["dense"]))
     return 0
+
+
+def _run_report(path: Path) -> dict | None:
+    """The ``report.json`` of a pipeline run directory, if ``path`` is one that has finished."""
+    report = path / "report.json"
+    return json.loads(report.read_text()) if report.is_file() else None

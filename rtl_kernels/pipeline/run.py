@@ -41,7 +41,7 @@ from .training import concat, predict
 
 logger = logging.getLogger(__name__)
 STAGES = ("tickets", "retrain", "eval", "report")
-METHODS = ("rtl", "single", "multi")
+NUM_CLASSES = {"digits": 10, "cifar10": 10}
 
 
 def default_run_dir(recipe: Recipe, root: str | Path = "runs", prefix: str | None = None) -> Path:
@@ -103,7 +103,7 @@ class Run:
             self.train = torch.utils.data.TensorDataset(*(t[: r.max_train] for t in self.train.tensors))
         x_train, y_train = self.train.tensors
         x_test, y_test = self.test.tensors
-        self.num_classes = int(y_train.max()) + 1
+        self.num_classes = NUM_CLASSES[r.dataset]
         self.partition = Partition(r.partition, r.num_tickets, seed=r.seed).fit(x_train, y_train)
         train_ids = self.partition.assign(x_train, y_train)
         self.subsets = split(self.train, train_ids, r.num_tickets)
