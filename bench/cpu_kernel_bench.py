@@ -1,8 +1,9 @@
 """CPU routed-linear kernel benchmark: the C++ kernels side by side with dense and masked baselines.
 
 Run ``python bench/cpu_kernel_bench.py``; prints a table and writes
-``bench/results/cpu_kernel_<date>.json`` and ``.md``. Times are medians of repeated calls on the
-threads torch uses (``torch.get_num_threads()``).
+``bench/results/cpu_kernel_<date>.json`` and ``.md``. Times are per call on the
+threads torch uses (``torch.get_num_threads()``); methods are timed in interleaved rounds and
+the best round is reported (robust to other load on a shared machine).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import argparse
 import datetime as dt
 import json
 import platform
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,16 +26,26 @@ from rtl_kernels.dispatch.plan import make_plan
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def median_ms(fn: Callable[[], object], min_time: float = 0.4, warmup: int = 3) -> float:
-    for _ in range(warmup):
+def time_side_by_side(fns: dict[str, Callable[[], object]], rounds: int, min_round_s: float) -> dict[str, float]:
+    """ms per call of each function: rounds interleave the functions, and the best round counts.
+
+    Interleaving exposes every method to the same machine state; the best round filters out
+    time slices lost to other processes on a shared machine.
+    """
+    reps = {}
+    for name, fn in fns.items():
         fn()
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < 5 or (time.perf_counter() - start < min_time and len(times) < 200):
         t0 = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+        reps[name] = max(1, int(min_round_s / max(time.perf_counter() - t0, 1e-6)))
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(reps[name]):
+                fn()
+            best[name] = min(best[name], (time.perf_counter() - t0) / reps[name] * 1e3)
+    return best
 
 
 def make_case(rows: int, tickets: int, n: int, c: int, density: float, dtype: torch.dtype, seed: int = 0) -> dict:
@@ -107,24 +117,20 @@ def run(quick: bool) -> dict:
     ext = extension.load_cpu()
     if ext is None:
         raise SystemExit("the CPU extension could not be built here")
-    min_time = 0.1 if quick else 0.5
+    rounds, min_round_s = (3, 0.05) if quick else (7, 0.15)
     results = []
     for name, params, kind in CASES:
         case = make_case(**params)
         fns = backward_fns(case, ext) if kind == "bwd" else {**baselines(case), **kernels(case, ext)}
-        times = {label: median_ms(fn, min_time) for label, fn in fns.items()}
+        times = time_side_by_side(fns, rounds, min_round_s)
         results.append({"case": name, **{k: (str(v) if isinstance(v, torch.dtype) else v) for k, v in params.items()}, "ms": times})
     crossover = []
     for rows in CROSSOVER_ROWS:
         case = make_case(rows=rows, tickets=8, n=1024, c=1024, density=0.5, dtype=torch.float32)
         fns = kernels(case, ext)
-        crossover.append(
-            {
-                "rows": rows,
-                "direct_ms": median_ms(fns["rtl cpu: weight-stationary kernel"], min_time),
-                "grouped_ms": median_ms(fns["rtl cpu: masked copy + torch.mm"], min_time),
-            }
-        )
+        pair = {"direct": fns["rtl cpu: weight-stationary kernel"], "grouped": fns["rtl cpu: masked copy + torch.mm"]}
+        times = time_side_by_side(pair, rounds, min_round_s)
+        crossover.append({"rows": rows, "direct_ms": times["direct"], "grouped_ms": times["grouped"]})
     return {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": {

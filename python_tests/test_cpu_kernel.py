@@ -89,15 +89,16 @@ def test_masked_weight_is_exact(isa):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("rows", [5, cpu_backend.DIRECT_MAX_ROWS + 3])  # both paths of the backend
+@pytest.mark.parametrize("rows", [5, 40 * cpu_backend.DIRECT_ROWS_PER_TICKET])  # both paths of the backend
 def test_backend_autograd_with_broadcast_routes(dtype, rows):
     g = torch.Generator().manual_seed(rows)
     k, n, c = 5, 19, 33
+    routes = torch.randint(0, k, (rows,), generator=g)
+    assert cpu_backend.use_direct(make_plan(routes.repeat_interleave(2), k)) == (rows == 5)
     x = torch.randn(rows, 2, c, generator=g).to(dtype).requires_grad_()
     w = torch.randn(n, c, generator=g).to(dtype).requires_grad_()
     b = torch.randn(n, generator=g).to(dtype).requires_grad_()
     masks = torch.rand(k, n, c, generator=g) < 0.5
-    routes = torch.randint(0, k, (rows,), generator=g)
     y = rtl.routed_linear(x, w, masks, routes, b, backend="cpu")
     dy = torch.randn(y.shape, generator=g).to(dtype)
     y.backward(dy)

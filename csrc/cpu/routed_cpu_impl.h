@@ -18,6 +18,8 @@ typedef typename V::vec vec;
 
 static constexpr int L = V::L;
 static constexpr uint32_t kFull = (1u << L) - 1u;
+// forward column block: W block and the x slices it meets stay in L1 across tickets
+static constexpr int64_t kColChunk = 512;
 
 static inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 // rows handled by one register tile: 4, 2 or 1 (capped by V::RT), so few tile shapes are compiled
@@ -38,8 +40,9 @@ static inline uint32_t limit_mask(int64_t c, int64_t C) { return C - c >= L ? kF
 
 // ------------------------------------------------------------------------------- forward
 
+// columns [c0, c1) of rows `rows` x W rows n..n+RN-1, added to y (bias added with the first block)
 template <typename T, int RT, int RN>
-static void fwd_tile(const Problem& p, const int64_t* rows, const uint32_t* const* mrow, int64_t n, const float* bias, float* y) {
+static void fwd_tile(const Problem& p, const int64_t* rows, const uint32_t* const* mrow, int64_t n, int64_t c0, int64_t c1, const float* bias, float* y) {
   const T* x = static_cast<const T*>(p.x);
   const T* w = static_cast<const T*>(p.w);
   const int64_t C = p.C;
@@ -50,8 +53,8 @@ static void fwd_tile(const Problem& p, const int64_t* rows, const uint32_t* cons
   vec acc[RT][RN];
   for (int t = 0; t < RT; ++t)
     for (int r = 0; r < RN; ++r) acc[t][r] = V::zero();
-  int64_t c = 0;
-  for (; c + L <= C; c += L) {
+  int64_t c = c0;
+  for (; c + L <= c1; c += L) {
     vec xv[RT];
     for (int t = 0; t < RT; ++t) xv[t] = V::load(xr[t] + c);
     for (int r = 0; r < RN; ++r) {
@@ -59,7 +62,7 @@ static void fwd_tile(const Problem& p, const int64_t* rows, const uint32_t* cons
       for (int t = 0; t < RT; ++t) acc[t][r] = V::fmadd(xv[t], wv, acc[t][r]);
     }
   }
-  if (c < C) {
+  if (c < c1) {  // only the last block of a row is partial (c1 = C)
     const uint32_t lim = limit_mask(c, C);
     vec xv[RT];
     for (int t = 0; t < RT; ++t) xv[t] = V::load_masked(xr[t] + c, lim);
@@ -68,45 +71,52 @@ static void fwd_tile(const Problem& p, const int64_t* rows, const uint32_t* cons
       for (int t = 0; t < RT; ++t) acc[t][r] = V::fmadd(xv[t], wv, acc[t][r]);
     }
   }
+  const bool first = c0 == 0 && bias != nullptr;
   for (int t = 0; t < RT; ++t)
-    for (int r = 0; r < RN; ++r) y[rows[t] * p.N + n + r] = V::reduce(acc[t][r]) + (bias ? bias[n + r] : 0.0f);
+    for (int r = 0; r < RN; ++r) y[rows[t] * p.N + n + r] += V::reduce(acc[t][r]) + (first ? bias[n + r] : 0.0f);
 }
 
 template <typename T, int RT>
-static void fwd_rn(int rn, const Problem& p, const int64_t* rows, const uint32_t* const* mrow, int64_t n, const float* bias, float* y) {
+static void fwd_rn(int rn, const Problem& p, const int64_t* rows, const uint32_t* const* mrow, int64_t n, int64_t c0, int64_t c1, const float* bias, float* y) {
   if (rn == V::RN)
-    fwd_tile<T, RT, V::RN>(p, rows, mrow, n, bias, y);
+    fwd_tile<T, RT, V::RN>(p, rows, mrow, n, c0, c1, bias, y);
   else
-    for (int r = 0; r < rn; ++r) fwd_tile<T, RT, 1>(p, rows, mrow + r, n + r, bias, y);
+    for (int r = 0; r < rn; ++r) fwd_tile<T, RT, 1>(p, rows, mrow + r, n + r, c0, c1, bias, y);
 }
 
 template <typename T>
-static void fwd_rt(int rt, int rn, const Problem& p, const int64_t* rows, const uint32_t* const* mrow, int64_t n, const float* bias, float* y) {
+static void fwd_rt(int rt, int rn, const Problem& p, const int64_t* rows, const uint32_t* const* mrow, int64_t n, int64_t c0, int64_t c1, const float* bias,
+                   float* y) {
   if constexpr (V::RT >= 4)
-    if (rt == 4) fwd_rn<T, 4>(rn, p, rows, mrow, n, bias, y);
+    if (rt == 4) fwd_rn<T, 4>(rn, p, rows, mrow, n, c0, c1, bias, y);
   if constexpr (V::RT >= 2)
-    if (rt == 2) fwd_rn<T, 2>(rn, p, rows, mrow, n, bias, y);
-  if (rt == 1) fwd_rn<T, 1>(rn, p, rows, mrow, n, bias, y);
+    if (rt == 2) fwd_rn<T, 2>(rn, p, rows, mrow, n, c0, c1, bias, y);
+  if (rt == 1) fwd_rn<T, 1>(rn, p, rows, mrow, n, c0, c1, bias, y);
 }
 
-// Weight-stationary: a block of W rows is read from memory once and reused (from L1) by every
-// active ticket's rows, each applying its own mask bits while loading.
+// Weight-stationary: a block of W (kRowBlock rows x kColChunk columns) is read from memory once
+// and reused from L1 by every active ticket's rows, each applying its own mask bits while
+// loading; y (zeroed by the caller) accumulates the column blocks.
 template <typename T>
 static void forward_t(const Problem& p, const float* bias, float* y, int64_t n0, int64_t n1) {
   for (int64_t nb = n0; nb < n1; nb += rtl_cpu::kRowBlock) {
     const int64_t nb_end = imin(nb + rtl_cpu::kRowBlock, n1);
-    for (int64_t k = 0; k < p.K; ++k) {
-      const int64_t lo = p.offsets[k], hi = p.offsets[k + 1];
-      for (int64_t n = nb; n < nb_end; n += V::RN) {
-        const int rn = static_cast<int>(imin(V::RN, nb_end - n));
-        const uint32_t* mrow[V::RN];
-        for (int r = 0; r < rn; ++r) mrow[r] = p.bits + (k * p.N + n + r) * p.words;
-        for (int64_t q = lo; q < hi;) {
-          const int rt = row_tile(hi - q);
-          fwd_rt<T>(rt, rn, p, p.perm + q, mrow, n, bias, y);
-          q += rt;
+    for (int64_t c0 = 0; c0 < p.C || c0 == 0; c0 += kColChunk) {
+      const int64_t c1 = imin(c0 + kColChunk, p.C);
+      for (int64_t k = 0; k < p.K; ++k) {
+        const int64_t lo = p.offsets[k], hi = p.offsets[k + 1];
+        for (int64_t n = nb; n < nb_end; n += V::RN) {
+          const int rn = static_cast<int>(imin(V::RN, nb_end - n));
+          const uint32_t* mrow[V::RN];
+          for (int r = 0; r < rn; ++r) mrow[r] = p.bits + (k * p.N + n + r) * p.words;
+          for (int64_t q = lo; q < hi;) {
+            const int rt = row_tile(hi - q);
+            fwd_rt<T>(rt, rn, p, p.perm + q, mrow, n, c0, c1, bias, y);
+            q += rt;
+          }
         }
       }
+      if (c1 >= p.C) break;
     }
   }
 }

@@ -4,7 +4,9 @@ Small batches run the weight-stationary kernel: each block of W rows is read fro
 and every active ticket applies its mask bits to it while loading (16-bit mask slices are the
 AVX-512 lane masks). Large batches build each active ticket's masked weight with the same
 kernels and multiply with ``torch.mm`` (MKL / oneDNN), which wins once the GEMM dominates. The
-crossover ``DIRECT_MAX_ROWS`` was measured with ``bench/cpu_kernel_bench.py``.
+masked copies cost one extra weight write and read per active ticket, so the crossover scales
+with the number of active tickets (``DIRECT_ROWS_PER_TICKET``, measured with
+``bench/cpu_kernel_bench.py``).
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ from types import ModuleType
 
 import torch
 
+from ..dispatch.plan import RoutingPlan
 from . import extension
 from .registry import Backend, Call, register_backend
 
 DTYPES = (torch.float32, torch.bfloat16)
-# up to this many rows the weight-stationary kernel beats masked copies + torch.mm (measured)
-DIRECT_MAX_ROWS = 128
+# the weight-stationary kernel runs batches of up to this many rows per active ticket (measured)
+DIRECT_ROWS_PER_TICKET = 32
 
 
 def _ext() -> ModuleType:
@@ -37,21 +40,25 @@ def supports(call: Call) -> bool:
     return call.op == "linear" and call.device.type == "cpu" and call.dtype in DTYPES
 
 
-def use_direct(rows: int) -> bool:
-    """True when the weight-stationary kernel is the faster path for ``rows`` rows."""
-    return rows <= DIRECT_MAX_ROWS
+def use_direct(plan: RoutingPlan) -> bool:
+    """True when the weight-stationary kernel is the faster path for this batch (else masked copies + torch.mm)."""
+    rows = plan.num_rows
+    if rows <= DIRECT_ROWS_PER_TICKET:
+        return True
+    active = int(torch.count_nonzero(plan.counts))  # CPU tensor: no device sync
+    return rows <= DIRECT_ROWS_PER_TICKET * active
 
 
 def linear_forward(x, weight, masks, plan, bias):
     ext = _ext()
-    run = ext.forward if use_direct(x.shape[0]) else ext.forward_grouped
+    run = ext.forward if use_direct(plan) else ext.forward_grouped
     return run(x, weight, masks.bits.contiguous(), plan.perm.contiguous(), plan.offsets.contiguous(), bias)
 
 
 def linear_backward(dy, x, weight, masks, plan, need_dx, need_dw):
     ext = _ext()
     bits, perm, offsets = masks.bits.contiguous(), plan.perm.contiguous(), plan.offsets.contiguous()
-    if not use_direct(x.shape[0]):
+    if not use_direct(plan):
         return ext.backward_grouped(dy, x, weight, bits, perm, offsets, need_dx, need_dw)
     dx = ext.grad_input(dy, weight, bits, perm, offsets) if need_dx else None
     dw = ext.grad_weight(dy, x, weight, bits, perm, offsets) if need_dw else None
