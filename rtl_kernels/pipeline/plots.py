@@ -36,15 +36,15 @@ def similarity_heatmap(matrix: list[list[float]], path: Path, title: str = "tick
     return _save(fig, path)
 
 
-def similarity_vs_sparsity(history: list[dict], collapse_round: int | None, path: Path, controller: dict | None = None) -> Path:
+def similarity_vs_sparsity(history: list[dict], collapse: dict | None, path: Path, controller: dict | None = None) -> Path:
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    xs = [h["sparsity"] * 100 for h in history]
+    xs = [0.0] + [h["sparsity"] * 100 for h in history]
     per_ticket = list(zip(*[h["score"] for h in history]))
     for k, ys in enumerate(per_ticket):
-        ax.plot(xs, ys, color="0.7", lw=0.8, label="per ticket" if k == 0 else None)
-    ax.plot(xs, [h["mean_score"] for h in history], marker="o", color="C0", label="mean score")
-    if collapse_round is not None:
-        ax.axvline(xs[collapse_round], color="C3", ls="--", label=f"fastest change ({xs[collapse_round]:.0f}%)")
+        ax.plot(xs, [1.0, *ys], color="0.7", lw=0.8, label="per ticket" if k == 0 else None)
+    ax.plot(xs, [1.0] + [h["mean_score"] for h in history], marker="o", color="C0", label="mean score")
+    if collapse is not None:
+        ax.axvline(collapse["sparsity"] * 100, color="C3", ls="--", label=f"fastest change ({collapse['sparsity']:.0%})")
     if controller:
         ax.axvline(controller["sparsity"] * 100, color="C1", ls=":", label=f"controller: {controller['action']}")
     ax.set(xlabel="sparsity (%)", ylabel="mean Jaccard with other tickets", title="similarity score vs sparsity")
@@ -78,9 +78,7 @@ def plot_run(report: dict, final_masks: dict[str, torch.Tensor], directory: Path
     return [
         accuracy_vs_sparsity(report["rows"], out / "accuracy_vs_sparsity.png"),
         similarity_heatmap(last["similarity"]["jaccard"], out / "similarity_heatmap.png", f"Jaccard at {last['sparsity']:.0%} sparsity"),
-        similarity_vs_sparsity(
-            report["similarity_history"], cp["round"] if cp else None, out / "similarity_vs_sparsity.png", report.get("collapse_controller")
-        ),
+        similarity_vs_sparsity(report["similarity_history"], cp, out / "similarity_vs_sparsity.png", report.get("collapse_controller")),
         layer_density(final_masks, out / "layer_density.png"),
     ]
 

@@ -301,8 +301,8 @@ class Run:
                     row["ovr_recall"] = values["one_vs_rest"]["mean_recall"]
                 rows.append(row)
         history = self.search.history
-        sparsities = [h["sparsity"] for h in history]
-        scores = [h["mean_score"] for h in history]
+        sparsities = [0.0] + [h["sparsity"] for h in history]  # the dense start: every ticket is all ones, score 1
+        scores = [1.0] + [h["mean_score"] for h in history]
         cp = collapse_point(sparsities, scores)
         report = {
             "recipe": self.recipe.to_dict(),
@@ -310,7 +310,7 @@ class Run:
             "rows": rows,
             "levels": evals,
             "similarity_history": history,
-            "collapse_point": None if cp is None else {"round": cp, "sparsity": sparsities[cp]},
+            "collapse_point": None if cp is None else {"round": cp - 1, "sparsity": sparsities[cp], "score": scores[cp]},
             "collapse_controller": self.search.collapse,
             "timings_s": {k: round(v, 2) for k, v in self.timings.items()},
         }

@@ -91,7 +91,11 @@ class CollapseController:
 
 
 def collapse_point(sparsities: list[float], scores: list[float]) -> int | None:
-    """Index of the round where the score changes fastest per unit sparsity (first pruning round excluded)."""
+    """Index where the score changes fastest per unit sparsity.
+
+    ``sparsities``/``scores`` start at the dense masks (sparsity 0, score 1); the step from there
+    to the first pruning round is not judged (the score always drops there).
+    """
     if len(scores) < 3:
         return None
     slopes = [abs(scores[i] - scores[i - 1]) / max(sparsities[i] - sparsities[i - 1], 1e-12) for i in range(2, len(scores))]
