@@ -41,3 +41,17 @@ def test_context_partition_and_errors():
         Partition("random", 3)
     with pytest.raises(ValueError, match="empty"):
         split(TensorDataset(torch.zeros(3, 1)), torch.tensor([0, 0, 2]), 3)
+
+
+def test_with_negatives_balances_positives_and_negatives():
+    from rtl_kernels.pipeline.partition import with_negatives
+
+    data = TensorDataset(torch.arange(30).float().unsqueeze(1), torch.arange(30) % 3)
+    ids = torch.arange(30) % 3
+    subsets = split(data, ids, 3)
+    mixed = with_negatives(subsets, seed=0)
+    for k, (s, m) in enumerate(zip(subsets, mixed)):
+        idx = torch.as_tensor(m.indices)
+        assert len(m) == 2 * len(s)
+        assert int((ids[idx] == k).sum()) == len(s) and int((ids[idx] != k).sum()) == len(s)
+        assert idx.unique().numel() == idx.numel()

@@ -90,3 +90,22 @@ def split(dataset: Dataset, ids: torch.Tensor, num_subsets: int) -> list[Subset]
             raise ValueError(f"partition: subset {k} is empty; use fewer subsets or another partition")
         out.append(Subset(dataset, idx))
     return out
+
+
+def with_negatives(subsets: list[Subset], seed: int = 0) -> list[Dataset]:
+    """Each subset plus an equal number of samples drawn from the other subsets (balanced positives/negatives).
+
+    The paper trains vision tickets "as binary classifiers with balanced mini-batches"; here the
+    negatives keep their own labels, so a ticket learns to answer "not mine" by predicting a class
+    outside its subset (an interpretation: the paper does not say how its binary output is read).
+    """
+    g = torch.Generator().manual_seed(seed)
+    out: list[Dataset] = []
+    for k, positives in enumerate(subsets):
+        others = torch.cat([torch.as_tensor(s.indices) for j, s in enumerate(subsets) if j != k])
+        if others.numel() == 0:
+            out.append(positives)
+            continue
+        picked = others[torch.randperm(others.numel(), generator=g)[: len(positives)]]
+        out.append(Subset(positives.dataset, [*positives.indices, *picked.tolist()]))
+    return out

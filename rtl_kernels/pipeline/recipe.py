@@ -66,6 +66,12 @@ class Recipe:
         default="sequential", metadata=_help("joint retraining: 'sequential' (the paper) or 'fused' (mixed routed batches)", choices=MODES)
     )
     baselines: bool = field(default=True, metadata=_help("also run single-mask IMP and multi-model IMP"))
+    negatives: bool = field(
+        default=False,
+        metadata=_help(
+            "train each ticket on its subset plus as many samples from the other subsets (the paper's balanced one-vs-rest batches)"
+        ),
+    )
     one_vs_rest: bool = field(
         default=False, metadata=_help("also score each ticket as a binary detector of its subset (the paper's protocol)")
     )

@@ -31,7 +31,7 @@ from .baselines import dense_param_count, param_counts, with_num_tickets
 from .distributed import world
 from .imp import dense_state, extract_tickets
 from .metrics import classification_report, one_vs_rest
-from .partition import Partition, split
+from .partition import Partition, split, with_negatives
 from .recipe import Recipe
 from .retrain import joint_retrain
 from .schedule import level_schedule
@@ -107,6 +107,8 @@ class Run:
         self.partition = Partition(r.partition, r.num_tickets, seed=r.seed).fit(x_train, y_train)
         train_ids = self.partition.assign(x_train, y_train)
         self.subsets = split(self.train, train_ids, r.num_tickets)
+        # what each ticket trains on (RTL and multi-model IMP); single-mask IMP trains on the whole training set
+        self.ticket_data = with_negatives(self.subsets, r.seed) if r.negatives else self.subsets
         self.test_ids = self.partition.assign(x_test, y_test)
         self.ticket_classes = self.partition.classes_of(train_ids, y_train)
         self.loss_fn = F.cross_entropy
@@ -165,7 +167,7 @@ class Run:
         controller = CollapseController(r.collapse_threshold, r.collapse_action) if r.collapse_threshold > 0 else None
         search = extract_tickets(
             self.model,
-            self.subsets,
+            self.ticket_data,
             schedule=schedule,
             store=DirStore(self.directory / "tickets"),
             controller=controller,
@@ -215,7 +217,7 @@ class Run:
         """Joint retraining of RTL at one level, and the two baselines; each saved when done."""
         base = self.directory / level_name(level.target)
         tags = {"level": level.target, "sparsity": level.achieved}
-        out = {"rtl": self._retrained(base / "rtl", self.fresh(), level.masks, self.subsets, {"method": "rtl", **tags})}
+        out = {"rtl": self._retrained(base / "rtl", self.fresh(), level.masks, self.ticket_data, {"method": "rtl", **tags})}
         if level.single_masks is not None:
             out["single"] = self._retrained(
                 base / "single", self.fresh(1), level.single_masks, [concat(self.subsets)], {"method": "single", **tags}
@@ -228,7 +230,7 @@ class Run:
                     [s],
                     {"method": "multi", "ticket": k, **tags},
                 )
-                for k, s in enumerate(self.subsets)
+                for k, s in enumerate(self.ticket_data)
             ]
         return out
 
