@@ -12,12 +12,12 @@ from torch import nn
 
 from ..nn.base import RTLLayer, check_num_tickets
 from ..nn.conv import RTLConv2d
-from ..nn.hf_conv1d import HF_CONV1D_QUALNAME, RTLConv1DLinear, is_hf_conv1d
+from ..nn.hf_conv1d import RTLConv1DLinear, is_hf_conv1d, is_hf_conv1d_class
 from ..nn.linear import RTLLinear
 
 logger = logging.getLogger(__name__)
 
-# dense type -> RTL type; later converters (e.g. transformers' Conv1D) register here
+# dense type -> RTL type (transformers' Conv1D is matched by name in _converter_for, so transformers stays optional)
 CONVERTERS: dict[type[nn.Module], Callable[[nn.Module, int], RTLLayer]] = {
     nn.Linear: RTLLinear.from_dense,
     nn.Conv2d: RTLConv2d.from_dense,
@@ -105,10 +105,6 @@ def _converter_for(module: nn.Module) -> Callable[[nn.Module, int], RTLLayer] | 
 def _matches(module: nn.Module, targets: tuple[type[nn.Module], ...]) -> bool:
     """``isinstance`` on ``targets``; transformers' Conv1D (a linear layer, weight stored ``[in, out]``) counts as nn.Linear."""
     return isinstance(module, targets) or (is_hf_conv1d(module) and any(issubclass(nn.Linear, t) or is_hf_conv1d_class(t) for t in targets))
-
-
-def is_hf_conv1d_class(klass: type) -> bool:
-    return any(f"{k.__module__}.{k.__qualname__}" == HF_CONV1D_QUALNAME for k in klass.__mro__)
 
 
 def _opaque_children(model: nn.Module) -> dict[str, str]:

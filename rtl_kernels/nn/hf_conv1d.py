@@ -19,9 +19,14 @@ from .base import RTLLayer, check_num_tickets
 HF_CONV1D_QUALNAME = "transformers.pytorch_utils.Conv1D"
 
 
+def is_hf_conv1d_class(klass: type) -> bool:
+    """True for transformers' ``Conv1D`` and its subclasses, without importing transformers."""
+    return isinstance(klass, type) and any(f"{k.__module__}.{k.__qualname__}" == HF_CONV1D_QUALNAME for k in klass.__mro__)
+
+
 def is_hf_conv1d(module: object) -> bool:
-    """True when ``module`` is (a subclass of) transformers' ``Conv1D``, without importing transformers."""
-    return any(f"{k.__module__}.{k.__qualname__}" == HF_CONV1D_QUALNAME for k in type(module).__mro__)
+    """True when ``module`` is a transformers ``Conv1D`` (or subclass)."""
+    return is_hf_conv1d_class(type(module))
 
 
 def transpose_masks(masks: PackedMasks) -> PackedMasks:
