@@ -135,7 +135,9 @@ def test_explicit_configs_multi_tile(path, split):
         dx = torch.empty(21, 50, device=DEVICE)
         launch_dx(dy, w, bits, cached_tile_lists(packed, (16, 16), True), dx, plan.perm, sched, geom, cfg)
     dw_cfg = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "SPLIT": split, "num_warps": 4, "num_stages": 1}
-    dw = launch_dw(dy, x, bits, tb.cached_tile_flags(packed, (16, 16)), plan.perm, block_schedule(plan, 16), geom, dw_cfg, torch.float32)
+    dw = launch_dw(
+        dy, x, bits, tb.cached_tile_flags(packed, (16, 16)), plan.perm, plan.offsets, block_schedule(plan, 16), geom, dw_cfg, torch.float32
+    )
     assert rel_error(y, y_ref) <= 1e-5
     assert rel_error(dx, dx_ref) <= 1e-5
     assert rel_error(dw, dw_ref) <= 1e-5

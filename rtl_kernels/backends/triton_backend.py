@@ -118,7 +118,7 @@ def _weight_grad(
     tile_ok = geom.groups == 1 and not per_ticket
     flags = _flags(masks, (cfg["BLOCK_N"], cfg["BLOCK_K"])) if tile_ok else None
     sched = block_schedule(plan, cfg["BLOCK_M"])
-    return launch_dw(dy, x, masks.bits.contiguous(), flags, plan.perm, sched, geom, cfg, dtype, per_ticket)
+    return launch_dw(dy, x, masks.bits.contiguous(), flags, plan.perm, plan.offsets, sched, geom, cfg, dtype, per_ticket)
 
 
 def linear_backward(

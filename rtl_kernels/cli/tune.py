@@ -148,7 +148,7 @@ def _runner(kernel: str, cfg: dict, problem: dict) -> Callable[[], object]:
         return lambda: launch_dx(dy, w, bits, lists, dx, plan.perm, block_schedule(plan, cfg["BLOCK_M"]), geom, cfg)
     if kernel == "dw":
         flags = cached_tile_flags(masks, (cfg["BLOCK_N"], cfg["BLOCK_K"]))
-        return lambda: launch_dw(dy, x, bits, flags, plan.perm, block_schedule(plan, cfg["BLOCK_M"]), geom, cfg, w.dtype)
+        return lambda: launch_dw(dy, x, bits, flags, plan.perm, plan.offsets, block_schedule(plan, cfg["BLOCK_M"]), geom, cfg, w.dtype)
     flags = tb.cached_tile_flags(masks, (cfg["BLOCK_N"], cfg["BLOCK_K"]))
     st = sorted_tickets(plan.routes, plan.perm)
     return lambda: launch_decode(x, w, bits, flags, None, plan.perm, st, plan.offsets, False, cfg)

@@ -1,9 +1,10 @@
 """Weight gradient ``dW = Σ_k M_k ⊙ (dY_kᵀ X_k)`` for linear and conv2d, mask applied in the epilogue.
 
 Each program owns one ``[BLOCK_N, BLOCK_K]`` tile of the weight's ``[C_out, R]`` view and walks a
-contiguous run of row blocks from ``block_schedule`` (rows = output pixels sorted by ticket). It
-accumulates one ticket's ``dYᵀ X`` in fp32 and, when the ticket changes, adds it into the result
-through that ticket's mask bits, so every ticket's mask is expanded once per tile. A ticket whose
+contiguous run of row blocks from ``block_schedule`` (rows = output pixels sorted by ticket) one
+ticket segment at a time: an unconditional inner loop (software-pipelined) accumulates that
+ticket's ``dYᵀ X`` in fp32, then it is added into the result through the ticket's mask bits, so
+every ticket's mask is expanded once per tile. A ticket whose
 mask is empty on the tile is skipped outright (tile flags). ``SPLIT`` programs per tile cover
 disjoint block runs and write fp32 partials that are summed afterwards (deterministic, no atomics).
 ``PER_TICKET`` instead stores each ticket's unmasked ``dY_kᵀ X_k`` (for score-based mask training).
@@ -33,7 +34,7 @@ def _flush(acc, acc_t, cur, bits_ptr, out_ptr, co, r, valid, C_out, R, n_words, 
 
 @triton.jit(do_not_specialize=["max_blocks", "blocks_per_split"])
 def _dw_kernel(
-    dy_ptr, x_ptr, bits_ptr, flags_ptr, out_ptr, perm_ptr, bt_ptr, bs_ptr, be_ptr,
+    dy_ptr, x_ptr, bits_ptr, flags_ptr, out_ptr, perm_ptr, bt_ptr, bs_ptr, be_ptr, seg_end_ptr,
     max_blocks, blocks_per_split, n_tiles_n, n_tiles_r, H, W, Ho, Wo, Cig, Cog, C_out, R, n_words, n_flag_r, n_flag_c,
     syb, syc, syh, syw, sxb, sxc, sxh, sxw,
     KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
@@ -59,45 +60,45 @@ def _dw_kernel(
     x_chan = ((g * Cig + ci).to(tl.int64) * sxc)[None, :]
     valid = co_ok[:, None] & r_ok[None, :]
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-    acc_t = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-    cur = tl.full((), -1, tl.int32)
-    b0 = split * blocks_per_split
-    b1 = tl.minimum(b0 + blocks_per_split, max_blocks)
-    for blk in range(b0, b1):
+    blk = split * blocks_per_split
+    b1 = tl.minimum(blk + blocks_per_split, max_blocks)
+    while blk < b1:  # one pass per ticket segment that overlaps this split's block range
         t = tl.load(bt_ptr + blk)
-        if t != cur:
-            if cur >= 0:
-                acc = _flush(acc, acc_t, cur, bits_ptr, out_ptr, co, r, valid, C_out, R, n_words, PER_TICKET)
-            acc_t = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-            cur = t
-        go = t >= 0
+        live = t >= 0
+        seg_end = tl.where(live, tl.minimum(tl.load(seg_end_ptr + t, mask=live, other=0), b1), b1)
+        go = live
         if USE_FLAGS:
-            go = go & (tl.load(flags_ptr + (t * n_flag_r + nt) * n_flag_c + rt, mask=go, other=0) != 0)
+            go = go & (tl.load(flags_ptr + (t * n_flag_r + nt) * n_flag_c + rt, mask=live, other=0) != 0)
         if go:
-            start = tl.load(bs_ptr + blk)
-            end = tl.load(be_ptr + blk)
-            pos = start + tl.arange(0, BLOCK_M)
-            row_ok = pos < end
-            p = tl.load(perm_ptr + pos, mask=row_ok, other=0)
-            if IS_LINEAR:
-                b = p
-                oh = p * 0
-                ow = p * 0
-            else:
-                b = p // (Ho * Wo)
-                rem = p - b * (Ho * Wo)
-                oh = rem // Wo
-                ow = rem - oh * Wo
-            dy_t = tl.load(
-                dy_ptr + (co * syc)[:, None] + (b * syb + oh * syh + ow * syw)[None, :], mask=co_ok[:, None] & row_ok[None, :], other=0.0
-            )
-            ih = oh[:, None] * SH - PH + (kh * DH)[None, :]
-            iw = ow[:, None] * SW - PW + (kw * DW)[None, :]
-            x_ok = row_ok[:, None] & r_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            xa = tl.load(x_ptr + (b * sxb)[:, None] + x_chan + ih * sxh + iw * sxw, mask=x_ok, other=0.0)
-            acc_t = tl.dot(dy_t, xa, acc_t)
-    if cur >= 0:
-        acc = _flush(acc, acc_t, cur, bits_ptr, out_ptr, co, r, valid, C_out, R, n_words, PER_TICKET)
+            acc_t = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+            for bb in range(blk, seg_end):  # unconditional body: Triton software-pipelines the loads
+                start = tl.load(bs_ptr + bb)
+                end = tl.load(be_ptr + bb)
+                pos = start + tl.arange(0, BLOCK_M)
+                row_ok = pos < end
+                p = tl.load(perm_ptr + pos, mask=row_ok, other=0)
+                if IS_LINEAR:
+                    b = p
+                    oh = p * 0
+                    ow = p * 0
+                else:
+                    b = p // (Ho * Wo)
+                    rem = p - b * (Ho * Wo)
+                    oh = rem // Wo
+                    ow = rem - oh * Wo
+                # loaded [rows, C_out] (contiguous along channels, so the copy vectorises) and transposed in registers
+                dy_rows = tl.load(
+                    dy_ptr + (b * syb + oh * syh + ow * syw)[:, None] + (co * syc)[None, :],
+                    mask=row_ok[:, None] & co_ok[None, :],
+                    other=0.0,
+                )
+                ih = oh[:, None] * SH - PH + (kh * DH)[None, :]
+                iw = ow[:, None] * SW - PW + (kw * DW)[None, :]
+                x_ok = row_ok[:, None] & r_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+                xa = tl.load(x_ptr + (b * sxb)[:, None] + x_chan + ih * sxh + iw * sxw, mask=x_ok, other=0.0)
+                acc_t = tl.dot(tl.trans(dy_rows), xa, acc_t)
+            acc = _flush(acc, acc_t, t, bits_ptr, out_ptr, co, r, valid, C_out, R, n_words, PER_TICKET)
+        blk = seg_end
     if not PER_TICKET:
         out_off = split.to(tl.int64) * C_out * R + co[:, None] * R + r[None, :]
         tl.store(out_ptr + out_off, acc.to(out_ptr.dtype.element_ty), mask=valid)
@@ -109,6 +110,7 @@ def launch_dw(
     bits: torch.Tensor,
     flags: torch.Tensor | None,
     perm: torch.Tensor,
+    offsets: torch.Tensor,
     sched: BlockSchedule,
     geom: Geometry,
     cfg: dict,
@@ -131,9 +133,11 @@ def launch_dw(
     else:
         out = torch.empty((split, *shape), dtype=torch.float32, device=x.device)
     flag_args = (flags, flags.shape[1], flags.shape[2]) if flags is not None else (bits, 0, 0)
+    # end block (exclusive) of each ticket's segment in the schedule
+    seg_end = torch.cumsum((offsets[1:] - offsets[:-1] + sched.block_rows - 1) // sched.block_rows, 0).to(torch.int32)
     grid = (geom.groups * n_tiles_n * n_tiles_r, split)
     _dw_kernel[grid](
-        dy, x, bits, flag_args[0], out, perm, sched.block_ticket, sched.block_start, sched.block_end,
+        dy, x, bits, flag_args[0], out, perm, sched.block_ticket, sched.block_start, sched.block_end, seg_end,
         max_blocks, per_split, n_tiles_n, n_tiles_r, geom.h, geom.w, geom.ho, geom.wo, geom.cig, geom.cog, geom.c_out,
         geom.row_len, bits.shape[2], flag_args[1], flag_args[2], *strides4(dy), *strides4(x),
         **geom.constexprs(), USE_FLAGS=flags is not None, PER_TICKET=per_ticket,
