@@ -21,6 +21,7 @@ from rtl_kernels.pipeline.recipe import packaged_recipe_names
         ({"baselines": 1}, TypeError, "recipe.baselines"),
         ({"dataset": "cifar10"}, ValueError, "recipe.data_dir"),
         ({"ignore": ("a", 3)}, TypeError, "recipe.ignore"),
+        ({"device": "gpu9"}, ValueError, "recipe.device"),
     ],
 )
 def test_validation_errors_name_the_field(changes, error, match):

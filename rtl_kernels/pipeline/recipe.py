@@ -16,6 +16,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from .partition import PARTITIONS
 from .pruning import SCOPES
 from .retrain import MODES
@@ -79,6 +81,7 @@ class Recipe:
     collapse_action: str = field(
         default="stop", metadata=_help("on collapse: 'stop' (keep that round) or 'revert' (previous round)", choices=("stop", "revert"))
     )
+    device: str = field(default="cpu", metadata=_help("torch device to train on ('cpu', 'cuda', 'cuda:1', ...)"))
     seed: int = field(default=0, metadata=_help("random seed (model init, data order)"))
 
     def __post_init__(self) -> None:
@@ -102,6 +105,10 @@ class Recipe:
             raise ValueError(f"recipe.lr: expected a positive learning rate, got {self.lr}")
         if self.collapse_threshold < 0:
             raise ValueError(f"recipe.collapse_threshold: expected a slope >= 0 (0: off), got {self.collapse_threshold}")
+        try:
+            torch.device(self.device)
+        except RuntimeError:
+            raise ValueError(f"recipe.device: expected a torch device string such as 'cpu' or 'cuda:0', got {self.device!r}") from None
         try:
             parse_rewind(self.rewind)
         except ValueError as exc:

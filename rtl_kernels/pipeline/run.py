@@ -115,7 +115,7 @@ class Run:
         self.optimizer = None if r.optimizer == "adam" else functools.partial(torch.optim.SGD, lr=r.lr, momentum=0.9)
         torch.manual_seed(r.seed)
         dense = build_model(r.model, in_features=x_train[0].numel(), num_classes=self.num_classes, hidden=r.hidden)
-        self.model = convert(dense, r.num_tickets, ignore=r.ignore)
+        self.model = convert(dense, r.num_tickets, ignore=r.ignore).to(r.device)
         init = self.directory / "init.safetensors"
         if init.is_file():
             self.model.load_state_dict(load_file(str(init)), strict=False)

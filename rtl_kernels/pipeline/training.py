@@ -59,7 +59,12 @@ def epoch_batches(n: int, batch_size: int, generator: torch.Generator, length: i
 
 
 def concat(subsets: Sequence[Dataset]) -> Dataset:
-    return subsets[0] if len(subsets) == 1 else ConcatDataset(list(subsets))
+    """All subsets as one dataset (one ``Subset`` when they index the same base, so batches stay fast)."""
+    if len(subsets) == 1:
+        return subsets[0]
+    if all(isinstance(s, Subset) for s in subsets) and len({id(s.dataset) for s in subsets}) == 1:
+        return Subset(subsets[0].dataset, [i for s in subsets for i in s.indices])
+    return ConcatDataset(list(subsets))
 
 
 def routed_loss(
