@@ -87,12 +87,13 @@ def run(args: argparse.Namespace) -> int:
     from ..pipeline.distributed import init_from_env, world
 
     distributed = init_from_env()
+    rank = world()[0]
     try:
-        report = Run(recipe, out, progress=not args.quiet).execute(COMMANDS[args.stage_command][0])
+        report = Run(recipe, out, progress=not args.quiet and rank == 0).execute(COMMANDS[args.stage_command][0])
     finally:
         if distributed:
             torch.distributed.destroy_process_group()
-    if world()[0] != 0 and distributed:
+    if rank != 0:
         return 0
     print(f"run directory: {out}")
     if report is not None:
