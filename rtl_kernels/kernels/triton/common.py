@@ -45,6 +45,27 @@ def auto_split(requested: int, tiles: int, max_split: int, device: torch.device)
     return max(1, min(split, max_split))
 
 
+@triton.jit
+def keep_tile_words(bits_ptr, ticket, rows, row_ok, col0, n_rows, n_words, BLOCK_C: tl.constexpr):
+    """``keep_tile`` for the 32-aligned column range ``col0 … col0+BLOCK_C``: one word load per 32 bits, expanded by shifts.
+
+    Far fewer load addresses (registers) than the per-element gather; needs ``BLOCK_C % 32 == 0``.
+    """
+    wcols = col0 // 32 + tl.arange(0, BLOCK_C // 32)
+    ptrs = bits_ptr + (ticket.to(tl.int64) * n_rows + rows[:, None]) * n_words + wcols[None, :]
+    words = tl.load(ptrs, mask=row_ok[:, None] & (wcols < n_words)[None, :], other=0)
+    expanded = (words[:, :, None] >> tl.arange(0, 32)[None, None, :]) & 1
+    return tl.reshape(expanded, (rows.shape[0], BLOCK_C)) != 0
+
+
+@triton.jit
+def masked_weight_tile_words(w_ptr, bits_ptr, ticket, rows, cols, valid, row_ok, col0, n_rows, row_len, n_words, BLOCK_C: tl.constexpr):
+    """``masked_weight_tile`` with the word-expanded mask (``cols = col0 + arange(BLOCK_C)``, ``col0 % 32 == 0``)."""
+    w = tl.load(w_ptr + rows[:, None] * row_len + cols[None, :], mask=valid, other=0.0)
+    keep = keep_tile_words(bits_ptr, ticket, rows, row_ok, col0, n_rows, n_words, BLOCK_C)
+    return tl.where(keep, w, tl.zeros_like(w))
+
+
 _FLAG_CACHE: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
 _FLAG_CACHE_SIZE = 64
 

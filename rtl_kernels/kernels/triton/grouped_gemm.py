@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from ...dispatch.plan import BlockSchedule
-from .common import masked_weight_tile
+from .common import masked_weight_tile, masked_weight_tile_words
 from .geometry import Geometry, strides4
 
 
@@ -30,7 +30,8 @@ def _fwd_kernel(
     max_blocks, n_tiles, H, W, Ho, Wo, Cig, Cog, C_out, R, n_words, n_list_r, n_list_c,
     sxb, sxc, sxh, sxw, syb, syc, syh, syw,
     KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
-    DH: tl.constexpr, DW: tl.constexpr, IS_LINEAR: tl.constexpr, USE_LIST: tl.constexpr, HAS_BIAS: tl.constexpr,
+    DH: tl.constexpr, DW: tl.constexpr, IS_LINEAR: tl.constexpr, USE_LIST: tl.constexpr, WORD_TILES: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
@@ -66,10 +67,14 @@ def _fwd_kernel(
         x_row = b * sxb + (oh * SH - PH) * sxh + (ow * SW - PW) * sxw
         lbase = ticket.to(tl.int64) * n_list_r + nt
         for i in range(0, tl.load(count_ptr + lbase)):
-            ci = tl.load(list_ptr + lbase * n_list_c + i) * BLOCK_K + offs_k
+            c0 = tl.load(list_ptr + lbase * n_list_c + i) * BLOCK_K
+            ci = c0 + offs_k
             ci_ok = ci < Cig
             a = tl.load(x_ptr + x_row[:, None] + (ci.to(tl.int64) * sxc)[None, :], mask=pix_ok[:, None] & ci_ok[None, :], other=0.0)
-            wm = masked_weight_tile(w_ptr, bits_ptr, ticket, co, ci, w_ok & ci_ok[None, :], C_out, R, n_words)
+            if WORD_TILES:
+                wm = masked_weight_tile_words(w_ptr, bits_ptr, ticket, co, ci, w_ok & ci_ok[None, :], co_ok, c0, C_out, R, n_words, BLOCK_K)
+            else:
+                wm = masked_weight_tile(w_ptr, bits_ptr, ticket, co, ci, w_ok & ci_ok[None, :], C_out, R, n_words)
             acc = tl.dot(a, tl.trans(wm), acc)
     else:
         for kh in range(KH):
@@ -101,7 +106,7 @@ def _dx_kernel(
     max_blocks, n_tiles, H, W, Ho, Wo, Cig, Cog, C_out, R, n_words, n_list_r, n_list_c,
     syb, syc, syh, syw, sxb, sxc, sxh, sxw,
     KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
-    DH: tl.constexpr, DW: tl.constexpr, IS_LINEAR: tl.constexpr, USE_LIST: tl.constexpr,
+    DH: tl.constexpr, DW: tl.constexpr, IS_LINEAR: tl.constexpr, USE_LIST: tl.constexpr, WORD_TILES: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
@@ -139,7 +144,12 @@ def _dx_kernel(
             co_ok = co_l < Cog
             co = co_l.to(tl.int64)
             dyt = tl.load(dy_ptr + dy_row[:, None] + (co * syc)[None, :], mask=row_ok[:, None] & co_ok[None, :], other=0.0)
-            wm = masked_weight_tile(w_ptr, bits_ptr, ticket, co, ci_l, co_ok[:, None] & w_ok, C_out, R, n_words)
+            if WORD_TILES:
+                wm = masked_weight_tile_words(
+                    w_ptr, bits_ptr, ticket, co, ci_l, co_ok[:, None] & w_ok, co_ok, nt * BLOCK_N, C_out, R, n_words, BLOCK_N
+                )
+            else:
+                wm = masked_weight_tile(w_ptr, bits_ptr, ticket, co, ci_l, co_ok[:, None] & w_ok, C_out, R, n_words)
             acc = tl.dot(dyt, wm, acc)
     else:
         for kh in range(KH):
@@ -197,7 +207,7 @@ def launch_forward(
         x, weight, bits, *list_args[:2], bias if bias is not None else weight, y, *_schedule_args(sched, perm),
         sched.max_blocks, n_tiles, geom.h, geom.w, geom.ho, geom.wo, geom.cig, geom.cog, geom.c_out, geom.row_len,
         bits.shape[2], *list_args[2:], *strides4(x), *strides4(y),
-        **geom.constexprs(), USE_LIST=tile_list is not None, HAS_BIAS=bias is not None,
+        **geom.constexprs(), USE_LIST=tile_list is not None, WORD_TILES=meta["BLOCK_K"] % 32 == 0, HAS_BIAS=bias is not None,
         BLOCK_M=sched.block_rows, **meta, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )  # fmt: skip
 
@@ -222,6 +232,6 @@ def launch_dx(
         dy, weight, bits, *list_args[:2], dx, *_schedule_args(sched, perm),
         sched.max_blocks, n_tiles, geom.h, geom.w, geom.ho, geom.wo, geom.cig, geom.cog, geom.c_out, geom.row_len,
         bits.shape[2], *list_args[2:], *strides4(dy), *strides4(dx),
-        **geom.constexprs(), USE_LIST=tile_list is not None,
+        **geom.constexprs(), USE_LIST=tile_list is not None, WORD_TILES=meta["BLOCK_N"] % 32 == 0,
         BLOCK_M=sched.block_rows, **meta, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )  # fmt: skip

@@ -16,14 +16,14 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import auto_split, keep_tile
+from .common import auto_split, keep_tile, keep_tile_words
 
 
 @triton.jit(do_not_specialize=["M", "split_stride"])
 def _decode_kernel(
     a_ptr, w_ptr, bits_ptr, flags_ptr, bias_ptr, out_ptr, perm_ptr, st_ptr, offsets_ptr,
     M, OUT, RED, N_W, KIN_W, n_words, n_flag_r, n_flag_c, tiles_per_split, split_stride,
-    W_T: tl.constexpr, HAS_BIAS: tl.constexpr, USE_FLAGS: tl.constexpr,
+    W_T: tl.constexpr, HAS_BIAS: tl.constexpr, USE_FLAGS: tl.constexpr, WORD_TILES: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
 ):  # fmt: skip
     pid_n = tl.program_id(0)
@@ -60,10 +60,16 @@ def _decode_kernel(
             if go:
                 xs = tl.where((col_t == t)[None, :], x_t, tl.zeros_like(x_t))
                 if W_T:
-                    keep = keep_tile(bits_ptr, t, offs_k.to(tl.int64), offs_n, valid, N_W, n_words)
+                    if WORD_TILES:
+                        keep = keep_tile_words(bits_ptr, t, offs_k.to(tl.int64), k_ok, pid_n * BLOCK_N, N_W, n_words, BLOCK_N)
+                    else:
+                        keep = keep_tile(bits_ptr, t, offs_k.to(tl.int64), offs_n, valid, N_W, n_words)
                     acc = tl.dot(tl.trans(tl.where(keep, w, tl.zeros_like(w))), xs, acc)
                 else:
-                    keep = keep_tile(bits_ptr, t, offs_n.to(tl.int64), offs_k, valid, N_W, n_words)
+                    if WORD_TILES:
+                        keep = keep_tile_words(bits_ptr, t, offs_n.to(tl.int64), n_ok, kt * BLOCK_K, N_W, n_words, BLOCK_K)
+                    else:
+                        keep = keep_tile(bits_ptr, t, offs_n.to(tl.int64), offs_k, valid, N_W, n_words)
                     acc = tl.dot(tl.where(keep, w, tl.zeros_like(w)), xs, acc)
             c = c_next
     if HAS_BIAS:
@@ -108,6 +114,7 @@ def launch_decode(
         a, weight, bits, flag_args[0], bias if bias is not None and split == 1 else weight, out, perm, sorted_t, offsets,
         m, out_features, red, n_w, kin_w, bits.shape[2], flag_args[1], flag_args[2], per_split, m * out_features,
         W_T=transpose_w, HAS_BIAS=bias is not None and split == 1, USE_FLAGS=flags is not None,
+        WORD_TILES=(bn if transpose_w else bk) % 32 == 0,
         BLOCK_N=bn, BLOCK_K=bk, BLOCK_R=block_rows_for(m), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )  # fmt: skip
     if split == 1:

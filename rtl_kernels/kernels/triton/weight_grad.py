@@ -18,16 +18,36 @@ import triton
 import triton.language as tl
 
 from ...dispatch.plan import BlockSchedule
-from .common import auto_split, keep_tile
+from .common import auto_split, keep_tile, keep_tile_words
 from .geometry import Geometry, strides4
 
 
 @triton.jit
-def _flush(acc, acc_t, cur, bits_ptr, out_ptr, co, r, valid, C_out, R, n_words, PER_TICKET: tl.constexpr):
+def _flush(
+    acc,
+    acc_t,
+    cur,
+    bits_ptr,
+    out_ptr,
+    co,
+    co_ok,
+    r,
+    r0,
+    valid,
+    C_out,
+    R,
+    n_words,
+    PER_TICKET: tl.constexpr,
+    WORD_TILES: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
     if PER_TICKET:
         tl.store(out_ptr + (cur.to(tl.int64) * C_out + co[:, None]) * R + r[None, :], acc_t, mask=valid)
     else:
-        keep = keep_tile(bits_ptr, cur, co, r, valid, C_out, n_words)
+        if WORD_TILES:
+            keep = keep_tile_words(bits_ptr, cur, co, co_ok, r0, C_out, n_words, BLOCK_K)
+        else:
+            keep = keep_tile(bits_ptr, cur, co, r, valid, C_out, n_words)
         acc += tl.where(keep, acc_t, tl.zeros_like(acc_t))
     return acc
 
@@ -38,7 +58,7 @@ def _dw_kernel(
     max_blocks, blocks_per_split, n_tiles_n, n_tiles_r, H, W, Ho, Wo, Cig, Cog, C_out, R, n_words, n_flag_r, n_flag_c,
     syb, syc, syh, syw, sxb, sxc, sxh, sxw,
     KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
-    DH: tl.constexpr, DW: tl.constexpr, IS_LINEAR: tl.constexpr, USE_FLAGS: tl.constexpr, PER_TICKET: tl.constexpr,
+    DH: tl.constexpr, DW: tl.constexpr, IS_LINEAR: tl.constexpr, USE_FLAGS: tl.constexpr, PER_TICKET: tl.constexpr, WORD_TILES: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     tile = tl.program_id(0)
@@ -97,7 +117,9 @@ def _dw_kernel(
                 x_ok = row_ok[:, None] & r_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
                 xa = tl.load(x_ptr + (b * sxb)[:, None] + x_chan + ih * sxh + iw * sxw, mask=x_ok, other=0.0)
                 acc_t = tl.dot(tl.trans(dy_rows), xa, acc_t)
-            acc = _flush(acc, acc_t, t, bits_ptr, out_ptr, co, r, valid, C_out, R, n_words, PER_TICKET)
+            acc = _flush(
+                acc, acc_t, t, bits_ptr, out_ptr, co, co_ok, r, rt * BLOCK_K, valid, C_out, R, n_words, PER_TICKET, WORD_TILES, BLOCK_K
+            )
         blk = seg_end
     if not PER_TICKET:
         out_off = split.to(tl.int64) * C_out * R + co[:, None] * R + r[None, :]
@@ -140,7 +162,7 @@ def launch_dw(
         dy, x, bits, flag_args[0], out, perm, sched.block_ticket, sched.block_start, sched.block_end, seg_end,
         max_blocks, per_split, n_tiles_n, n_tiles_r, geom.h, geom.w, geom.ho, geom.wo, geom.cig, geom.cog, geom.c_out,
         geom.row_len, bits.shape[2], flag_args[1], flag_args[2], *strides4(dy), *strides4(x),
-        **geom.constexprs(), USE_FLAGS=flags is not None, PER_TICKET=per_ticket,
+        **geom.constexprs(), USE_FLAGS=flags is not None, PER_TICKET=per_ticket, WORD_TILES=bk % 32 == 0,
         BLOCK_M=sched.block_rows, BLOCK_N=bn, BLOCK_K=bk, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )  # fmt: skip
     if per_ticket or split == 1:
