@@ -1,0 +1,1 @@
+"""Compiled and JIT kernel families (one subpackage per kernel language)."""
