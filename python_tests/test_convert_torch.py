@@ -81,33 +81,113 @@ def test_resnet_all_ones_then_routed_masks() -> None:
 
 
 class AttentionNet(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, **mha_kwargs) -> None:
         super().__init__()
         self.inp = nn.Linear(6, 16)
-        self.attn = nn.MultiheadAttention(16, 4, batch_first=True)
-        self.out = nn.Linear(16, 3)
+        self.attn = nn.MultiheadAttention(16, 4, **mha_kwargs)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, memory: torch.Tensor | None = None, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
         h = self.inp(x)
-        h, _ = self.attn(h, h, h, need_weights=False)
-        return self.out(h)
+        kv = h if memory is None else memory
+        return self.attn(h, kv, kv, **kwargs)
 
 
-def test_multihead_attention_is_skipped_with_warning_and_recorded() -> None:
+def _attention_cases():
+    t, s = 5, 7
+    causal = torch.triu(torch.ones(t, t, dtype=torch.bool), 1)
+    padding = torch.zeros(3, t, dtype=torch.bool)
+    padding[0, -2:] = True
+    float_mask = torch.randn(3 * 4, t, t, generator=torch.Generator().manual_seed(0))
+    return [
+        ({"batch_first": True}, {}, None),
+        ({"batch_first": True}, {"need_weights": False}, None),
+        ({"batch_first": False}, {"key_padding_mask": padding, "average_attn_weights": False}, None),
+        ({"batch_first": True}, {"attn_mask": causal, "is_causal": True, "need_weights": False}, None),
+        ({"batch_first": True}, {"attn_mask": float_mask, "key_padding_mask": padding}, None),
+        ({"batch_first": True, "add_bias_kv": True, "add_zero_attn": True}, {"key_padding_mask": padding}, None),
+        ({"batch_first": True, "bias": False}, {}, None),
+        ({"batch_first": True}, {"need_weights": False}, s),  # cross-attention, other key length
+        ({"batch_first": True}, {}, "unbatched"),
+    ]
+
+
+@pytest.mark.parametrize(("mha_kwargs", "call_kwargs", "variant"), _attention_cases())
+def test_multihead_attention_becomes_rtl_attention(mha_kwargs, call_kwargs, variant) -> None:
     torch.manual_seed(2)
-    model = AttentionNet().eval()
-    x = torch.randn(3, 5, 6)
+    model = AttentionNet(**mha_kwargs).eval()
+    batch_first = mha_kwargs.get("batch_first", False)
+    x = torch.randn(3, 5, 6) if batch_first else torch.randn(5, 3, 6)
+    memory = None
+    if isinstance(variant, int):
+        memory = torch.randn(3, variant, 16)
+    if variant == "unbatched":
+        x = x[0]
     with torch.no_grad():
-        ref = model(x)
+        ref_out, ref_w = model(x, memory, **call_kwargs)
+    params = {id(p) for p in model.parameters()}
+    model = rtl.convert(model, K)
+    summary = model.rtl_conversion_summary
+    assert summary.converted == ["inp", "attn", "attn.out_proj"]
+    assert summary.layer_types["attn"] == "RTLMultiheadAttention" and summary.layer_types["attn.out_proj"] == "RTLLinear"
+    assert {id(p) for p in model.parameters()} == params
+    assert set(rtl.masks_of(model)) == {"inp", "attn", "attn.out_proj"}
+    per_sample = torch.tensor([0, 1, 3])
+    # routes are a prefix of each layer's leading dims: [B] batch-first, one per row [L, B] sequence-first
+    routes = 2 if variant == "unbatched" else per_sample if batch_first else per_sample.expand(5, 3)
+    with torch.no_grad(), rtl.routing(model, routes):
+        out, w = model(x, memory, **call_kwargs)
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
+    if ref_w is None:
+        assert w is None
+    else:
+        torch.testing.assert_close(w, ref_w, rtol=1e-5, atol=1e-5)
+    # random masks: each sample equals a dense copy with its ticket baked in
+    gen = torch.Generator().manual_seed(3)
+    rtl.set_masks(model, {n: torch.rand((K, *pm.weight_shape), generator=gen) < 0.5 for n, pm in rtl.masks_of(model).items()})
+    with torch.no_grad(), rtl.routing(model, routes):
+        out, _ = model(x, memory, **call_kwargs)
+    if variant == "unbatched":
+        expected, _ = _dense_for_ticket(model, 2)(x, memory, **call_kwargs)
+    else:
+        dim = 0 if batch_first else 1
+        rows = []
+        for b, t in enumerate(per_sample.tolist()):
+            kw = dict(call_kwargs)
+            if "key_padding_mask" in kw:
+                kw["key_padding_mask"] = kw["key_padding_mask"][b : b + 1]
+            if "attn_mask" in kw and kw["attn_mask"].dim() == 3:
+                kw["attn_mask"] = kw["attn_mask"][4 * b : 4 * b + 4]
+            mem = None if memory is None else memory[b : b + 1]
+            rows.append(_dense_for_ticket(model, t)(x.narrow(dim, b, 1), mem, **kw)[0])
+        expected = torch.cat(rows, dim=dim)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_rtl_attention_gradients_reach_shared_weights_masked() -> None:
+    torch.manual_seed(5)
+    model = rtl.convert(AttentionNet(batch_first=True), K)
+    masks = torch.rand(K, 48, 16) < 0.5
+    model.attn.set_masks(masks)
+    with rtl.routing(model, 1):
+        out, _ = model(torch.randn(2, 5, 6), need_weights=False)
+    out.sum().backward()
+    grad = model.attn.in_proj_weight.grad
+    assert grad is not None and torch.all(grad[~masks[1]] == 0) and torch.any(grad[masks[1]] != 0)
+
+
+def test_multihead_attention_with_separate_kv_dims_is_skipped_with_warning() -> None:
+    torch.manual_seed(2)
+    model = nn.Sequential()
+    model.attn = nn.MultiheadAttention(16, 4, kdim=8, vdim=8, batch_first=True)
+    model.fc = nn.Linear(16, 2)
     with pytest.warns(UserWarning, match="parent uses their weights directly"):
         model = rtl.convert(model, K)
     summary = model.rtl_conversion_summary
-    assert summary.converted == ["inp", "out"]
-    assert "attn.out_proj" in summary.skipped and "F.multi_head_attention_forward" in summary.skipped["attn.out_proj"]
+    assert summary.converted == ["fc"]
+    assert "separate q/k/v weights" in summary.skipped["attn"]
+    assert "F.multi_head_attention_forward" in summary.skipped["attn.out_proj"]
     assert type(model.attn.out_proj) is nn.modules.linear.NonDynamicallyQuantizableLinear
     assert "skipped attn.out_proj" in str(summary)
-    with torch.no_grad(), rtl.routing(model, torch.tensor([0, 1, 3])):
-        torch.testing.assert_close(model(x), ref, rtol=1e-5, atol=1e-5)
 
 
 def test_transformer_encoder_layer_fast_path_weights_are_skipped() -> None:
@@ -120,7 +200,7 @@ def test_transformer_encoder_layer_fast_path_weights_are_skipped() -> None:
         model = rtl.convert(model, K)
     summary = model.rtl_conversion_summary
     assert summary.converted == ["0"]
-    assert {"1.linear1", "1.linear2", "1.self_attn.out_proj"} <= set(summary.skipped)
+    assert {"1.linear1", "1.linear2", "1.self_attn", "1.self_attn.out_proj"} <= set(summary.skipped)
     assert "fast path" in summary.skipped["1.linear1"]
     with torch.no_grad(), rtl.routing(model, torch.tensor([1, 2])):
         torch.testing.assert_close(model(x), ref, rtol=1e-5, atol=1e-5)
@@ -176,3 +256,22 @@ def test_summary_to_dict_and_ignore_reason() -> None:
     assert d["converted"] == ["0"] and d["skipped"] == {"2": "in ignore"}
     assert d["covered_params"] == 12 and d["total_params"] == 12 + 4 + 8 + 2
     assert d["layer_types"] == {"0": "RTLLinear"}
+
+
+def test_rtl_attention_save_load_and_state_dict_keys(tmp_path) -> None:
+    torch.manual_seed(6)
+    dense_keys = set(AttentionNet(batch_first=True).state_dict())
+    model = rtl.convert(AttentionNet(batch_first=True), K)
+    assert {k for k in model.state_dict() if not k.endswith("mask_bits")} == dense_keys
+    rtl.set_masks(model, {n: torch.rand((K, *pm.weight_shape)) < 0.5 for n, pm in rtl.masks_of(model).items()})
+    x, routes = torch.randn(3, 5, 6), torch.tensor([3, 0, 2])
+    with torch.no_grad(), rtl.routing(model, routes):
+        ref, _ = model(x)
+    rtl.save(model, tmp_path / "attn")
+    torch.manual_seed(7)
+    fresh = rtl.load(tmp_path / "attn", rtl.convert(AttentionNet(batch_first=True), K))
+    with torch.no_grad(), rtl.routing(fresh, routes):
+        torch.testing.assert_close(fresh(x)[0], ref)
+    clone = copy.deepcopy(fresh)
+    with torch.no_grad():
+        torch.testing.assert_close(rtl.RoutedModel(clone)(x, routes=routes)[0], ref)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from ..nn.attention import RTLMultiheadAttention
 from ..nn.base import RTLLayer, check_num_tickets
 from ..nn.conv import RTLConv2d
 from ..nn.hf_conv1d import RTLConv1DLinear, is_hf_conv1d, is_hf_conv1d_class
@@ -21,6 +22,7 @@ logger = logging.getLogger(__name__)
 CONVERTERS: dict[type[nn.Module], Callable[[nn.Module, int], RTLLayer]] = {
     nn.Linear: RTLLinear.from_dense,
     nn.Conv2d: RTLConv2d.from_dense,
+    nn.MultiheadAttention: RTLMultiheadAttention.from_dense,
 }
 
 
@@ -62,18 +64,17 @@ class ConversionSummary:
 
 
 # Parents that read their children's weights directly (not through the child's forward): converting
-# those children would leave the masks unused. parent type -> (affected child names or None for all, why)
-OPAQUE_PARENTS: dict[type[nn.Module], tuple[tuple[str, ...] | None, str]] = {
-    nn.MultiheadAttention: (
-        None,
-        "inside nn.MultiheadAttention, which uses its projection weights (out_proj.weight included) directly "
-        "via F.multi_head_attention_forward, so masks there would be ignored",
-    ),
+# those children would leave the masks unused. parent type -> why
+OPAQUE_PARENTS: dict[type[nn.Module], str] = {
     nn.TransformerEncoderLayer: (
-        ("linear1", "linear2"),
-        "inside nn.TransformerEncoderLayer, whose inference fast path reads linear1/linear2 weights directly, so masks would be ignored",
+        "inside nn.TransformerEncoderLayer, whose inference fast path reads self_attn/linear1/linear2 weights directly, "
+        "so masks would be ignored"
     ),
 }
+MHA_BLOCKED = (
+    "inside an unconverted nn.MultiheadAttention, which uses out_proj.weight directly via F.multi_head_attention_forward, "
+    "so masks there would be ignored"
+)
 
 
 def _name_matcher(ignore: Iterable[str]) -> Callable[[str], bool]:
@@ -103,22 +104,30 @@ def _converter_for(module: nn.Module) -> Callable[[nn.Module, int], RTLLayer] | 
 
 
 def _matches(module: nn.Module, targets: tuple[type[nn.Module], ...]) -> bool:
-    """``isinstance`` on ``targets``; transformers' Conv1D (a linear layer, weight stored ``[in, out]``) counts as nn.Linear."""
-    return isinstance(module, targets) or (is_hf_conv1d(module) and any(issubclass(nn.Linear, t) or is_hf_conv1d_class(t) for t in targets))
+    """``isinstance`` on ``targets``, where transformers' Conv1D (weight stored ``[in, out]``) and
+    nn.MultiheadAttention (linear projections) count as nn.Linear."""
+    if isinstance(module, targets):
+        return True
+    linear_like = is_hf_conv1d(module) or isinstance(module, nn.MultiheadAttention)
+    return linear_like and any(issubclass(nn.Linear, t) or is_hf_conv1d_class(t) for t in targets)
 
 
 def _opaque_children(model: nn.Module) -> dict[str, str]:
     """Names of modules whose weights a parent uses directly, with the reason (see OPAQUE_PARENTS)."""
     opaque: dict[str, str] = {}
     for name, module in model.named_modules():
-        for klass, (children, why) in OPAQUE_PARENTS.items():
-            if not isinstance(module, klass):
-                continue
-            prefix = f"{name}." if name else ""
-            for sub_name, _ in module.named_modules():
-                if sub_name and (children is None or sub_name.split(".")[0] in children):
-                    opaque.setdefault(prefix + sub_name, f"{why} ({type(module).__name__} {name or '<root>'!r})")
+        for klass, why in OPAQUE_PARENTS.items():
+            if isinstance(module, klass):
+                prefix = f"{name}." if name else ""
+                for sub_name, _ in module.named_modules():
+                    if sub_name:
+                        opaque.setdefault(prefix + sub_name, f"{why} ({type(module).__name__} {name or '<root>'!r})")
     return opaque
+
+
+def _under(name: str, prefixes: Iterable[str]) -> str | None:
+    """The first prefix that ``name`` lies strictly inside (module-name wise), if any."""
+    return next((p for p in prefixes if p == "" or name.startswith(p + ".")), None)
 
 
 def _weight_users(model: nn.Module) -> dict[int, list[tuple[int, str]]]:
@@ -128,6 +137,23 @@ def _weight_users(model: nn.Module) -> dict[int, list[tuple[int, str]]]:
         for pname, p in module.named_parameters(recurse=False):
             users.setdefault(id(p), []).append((id(module), f"{name}.{pname}" if name else pname))
     return users
+
+
+def _skip_reason(
+    module: nn.Module, name: str, opaque: dict[str, str], ignored: Callable[[str], bool], filter_fn: Callable[[nn.Module, str], bool] | None
+) -> str | None:
+    """Why a matching module is not converted, or None when it is."""
+    if name in opaque:
+        return opaque[name]
+    if ignored(name):
+        return "in ignore"
+    if filter_fn is not None and not filter_fn(module, name):
+        return "filter_fn returned False"
+    if _converter_for(module) is None:
+        return f"no RTL layer for {type(module).__name__}"
+    if isinstance(module, nn.MultiheadAttention) and not module._qkv_same_embed_dim:
+        return "nn.MultiheadAttention with kdim/vdim != embed_dim (separate q/k/v weights) has no RTL layer"
+    return None
 
 
 def convert(
@@ -157,37 +183,45 @@ def convert(
     users = _weight_users(model)
     replaced: dict[int, RTLLayer] = {}
     covered: set[int] = set()
+    blocked: dict[str, str] = {}  # unconverted nn.MultiheadAttention name -> why its children are skipped
+    inside: list[str] = []  # converted modules whose children came along (nn.MultiheadAttention's out_proj)
     for name, module in model.named_modules():
-        if isinstance(module, RTLLayer) or not _matches(module, targets):
+        if isinstance(module, RTLLayer) or _under(name, inside) is not None:
             continue
-        if name in opaque:
-            summary.skipped[name] = opaque[name]
+        block = _under(name, blocked)
+        if block is not None:
+            if _matches(module, targets):
+                summary.skipped[name] = blocked[block]
             continue
-        if ignored(name):
-            summary.skipped[name] = "in ignore"
+        if not _matches(module, targets):
             continue
-        if filter_fn is not None and not filter_fn(module, name):
-            summary.skipped[name] = "filter_fn returned False"
+        reason = _skip_reason(module, name, opaque, ignored, filter_fn)
+        if reason is not None:
+            summary.skipped[name] = reason
+            if isinstance(module, nn.MultiheadAttention):
+                blocked[name] = f"{MHA_BLOCKED} ({name or '<root>'!r}: {reason})"
             continue
-        converter = _converter_for(module)
-        if converter is None:
-            summary.skipped[name] = f"no RTL layer for {type(module).__name__}"
-            continue
-        layer = replaced[id(module)] = converter(module, num_tickets)
+        layer = replaced[id(module)] = _converter_for(module)(module, num_tickets)
         label = name or "<root>"
-        summary.converted.append(label)
-        summary.layer_types[label] = type(layer).__name__
-        others = [u for owner, u in users.get(id(module.weight), []) if owner != id(module)]
-        if others:
-            summary.tied[label] = f"weight also used as {', '.join(others)} (one shared Parameter, converted once)"
-        if id(module.weight) not in covered:
-            covered.add(id(module.weight))
-            summary.covered_params += module.weight.numel()
-    skipped_opaque = [n for n in summary.skipped if n in opaque]
+        for sub_name, sub in layer.named_modules():  # the layer and RTL children it made (out_proj)
+            if not isinstance(sub, RTLLayer):
+                continue
+            sub_label = f"{name}.{sub_name}" if name and sub_name else (sub_name or label)
+            summary.converted.append(sub_label)
+            summary.layer_types[sub_label] = type(sub).__name__
+            others = [u for owner, u in users.get(id(sub.weight), []) if owner not in (id(module), id(module.get_submodule(sub_name)))]
+            if others:
+                summary.tied[sub_label] = f"weight also used as {', '.join(others)} (one shared Parameter, converted once)"
+            if id(sub.weight) not in covered:
+                covered.add(id(sub.weight))
+                summary.covered_params += sub.weight.numel()
+        inside.append(name)
+    skipped_opaque = {n: why for n, why in summary.skipped.items() if n in opaque or _under(n, blocked) is not None}
     if skipped_opaque:
+        first = next(iter(skipped_opaque))
         warnings.warn(
             f"rtl.convert: skipped {len(skipped_opaque)} layers whose parent uses their weights directly "
-            f"(e.g. {skipped_opaque[0]!r}: {opaque[skipped_opaque[0]]}); see model.rtl_conversion_summary",
+            f"(e.g. {first!r}: {skipped_opaque[first]}); see model.rtl_conversion_summary",
             stacklevel=2,
         )
     root = replaced.get(id(model), model)
