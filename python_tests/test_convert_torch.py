@@ -275,3 +275,13 @@ def test_rtl_attention_save_load_and_state_dict_keys(tmp_path) -> None:
     clone = copy.deepcopy(fresh)
     with torch.no_grad():
         torch.testing.assert_close(rtl.RoutedModel(clone)(x, routes=routes)[0], ref)
+
+
+def test_rtl_attention_compiles_fullgraph() -> None:
+    torch.manual_seed(8)
+    model = rtl.convert(AttentionNet(batch_first=True), K)
+    routed = rtl.RoutedModel(model)
+    compiled = torch.compile(routed, fullgraph=True, backend="aot_eager")
+    for batch in (3, 4):
+        x, routes = torch.randn(batch, 5, 6), torch.arange(batch) % K
+        torch.testing.assert_close(compiled(x, routes=routes, need_weights=False)[0], routed(x, routes=routes, need_weights=False)[0])
