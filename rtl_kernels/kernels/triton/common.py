@@ -6,7 +6,6 @@ import functools
 from collections import OrderedDict
 
 import torch
-
 import triton
 import triton.language as tl
 

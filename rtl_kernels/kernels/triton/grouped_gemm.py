@@ -15,7 +15,6 @@ the epilogue. Unused schedule blocks (ticket -1) exit at once, so the grid is a 
 from __future__ import annotations
 
 import torch
-
 import triton
 import triton.language as tl
 

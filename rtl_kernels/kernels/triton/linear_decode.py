@@ -12,7 +12,6 @@ loop. Split-K partials go to an fp32 buffer summed afterwards (deterministic).
 from __future__ import annotations
 
 import torch
-
 import triton
 import triton.language as tl
 

@@ -13,7 +13,6 @@ disjoint block runs and write fp32 partials that are summed afterwards (determin
 from __future__ import annotations
 
 import torch
-
 import triton
 import triton.language as tl
 
