@@ -282,6 +282,7 @@ def test_rtl_attention_compiles_fullgraph() -> None:
     model = rtl.convert(AttentionNet(batch_first=True), K)
     routed = rtl.RoutedModel(model)
     compiled = torch.compile(routed, fullgraph=True, backend="aot_eager")
+    rtl.available_backends("cpu")  # backends load on first use, outside the compiled region
     for batch in (3, 4):
         x, routes = torch.randn(batch, 5, 6), torch.arange(batch) % K
         torch.testing.assert_close(compiled(x, routes=routes, need_weights=False)[0], routed(x, routes=routes, need_weights=False)[0])
