@@ -167,9 +167,13 @@ def convert(
     """Replace every matching submodule by its RTL layer (all-ones masks) and return the model.
 
     A module matches when it is an instance of ``targets``, its name is not in ``ignore`` (names
-    or ``re:`` patterns, full match) and ``filter_fn(module, name)`` is true. The new layers reuse
-    the original Parameters, so optimizers built before stay valid. The summary is logged and kept
-    as ``model.rtl_conversion_summary``.
+    or ``re:`` patterns, full match) and ``filter_fn(module, name)`` is true. With ``nn.Linear``
+    in ``targets``, transformers' ``Conv1D`` (GPT-2) and ``nn.MultiheadAttention`` (projections
+    included) match too. Layers whose parent reads their weights directly (inside
+    ``nn.TransformerEncoderLayer``) are skipped with a warning. The new layers reuse the original
+    Parameters, so optimizers built before stay valid. The :class:`ConversionSummary` (layers
+    converted, parameters covered, layers skipped and why, tied weights) is logged and kept as
+    ``model.rtl_conversion_summary``.
     """
     check_num_tickets(num_tickets)
     if not isinstance(model, nn.Module):
