@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -26,6 +27,9 @@ from rtl_kernels.dispatch.plan import make_plan
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+CLOCK = time.perf_counter
+
+
 def time_side_by_side(fns: dict[str, Callable[[], object]], rounds: int, min_round_s: float) -> dict[str, float]:
     """ms per call of each function: rounds interleave the functions, and the best round counts.
 
@@ -35,16 +39,16 @@ def time_side_by_side(fns: dict[str, Callable[[], object]], rounds: int, min_rou
     reps = {}
     for name, fn in fns.items():
         fn()
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         fn()
-        reps[name] = max(1, int(min_round_s / max(time.perf_counter() - t0, 1e-6)))
+        reps[name] = max(1, int(min_round_s / max(CLOCK() - t0, 1e-6)))
     best = dict.fromkeys(fns, float("inf"))
     for _ in range(rounds):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
+            t0 = CLOCK()
             for _ in range(reps[name]):
                 fn()
-            best[name] = min(best[name], (time.perf_counter() - t0) / reps[name] * 1e3)
+            best[name] = min(best[name], (CLOCK() - t0) / reps[name] * 1e3)
     return best
 
 
@@ -110,7 +114,8 @@ CASES = [
     ("large batch fp32 backward", dict(rows=2048, tickets=8, n=1024, c=1024, density=0.5, dtype=torch.float32), "bwd"),
     ("large batch bf16", dict(rows=2048, tickets=8, n=1024, c=1024, density=0.5, dtype=torch.bfloat16), "fwd"),
 ]
-CROSSOVER_ROWS = (16, 64, 128, 256, 512)
+CROSSOVER_ROWS = (32, 64, 128, 256, 512)
+CROSSOVER_TICKETS = (1, 8)
 
 
 def run(quick: bool) -> dict:
@@ -125,23 +130,36 @@ def run(quick: bool) -> dict:
         times = time_side_by_side(fns, rounds, min_round_s)
         results.append({"case": name, **{k: (str(v) if isinstance(v, torch.dtype) else v) for k, v in params.items()}, "ms": times})
     crossover = []
-    for rows in CROSSOVER_ROWS:
-        case = make_case(rows=rows, tickets=8, n=1024, c=1024, density=0.5, dtype=torch.float32)
-        fns = kernels(case, ext)
-        pair = {"direct": fns["rtl cpu: weight-stationary kernel"], "grouped": fns["rtl cpu: masked copy + torch.mm"]}
-        times = time_side_by_side(pair, rounds, min_round_s)
-        crossover.append({"rows": rows, "direct_ms": times["direct"], "grouped_ms": times["grouped"]})
+    for tickets in CROSSOVER_TICKETS:
+        for rows in CROSSOVER_ROWS:
+            case = make_case(rows=rows, tickets=tickets, n=1024, c=1024, density=0.5, dtype=torch.float32)
+            fns = kernels(case, ext)
+            pair = {"direct": fns["rtl cpu: weight-stationary kernel"], "grouped": fns["rtl cpu: masked copy + torch.mm"]}
+            times = time_side_by_side(pair, rounds, min_round_s)
+            crossover.append({"tickets": tickets, "rows": rows, "direct_ms": times["direct"], "grouped_ms": times["grouped"]})
     return {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": {
-            "cpu": platform.processor() or platform.machine(),
+            "cpu": _cpu_name(),
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
             "isa": ext.isa_name(),
+            "clock": "thread CPU time" if CLOCK is time.thread_time else "wall",
+            "load_average_1min": os.getloadavg()[0],
         },
         "results": results,
-        "crossover_1024x1024_8_tickets": crossover,
+        "crossover_1024x1024": crossover,
     }
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def ratios(entry: dict) -> dict[str, float]:
@@ -174,12 +192,12 @@ def markdown(report: dict) -> str:
         lines += [f"| {k} | {v:.3f} |" for k, v in entry["ms"].items()]
         lines += [""] + [f"- {k}: {v:.2f}×" for k, v in ratios(entry).items()] + [""]
     lines += [
-        "## direct kernel vs masked copy + torch.mm (1024×1024 fp32, 8 tickets)",
+        "## direct kernel vs masked copy + torch.mm (1024×1024 fp32)",
         "",
-        "| rows | direct ms | grouped ms |",
-        "|---|---|---|",
+        "| tickets | rows | direct ms | grouped ms |",
+        "|---|---|---|---|",
     ]
-    lines += [f"| {c['rows']} | {c['direct_ms']:.3f} | {c['grouped_ms']:.3f} |" for c in report["crossover_1024x1024_8_tickets"]]
+    lines += [f"| {c['tickets']} | {c['rows']} | {c['direct_ms']:.3f} | {c['grouped_ms']:.3f} |" for c in report["crossover_1024x1024"]]
     return "\n".join(lines) + "\n"
 
 
@@ -187,13 +205,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shorter timing loops")
     parser.add_argument("--no-save", action="store_true", help="print only")
+    parser.add_argument("--cpu-time", action="store_true", help="one thread, timed by thread CPU time (robust on a loaded machine)")
     args = parser.parse_args()
+    if args.cpu_time:
+        global CLOCK
+        CLOCK = time.thread_time
+        torch.set_num_threads(1)
     report = run(args.quick)
     text = markdown(report)
     print(text)
     if not args.no_save:
         RESULTS.mkdir(parents=True, exist_ok=True)
-        stem = RESULTS / f"cpu_kernel_{dt.date.today().isoformat()}"
+        stem = RESULTS / f"cpu_kernel_{dt.date.today().isoformat()}{'_1thread_cputime' if args.cpu_time else ''}"
         stem.with_suffix(".json").write_text(json.dumps(report, indent=2))
         stem.with_suffix(".md").write_text(text)
 

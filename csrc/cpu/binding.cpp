@@ -12,28 +12,30 @@
 
 namespace {
 
-enum Isa : int64_t { kBest = -1, kGeneric = 0, kAvx2 = 1, kAvx512 = 2 };
+enum Isa : int64_t { kBest = -1, kGeneric = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3 };
 
 bool isa_supported(int64_t isa) {
   if (isa == kGeneric) return true;
 #if (defined(__x86_64__) || defined(_M_X64)) && defined(__GNUC__)
   if (isa == kAvx2) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   if (isa == kAvx512) return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  if (isa == kAvx512Bf16) return isa_supported(kAvx512) && __builtin_cpu_supports("avx512bf16");
 #endif
   return false;
 }
 
 int64_t best_isa() {
-  for (int64_t isa : {kAvx512, kAvx2})
+  for (int64_t isa : {kAvx512Bf16, kAvx512, kAvx2})
     if (isa_supported(isa)) return isa;
   return kGeneric;
 }
 
 const rtl_cpu::Ops& ops_for(int64_t isa) {
   if (isa == kBest) isa = best_isa();
-  TORCH_CHECK_VALUE(isa >= kGeneric && isa <= kAvx512, "isa: expected -1 (best), 0 (generic), 1 (avx2) or 2 (avx512), got ", isa);
+  TORCH_CHECK_VALUE(isa >= kGeneric && isa <= kAvx512Bf16, "isa: expected -1 (best), 0 (generic), 1 (avx2), 2 (avx512) or 3 (avx512_bf16), got ", isa);
   TORCH_CHECK_VALUE(isa_supported(isa), "isa: ", isa, " is not supported by this CPU (best available: ", best_isa(), ")");
 #if defined(__x86_64__) || defined(_M_X64)
+  if (isa == kAvx512Bf16) return rtl_cpu::kOpsAvx512Bf16;
   if (isa == kAvx512) return rtl_cpu::kOpsAvx512;
   if (isa == kAvx2) return rtl_cpu::kOpsAvx2;
 #endif
@@ -242,7 +244,7 @@ std::tuple<at::Tensor, at::Tensor> backward_grouped(const at::Tensor& dy, const 
 
 std::vector<int64_t> supported_isas() {
   std::vector<int64_t> out;
-  for (int64_t isa : {kGeneric, kAvx2, kAvx512})
+  for (int64_t isa : {kGeneric, kAvx2, kAvx512, kAvx512Bf16})
     if (isa_supported(isa)) out.push_back(isa);
   return out;
 }
@@ -264,7 +266,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("bits"), py::arg("perm"), py::arg("offsets"), py::arg("bias") = py::none(), py::arg("isa") = -1);
   m.def("backward_grouped", &backward_grouped, "(dx, dW) via per-ticket masked weight and torch.mm (large batches)", py::arg("dy"), py::arg("x"),
         py::arg("weight"), py::arg("bits"), py::arg("perm"), py::arg("offsets"), py::arg("need_dx"), py::arg("need_dw"), py::arg("isa") = -1);
-  m.def("supported_isas", &supported_isas, "ISA ids this CPU runs (0 generic, 1 avx2, 2 avx512)");
+  m.def("supported_isas", &supported_isas, "ISA ids this CPU runs (0 generic, 1 avx2, 2 avx512, 3 avx512_bf16)");
   m.def("best_isa", &best_isa, "the ISA id used by default");
   m.def("isa_name", &isa_name, "name of an ISA id", py::arg("isa") = -1);
 }

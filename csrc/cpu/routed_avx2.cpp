@@ -17,6 +17,11 @@ namespace rtl_cpu::avx2 {
 
 struct V {
   static constexpr int L = 8, RT = 4, RN = 2, CB = 2;
+  typedef uint32_t mask;
+  // W rows per forward register tile of rt rows
+  static constexpr int fwd_rn(int) { return 2; }
+  static inline mask mask_at(const uint32_t* mrow, int64_t c) { return (mrow[c >> 5] >> (c & 31)) & 0xffu; }
+  static inline mask to_mask(uint32_t m) { return m; }
   typedef __m256 vec;
   static inline __m256i lanes(uint32_t m) {
     const __m256i sel = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);

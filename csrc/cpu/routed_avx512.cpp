@@ -21,6 +21,14 @@ namespace rtl_cpu::avx512 {
 struct V {
   static constexpr int L = 16, RT = 4, RN = 4, CB = 4;
   typedef __m512 vec;
+  // W rows per forward register tile of rt rows
+  static constexpr int fwd_rn(int) { return 4; }
+  typedef __mmask16 mask;
+  // a 16-bit slice of a mask row is the lane mask itself: one kmov from memory (little endian)
+  static inline mask mask_at(const uint32_t* mrow, int64_t c) {
+    return _load_mask16(const_cast<__mmask16*>(reinterpret_cast<const __mmask16*>(mrow) + (c >> 4)));
+  }
+  static inline mask to_mask(uint32_t m) { return static_cast<mask>(m); }
   static inline vec from_bf16(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
   static inline vec zero() { return _mm512_setzero_ps(); }
   static inline vec bcast(float f) { return _mm512_set1_ps(f); }
@@ -30,15 +38,15 @@ struct V {
   static inline vec load(const uint16_t* p) { return from_bf16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
   static inline vec load_masked(const float* p, uint32_t m) { return _mm512_maskz_loadu_ps(static_cast<__mmask16>(m), p); }
   static inline vec load_masked(const uint16_t* p, uint32_t m) { return from_bf16(_mm256_maskz_loadu_epi16(static_cast<__mmask16>(m), p)); }
-  template <typename T>
-  static inline vec load_keep(const T* p, uint32_t keep) { return load_masked(p, keep); }
-  static inline vec mask_add(vec acc, uint32_t m, vec s) { return _mm512_mask_add_ps(acc, static_cast<__mmask16>(m), acc, s); }
+  static inline vec load_keep(const float* p, mask keep) { return _mm512_maskz_loadu_ps(keep, p); }
+  static inline vec load_keep(const uint16_t* p, mask keep) { return from_bf16(_mm256_maskz_loadu_epi16(keep, p)); }
+  static inline vec mask_add(vec acc, mask m, vec s) { return _mm512_mask_add_ps(acc, m, acc, s); }
   static inline float reduce(vec v) { return _mm512_reduce_add_ps(v); }
   static inline void store(float* p, vec v) { _mm512_storeu_ps(p, v); }
   static inline void store_masked(float* p, vec v, uint32_t m) { _mm512_mask_storeu_ps(p, static_cast<__mmask16>(m), v); }
-  static inline void copy_keep(float* o, const float* w, uint32_t keep) { _mm512_storeu_ps(o, _mm512_maskz_loadu_ps(static_cast<__mmask16>(keep), w)); }
-  static inline void copy_keep(uint16_t* o, const uint16_t* w, uint32_t keep) {
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), _mm256_maskz_loadu_epi16(static_cast<__mmask16>(keep), w));
+  static inline void copy_keep(float* o, const float* w, mask keep) { _mm512_storeu_ps(o, _mm512_maskz_loadu_ps(keep, w)); }
+  static inline void copy_keep(uint16_t* o, const uint16_t* w, mask keep) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), _mm256_maskz_loadu_epi16(keep, w));
   }
 };
 

@@ -27,7 +27,7 @@ struct Problem {
 // Column ranges handed to grad_x must start at a multiple of kColBlock.
 constexpr int64_t kColBlock = 64;
 // Row ranges handed to forward / grad_w should start at a multiple of kRowBlock.
-constexpr int64_t kRowBlock = 4;
+constexpr int64_t kRowBlock = 8;
 
 struct Ops {
   const char* name;
@@ -47,6 +47,7 @@ extern const Ops kOpsGeneric;
 #if defined(__x86_64__) || defined(_M_X64)
 extern const Ops kOpsAvx2;
 extern const Ops kOpsAvx512;
+extern const Ops kOpsAvx512Bf16;  // bf16 forward with vdpbf16ps, everything else as kOpsAvx512
 #endif
 
 }  // namespace rtl_cpu

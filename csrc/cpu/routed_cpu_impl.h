@@ -4,8 +4,9 @@
 // nothing inline from a shared header is compiled with a wider ISA than the CPU may have.
 //
 // Traits `V` provide: L (lanes), RT / RN / CB (register tile: rows x W-rows, rows x column
-// chunks), vec, zero, bcast, fmadd, mul, load (L readable lanes), load_keep (L readable lanes,
-// zero outside `keep`), load_masked (only lanes in `m` are read), mask_add (acc + (m ? s : 0)),
+// chunks), vec, mask (lane mask type), mask_at (mask bits of the L columns at c of a mask row),
+// to_mask (from uint32 bits), zero, bcast, fmadd, mul, load (L readable lanes), load_keep (L readable lanes,
+// zero outside a `mask`), load_masked (only lanes in `m` are read), mask_add (acc + (m ? s : 0)),
 // reduce (horizontal sum), store, store_masked, copy_keep (raw copy of L lanes, zero outside
 // `keep`). Lane i of a chunk starting at column c is column c + i; a chunk never straddles a
 // mask word because L divides 32.
@@ -18,8 +19,10 @@ typedef typename V::vec vec;
 
 static constexpr int L = V::L;
 static constexpr uint32_t kFull = (1u << L) - 1u;
-// forward column block: W block and the x slices it meets stay in L1 across tickets
-static constexpr int64_t kColChunk = 512;
+// forward column block (4 KiB of each row): the W block and the x slices it meets stay in cache
+// across tickets, and each partial sum is reduced once per block (L divides it)
+template <typename T>
+static constexpr int64_t kColChunk = 4096 / sizeof(T);
 
 static inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 // rows handled by one register tile: 4, 2 or 1 (capped by V::RT), so few tile shapes are compiled
@@ -58,7 +61,7 @@ static void fwd_tile(const Problem& p, const int64_t* rows, const uint32_t* cons
     vec xv[RT];
     for (int t = 0; t < RT; ++t) xv[t] = V::load(xr[t] + c);
     for (int r = 0; r < RN; ++r) {
-      const vec wv = V::load_keep(wr[r] + c, chunk_mask(mrow[r], c));
+      const vec wv = V::load_keep(wr[r] + c, V::mask_at(mrow[r], c));
       for (int t = 0; t < RT; ++t) acc[t][r] = V::fmadd(xv[t], wv, acc[t][r]);
     }
   }
@@ -76,22 +79,44 @@ static void fwd_tile(const Problem& p, const int64_t* rows, const uint32_t* cons
     for (int r = 0; r < RN; ++r) y[rows[t] * p.N + n + r] += V::reduce(acc[t][r]) + (first ? bias[n + r] : 0.0f);
 }
 
+// W rows per register tile for RT rows: fewer rows leave registers for more W rows
+template <int RT>
+static constexpr int kFwdRN = V::fwd_rn(RT);
+
 template <typename T, int RT>
 static void fwd_rn(int rn, const Problem& p, const int64_t* rows, const uint32_t* const* mrow, int64_t n, int64_t c0, int64_t c1, const float* bias, float* y) {
-  if (rn == V::RN)
-    fwd_tile<T, RT, V::RN>(p, rows, mrow, n, c0, c1, bias, y);
+  if (rn == kFwdRN<RT>)
+    fwd_tile<T, RT, kFwdRN<RT>>(p, rows, mrow, n, c0, c1, bias, y);
   else
     for (int r = 0; r < rn; ++r) fwd_tile<T, RT, 1>(p, rows, mrow + r, n + r, c0, c1, bias, y);
 }
 
+// one row tile (rt rows of ticket k) against W rows [nb, nb_end)
+template <typename T, int RT>
+static void fwd_rows(const Problem& p, int64_t k, const int64_t* rows, int64_t nb, int64_t nb_end, int64_t c0, int64_t c1, const float* bias, float* y) {
+  for (int64_t n = nb; n < nb_end; n += kFwdRN<RT>) {
+    const int rn = static_cast<int>(imin(kFwdRN<RT>, nb_end - n));
+    const uint32_t* mrow[kFwdRN<RT>];
+    for (int r = 0; r < rn; ++r) mrow[r] = p.bits + (k * p.N + n + r) * p.words;
+    fwd_rn<T, RT>(rn, p, rows, mrow, n, c0, c1, bias, y);
+  }
+}
+
+// Ask for the next W block and its active tickets' mask rows ahead of time (into L2): many
+// short per-row streams are more than the hardware prefetchers follow.
 template <typename T>
-static void fwd_rt(int rt, int rn, const Problem& p, const int64_t* rows, const uint32_t* const* mrow, int64_t n, int64_t c0, int64_t c1, const float* bias,
-                   float* y) {
-  if constexpr (V::RT >= 4)
-    if (rt == 4) fwd_rn<T, 4>(rn, p, rows, mrow, n, c0, c1, bias, y);
-  if constexpr (V::RT >= 2)
-    if (rt == 2) fwd_rn<T, 2>(rn, p, rows, mrow, n, c0, c1, bias, y);
-  if (rt == 1) fwd_rn<T, 1>(rn, p, rows, mrow, n, c0, c1, bias, y);
+static void prefetch_block(const Problem& p, int64_t n0, int64_t n1) {
+  const char* w = static_cast<const char*>(p.w);
+  const int64_t row_bytes = p.C * static_cast<int64_t>(sizeof(T));
+  for (int64_t n = n0; n < n1; ++n)
+    for (int64_t b = 0; b < row_bytes; b += 64) __builtin_prefetch(w + n * row_bytes + b, 0, 1);
+  for (int64_t k = 0; k < p.K; ++k) {
+    if (p.offsets[k] == p.offsets[k + 1]) continue;
+    for (int64_t n = n0; n < n1; ++n) {
+      const char* m = reinterpret_cast<const char*>(p.bits + (k * p.N + n) * p.words);
+      for (int64_t b = 0; b < p.words * 4; b += 64) __builtin_prefetch(m + b, 0, 1);
+    }
+  }
 }
 
 // Weight-stationary: a block of W (kRowBlock rows x kColChunk columns) is read from memory once
@@ -101,19 +126,19 @@ template <typename T>
 static void forward_t(const Problem& p, const float* bias, float* y, int64_t n0, int64_t n1) {
   for (int64_t nb = n0; nb < n1; nb += rtl_cpu::kRowBlock) {
     const int64_t nb_end = imin(nb + rtl_cpu::kRowBlock, n1);
-    for (int64_t c0 = 0; c0 < p.C || c0 == 0; c0 += kColChunk) {
-      const int64_t c1 = imin(c0 + kColChunk, p.C);
+    prefetch_block<T>(p, nb_end, imin(nb_end + rtl_cpu::kRowBlock, n1));
+    for (int64_t c0 = 0; c0 < p.C || c0 == 0; c0 += kColChunk<T>) {
+      const int64_t c1 = imin(c0 + kColChunk<T>, p.C);
       for (int64_t k = 0; k < p.K; ++k) {
         const int64_t lo = p.offsets[k], hi = p.offsets[k + 1];
-        for (int64_t n = nb; n < nb_end; n += V::RN) {
-          const int rn = static_cast<int>(imin(V::RN, nb_end - n));
-          const uint32_t* mrow[V::RN];
-          for (int r = 0; r < rn; ++r) mrow[r] = p.bits + (k * p.N + n + r) * p.words;
-          for (int64_t q = lo; q < hi;) {
-            const int rt = row_tile(hi - q);
-            fwd_rt<T>(rt, rn, p, p.perm + q, mrow, n, c0, c1, bias, y);
-            q += rt;
-          }
+        for (int64_t q = lo; q < hi;) {
+          const int rt = row_tile(hi - q);
+          if constexpr (V::RT >= 4)
+            if (rt == 4) fwd_rows<T, 4>(p, k, p.perm + q, nb, nb_end, c0, c1, bias, y);
+          if constexpr (V::RT >= 2)
+            if (rt == 2) fwd_rows<T, 2>(p, k, p.perm + q, nb, nb_end, c0, c1, bias, y);
+          if (rt == 1) fwd_rows<T, 1>(p, k, p.perm + q, nb, nb_end, c0, c1, bias, y);
+          q += rt;
         }
       }
       if (c1 >= p.C) break;
@@ -149,8 +174,7 @@ static void dx_tile(const Problem& p, const int64_t* rows, int64_t k, int64_t c,
     for (int t = 0; t < RT; ++t) d[t] = V::bcast(to_f32(dyr[t][n]));
     const T* wr = w + n * C + c;
     for (int b = 0; b < CB; ++b) {
-      const uint32_t keep = chunk_mask(mrow, c + b * L);
-      const vec wv = full ? V::load_keep(wr + b * L, keep) : V::load_masked(wr + b * L, keep & lim[b]);
+      const vec wv = full ? V::load_keep(wr + b * L, V::mask_at(mrow, c + b * L)) : V::load_masked(wr + b * L, chunk_mask(mrow, c + b * L) & lim[b]);
       for (int t = 0; t < RT; ++t) acc[t][b] = V::fmadd(d[t], wv, acc[t][b]);
     }
   }
@@ -223,7 +247,7 @@ static void dw_tile(const Problem& p, const int64_t* rows, const uint32_t* const
       vec s = V::mul(d[0][r], xv[0]);
       for (int t = 1; t < RT; ++t) s = V::fmadd(d[t][r], xv[t], s);
       float* o = dw + (n + r) * C + c;
-      V::store(o, V::mask_add(V::load(o), chunk_mask(mrow[r], c), s));
+      V::store(o, V::mask_add(V::load(o), V::mask_at(mrow[r], c), s));
     }
   }
   if (c < C) {
@@ -234,7 +258,7 @@ static void dw_tile(const Problem& p, const int64_t* rows, const uint32_t* const
       vec s = V::mul(d[0][r], xv[0]);
       for (int t = 1; t < RT; ++t) s = V::fmadd(d[t][r], xv[t], s);
       float* o = dw + (n + r) * C + c;
-      V::store_masked(o, V::mask_add(V::load_masked(o, lim), chunk_mask(mrow[r], c) & lim, s), lim);
+      V::store_masked(o, V::mask_add(V::load_masked(o, lim), V::to_mask(chunk_mask(mrow[r], c) & lim), s), lim);
     }
   }
 }
@@ -297,7 +321,7 @@ static void materialize_t(const Problem& p, int64_t k, T* out, int64_t n0, int64
     const T* wr = w + n * C;
     T* o = out + n * C;
     int64_t c = 0;
-    for (; c + L <= C; c += L) V::copy_keep(o + c, wr + c, chunk_mask(mrow, c));
+    for (; c + L <= C; c += L) V::copy_keep(o + c, wr + c, V::mask_at(mrow, c));
     for (; c < C; ++c) o[c] = ((mrow[c >> 5] >> (c & 31)) & 1u) ? wr[c] : T(0);
   }
 }
@@ -316,7 +340,7 @@ static void masked_add(const Problem& p, int64_t k, const float* g, float* dw, i
     const float* gr = g + n * C;
     float* o = dw + n * C;
     int64_t c = 0;
-    for (; c + L <= C; c += L) V::store(o + c, V::mask_add(V::load(o + c), chunk_mask(mrow, c), V::load(gr + c)));
+    for (; c + L <= C; c += L) V::store(o + c, V::mask_add(V::load(o + c), V::mask_at(mrow, c), V::load(gr + c)));
     for (; c < C; ++c)
       if ((mrow[c >> 5] >> (c & 31)) & 1u) o[c] += gr[c];
   }

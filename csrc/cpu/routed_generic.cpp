@@ -6,6 +6,11 @@ namespace rtl_cpu::generic {
 
 struct V {
   static constexpr int L = 8, RT = 2, RN = 2, CB = 2;
+  typedef uint32_t mask;
+  // W rows per forward register tile of rt rows
+  static constexpr int fwd_rn(int) { return 2; }
+  static inline mask mask_at(const uint32_t* mrow, int64_t c) { return (mrow[c >> 5] >> (c & 31)) & 0xffu; }
+  static inline mask to_mask(uint32_t m) { return m; }
   struct vec {
     float v[8];
   };

@@ -38,7 +38,7 @@ class ExtensionSpec:
 CPU_SPEC = ExtensionSpec(
     prebuilt="rtl_kernels._C_cpu",
     jit_name="rtl_kernels_cpu",
-    sources=("cpu/binding.cpp", "cpu/routed_generic.cpp", "cpu/routed_avx2.cpp", "cpu/routed_avx512.cpp"),
+    sources=("cpu/binding.cpp", "cpu/routed_generic.cpp", "cpu/routed_avx2.cpp", "cpu/routed_avx512.cpp", "cpu/routed_avx512bf16.cpp"),
 )
 CUDA_SPEC = ExtensionSpec(
     prebuilt="rtl_kernels._C_cuda",
