@@ -254,6 +254,12 @@ def test_timer_rotates_inputs_and_summarizes():
     assert timings["a"].repeats == timings["b"].repeats == 8
     measured = order[8:]  # after two warm-up passes of 2 + 2 calls each
     assert measured == (["a", "a", "b", "b"] * 4)  # interleaved rounds of 2 calls
+    cpu_clock = time_interleaved(
+        {"a": counter("a")}, [(0,)], CPU, TimerConfig(warmup_s=0.0, min_time_s=0.0, min_repeats=3, max_repeats=3, clock="cpu")
+    )
+    assert cpu_clock["a"].method == "process_time" and cpu_clock["a"].repeats == 3
+    with pytest.raises(ValueError, match="clock"):
+        time_interleaved({"a": counter("a")}, [(0,)], CPU, TimerConfig(clock="sundial"))
     s = summarize([3.0, 1.0, 2.0, 10.0, 4.0], "x")
     assert s.median_s == 3.0 and s.min_s == 1.0 and s.p90_s == 10.0 and s.p10_s == 1.0
     with pytest.raises(ValueError, match="inputs"):
@@ -367,7 +373,14 @@ def test_speedup_cell_compares_fastest_correct_entries():
     assert speedup_cell({"naive_eager": r(3.0)}) == "—"
 
 
-def test_cli_list_and_help(capsys):
+@pytest.fixture
+def keep_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_cli_list_and_help(capsys, keep_threads):
     assert main(["bench", "--list", "--op", "linear", "--rows", "4", "--tickets", "2"]) == 0
     out = capsys.readouterr().out
     assert "naive_eager" in out and "M=4/K=2" in out
@@ -375,3 +388,4 @@ def test_cli_list_and_help(capsys):
         main(["bench", "--help"])
     assert "--preset" in capsys.readouterr().out
     assert main(["bench", "--list", "--routing", "sideways"]) == 1
+    assert main(["bench", "--list", "--clock", "cpu", "--threads", "2"]) == 1

@@ -160,6 +160,11 @@ def skip_reasons(doc: dict) -> list[str]:
     return lines
 
 
+def _timer_method(doc: dict) -> str:
+    methods = {r["time"]["method"] for rec in doc["cases"] for r in rec["results"].values() if "time" in r}
+    return ", ".join(sorted(methods)) or "none"
+
+
 def markdown(doc: dict, images: list[str] | None = None, *, link_prefix: str = "") -> str:
     """The Markdown report (also the README snippet); ``link_prefix`` is prepended to the JSON link."""
     m, v, p = doc["machine"], doc["versions"], doc["probes"]
@@ -176,7 +181,7 @@ def markdown(doc: dict, images: list[str] | None = None, *, link_prefix: str = "
         + ".",
         f"Probes in the same run: copy bandwidth {p['bandwidth_Bps'] / 1e9:,.1f} GB/s (read + write of {p['copy_bytes'] >> 20} MiB), "
         f"square matmul ({p['matmul_size']}) peak: {peaks}.",
-        f"Backends timed: {', '.join(doc['backends']['timed']) or 'none'}. Raw figures: [{run_stem(doc)}.json]({link_prefix}{run_stem(doc)}.json).",
+        f"Timer: {_timer_method(doc)}, median of interleaved rounds. Backends timed: {', '.join(doc['backends']['timed']) or 'none'}. Raw figures: [{run_stem(doc)}.json]({link_prefix}{run_stem(doc)}.json).",
         "",
         "#### Median time per call (µs unless marked; best correct masked approach in bold; ✗ = wrong output; — = did not run; "
         "last column: fastest baseline time / fastest of our backends)",

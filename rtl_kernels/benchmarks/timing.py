@@ -4,7 +4,8 @@ Several approaches of one case are timed *interleaved*: the measurement is split
 every round times each approach in turn, so a burst of load from other processes hits all of them
 alike instead of whichever was running at the time.
 
-CPU: ``time.perf_counter`` around each call. CUDA: one pair of CUDA events per call, with the L2
+CPU: ``time.perf_counter`` around each call, or with ``clock="cpu"`` the process CPU time (only
+meaningful with one torch thread: on a shared machine it leaves out time spent descheduled). CUDA: one pair of CUDA events per call, with the L2
 cache flushed (a large buffer zeroed) before each call, like ``triton.testing.do_bench``.
 """
 
@@ -30,6 +31,7 @@ class TimerConfig:
     max_repeats: int = 200
     flush_l2: bool = True
     rounds: int = 4
+    clock: str = "wall"  # CPU only: "cpu" = process CPU time (with one thread: time not spent descheduled)
 
 
 @dataclass(frozen=True)
@@ -68,8 +70,10 @@ def summarize(samples: Sequence[float], method: str) -> Timing:
 class _Rotation:
     """One callable, the input sets it cycles through, and its samples so far."""
 
-    def __init__(self, fn: Callable[..., object], inputs: Sequence[tuple], device: torch.device, flush: torch.Tensor | None) -> None:
-        self.fn, self.inputs, self.device, self.flush = fn, inputs, device, flush
+    def __init__(
+        self, fn: Callable[..., object], inputs: Sequence[tuple], device: torch.device, flush: torch.Tensor | None, clock: str
+    ) -> None:
+        self.fn, self.inputs, self.device, self.flush, self.clock = fn, inputs, device, flush, clock
         self.i = 0
         self.samples: list[float] = []
         self.estimate_s = 0.0
@@ -115,11 +119,12 @@ class _Rotation:
             torch.cuda.synchronize(self.device)
             self.samples += [b.elapsed_time(e) / 1e3 for b, e in events]
             return
+        clock = time.process_time if self.clock == "cpu" else time.perf_counter
         for _ in range(calls):
             args = self._next()
-            t0 = time.perf_counter()
+            t0 = clock()
             self.fn(*args)
-            self.samples.append(time.perf_counter() - t0)
+            self.samples.append(clock() - t0)
 
 
 def time_interleaved(
@@ -128,10 +133,12 @@ def time_interleaved(
     """Time each ``fn(*inputs[i % len(inputs)])`` call by call, in interleaved rounds; summary per name."""
     if not inputs:
         raise ValueError("inputs: expected at least one argument tuple to rotate through, got none")
+    if config.clock not in ("wall", "cpu"):
+        raise ValueError(f"clock: expected 'wall' or 'cpu', got {config.clock!r}")
     flush = None
     if device.type == "cuda" and config.flush_l2:
         flush = torch.empty(FLUSH_BYTES // 4, dtype=torch.int32, device=device)
-    rotations = {name: _Rotation(fn, inputs, device, flush) for name, fn in fns.items()}
+    rotations = {name: _Rotation(fn, inputs, device, flush, config.clock) for name, fn in fns.items()}
     for rot in rotations.values():
         rot.warmup(config.warmup_s)
     rounds = max(1, config.rounds)
@@ -140,7 +147,10 @@ def time_interleaved(
             want = min(config.max_repeats, max(config.min_repeats, int(config.min_time_s / rot.estimate_s)))
             share = want * (r + 1) // rounds - want * r // rounds  # split ``want`` calls over the rounds
             rot.measure(share)
-    method = "cuda_events" + ("+l2flush" if flush is not None else "") if device.type == "cuda" else "perf_counter"
+    if device.type == "cuda":
+        method = "cuda_events" + ("+l2flush" if flush is not None else "")
+    else:
+        method = "process_time" if config.clock == "cpu" else "perf_counter"
     return {name: summarize(rot.samples, method) for name, rot in rotations.items()}
 
 

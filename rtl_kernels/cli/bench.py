@@ -80,6 +80,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--rounds", type=int, default=4, help="interleaved rounds: each visits every approach of a case in turn")
     t.add_argument("--rotations", type=int, default=4, help="distinct (x, routes) sets cycled between calls")
     t.add_argument("--no-l2-flush", action="store_true", help="GPU: do not flush L2 between calls")
+    t.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="CPU timer: wall time, or process CPU time (needs --threads 1; for shared machines, leaves out time spent descheduled)",
+    )
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     t.add_argument("--copy-mib", type=int, default=256, help="size of the bandwidth probe's copy (MiB)")
     t.add_argument("--matmul-size", type=int, default=None, help="side of the matmul probe (default 2048 on CPU, 8192 on GPU)")
@@ -106,6 +112,8 @@ def _command(args: argparse.Namespace) -> str:
         parts.append(f"--approaches {','.join(args.approaches)}")
     if args.threads:
         parts.append(f"--threads {args.threads}")
+    if args.clock != "wall":
+        parts.append(f"--clock {args.clock}")
     return " ".join(parts)
 
 
@@ -117,6 +125,10 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.clock == "cpu" and (device.type != "cpu" or torch.get_num_threads() != 1):
+        raise ValueError(
+            f"--clock: 'cpu' needs --device cpu and --threads 1, got device {args.device} with {torch.get_num_threads()} threads"
+        )
     overrides = {axis: getattr(args, axis) for axis in AXES if getattr(args, axis) is not None}
     config = RunConfig(
         preset=args.preset,
@@ -132,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
             max_repeats=args.max_repeats,
             flush_l2=not args.no_l2_flush,
             rounds=args.rounds,
+            clock=args.clock,
         ),
         rotations=args.rotations,
         copy_bytes=args.copy_mib << 20,
