@@ -31,31 +31,43 @@ static void tile(const Problem& p, const int64_t* rows, const uint32_t* const* m
   const uint16_t* w = static_cast<const uint16_t*>(p.w);
   const uint16_t* xr[RT];
   const uint16_t* wr[RN];
+  RTL_UNROLL
   for (int t = 0; t < RT; ++t) xr[t] = x + rows[t] * p.C;
+  RTL_UNROLL
   for (int r = 0; r < RN; ++r) wr[r] = w + (n + r) * p.C;
   __m512 acc[RT][RN];
+  RTL_UNROLL
   for (int t = 0; t < RT; ++t)
+    RTL_UNROLL
     for (int r = 0; r < RN; ++r) acc[t][r] = _mm512_setzero_ps();
   int64_t c = c0;
   for (; c + 32 <= c1; c += 32) {
     __m512i xv[RT];
+    RTL_UNROLL
     for (int t = 0; t < RT; ++t) xv[t] = _mm512_loadu_si512(xr[t] + c);
+    RTL_UNROLL
     for (int r = 0; r < RN; ++r) {
       const __m512i wv = _mm512_maskz_loadu_epi16(_load_mask32(const_cast<__mmask32*>(reinterpret_cast<const __mmask32*>(mrow[r] + (c >> 5)))), wr[r] + c);
+      RTL_UNROLL
       for (int t = 0; t < RT; ++t) acc[t][r] = _mm512_dpbf16_ps(acc[t][r], (__m512bh)xv[t], (__m512bh)wv);
     }
   }
   if (c < c1) {  // last block of a row: fewer than 32 columns left
     const __mmask32 lim = static_cast<__mmask32>((1u << (c1 - c)) - 1u);
     __m512i xv[RT];
+    RTL_UNROLL
     for (int t = 0; t < RT; ++t) xv[t] = _mm512_maskz_loadu_epi16(lim, xr[t] + c);
+    RTL_UNROLL
     for (int r = 0; r < RN; ++r) {
       const __m512i wv = _mm512_maskz_loadu_epi16(static_cast<__mmask32>(mrow[r][c >> 5]) & lim, wr[r] + c);
+      RTL_UNROLL
       for (int t = 0; t < RT; ++t) acc[t][r] = _mm512_dpbf16_ps(acc[t][r], (__m512bh)xv[t], (__m512bh)wv);
     }
   }
   const bool first = c0 == 0 && bias != nullptr;
+  RTL_UNROLL
   for (int t = 0; t < RT; ++t)
+    RTL_UNROLL
     for (int r = 0; r < RN; ++r) y[rows[t] * p.N + n + r] += _mm512_reduce_add_ps(acc[t][r]) + (first ? bias[n + r] : 0.0f);
 }
 

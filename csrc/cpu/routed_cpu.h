@@ -8,6 +8,15 @@
 #pragma once
 #include <cstdint>
 
+// full unrolling of the register-tile loops lets the compiler keep every accumulator in a register
+#if defined(__clang__)
+#define RTL_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__)
+#define RTL_UNROLL _Pragma("GCC unroll 16")
+#else
+#define RTL_UNROLL
+#endif
+
 namespace rtl_cpu {
 
 enum DType : int { kFloat32 = 0, kBFloat16 = 1 };

@@ -51,31 +51,43 @@ static void fwd_tile(const Problem& p, const int64_t* rows, const uint32_t* cons
   const int64_t C = p.C;
   const T* xr[RT];
   const T* wr[RN];
+  RTL_UNROLL
   for (int t = 0; t < RT; ++t) xr[t] = x + rows[t] * C;
+  RTL_UNROLL
   for (int r = 0; r < RN; ++r) wr[r] = w + (n + r) * C;
   vec acc[RT][RN];
+  RTL_UNROLL
   for (int t = 0; t < RT; ++t)
+    RTL_UNROLL
     for (int r = 0; r < RN; ++r) acc[t][r] = V::zero();
   int64_t c = c0;
   for (; c + L <= c1; c += L) {
     vec xv[RT];
+    RTL_UNROLL
     for (int t = 0; t < RT; ++t) xv[t] = V::load(xr[t] + c);
+    RTL_UNROLL
     for (int r = 0; r < RN; ++r) {
       const vec wv = V::load_keep(wr[r] + c, V::mask_at(mrow[r], c));
+      RTL_UNROLL
       for (int t = 0; t < RT; ++t) acc[t][r] = V::fmadd(xv[t], wv, acc[t][r]);
     }
   }
   if (c < c1) {  // only the last block of a row is partial (c1 = C)
     const uint32_t lim = limit_mask(c, C);
     vec xv[RT];
+    RTL_UNROLL
     for (int t = 0; t < RT; ++t) xv[t] = V::load_masked(xr[t] + c, lim);
+    RTL_UNROLL
     for (int r = 0; r < RN; ++r) {
       const vec wv = V::load_masked(wr[r] + c, chunk_mask(mrow[r], c) & lim);
+      RTL_UNROLL
       for (int t = 0; t < RT; ++t) acc[t][r] = V::fmadd(xv[t], wv, acc[t][r]);
     }
   }
   const bool first = c0 == 0 && bias != nullptr;
+  RTL_UNROLL
   for (int t = 0; t < RT; ++t)
+    RTL_UNROLL
     for (int r = 0; r < RN; ++r) y[rows[t] * p.N + n + r] += V::reduce(acc[t][r]) + (first ? bias[n + r] : 0.0f);
 }
 
@@ -161,24 +173,33 @@ static void dx_tile(const Problem& p, const int64_t* rows, int64_t k, int64_t c,
   const T* dy = static_cast<const T*>(p.dy);
   const int64_t N = p.N, C = p.C;
   uint32_t lim[CB];
+  RTL_UNROLL
   for (int b = 0; b < CB; ++b) lim[b] = limit_mask(c + b * L, C);
   const bool full = lim[CB - 1] == kFull;
   const T* dyr[RT];
+  RTL_UNROLL
   for (int t = 0; t < RT; ++t) dyr[t] = dy + rows[t] * N;
   vec acc[RT][CB];
+  RTL_UNROLL
   for (int t = 0; t < RT; ++t)
+    RTL_UNROLL
     for (int b = 0; b < CB; ++b) acc[t][b] = V::zero();
   const uint32_t* mrow = p.bits + k * N * p.words;
   for (int64_t n = 0; n < N; ++n, mrow += p.words) {
     vec d[RT];
+    RTL_UNROLL
     for (int t = 0; t < RT; ++t) d[t] = V::bcast(to_f32(dyr[t][n]));
     const T* wr = w + n * C + c;
+    RTL_UNROLL
     for (int b = 0; b < CB; ++b) {
       const vec wv = full ? V::load_keep(wr + b * L, V::mask_at(mrow, c + b * L)) : V::load_masked(wr + b * L, chunk_mask(mrow, c + b * L) & lim[b]);
+      RTL_UNROLL
       for (int t = 0; t < RT; ++t) acc[t][b] = V::fmadd(d[t], wv, acc[t][b]);
     }
   }
+  RTL_UNROLL
   for (int t = 0; t < RT; ++t)
+    RTL_UNROLL
     for (int b = 0; b < CB; ++b) V::store_masked(dx + rows[t] * C + c + b * L, acc[t][b], lim[b]);
 }
 
@@ -235,16 +256,21 @@ static void dw_tile(const Problem& p, const int64_t* rows, const uint32_t* const
   const int64_t C = p.C;
   const T* xr[RT];
   vec d[RT][RN];
+  RTL_UNROLL
   for (int t = 0; t < RT; ++t) {
     xr[t] = x + rows[t] * C;
+    RTL_UNROLL
     for (int r = 0; r < RN; ++r) d[t][r] = V::bcast(to_f32(dy[rows[t] * p.N + n + r]));
   }
   int64_t c = 0;
   for (; c + L <= C; c += L) {
     vec xv[RT];
+    RTL_UNROLL
     for (int t = 0; t < RT; ++t) xv[t] = V::load(xr[t] + c);
+    RTL_UNROLL
     for (int r = 0; r < RN; ++r) {
       vec s = V::mul(d[0][r], xv[0]);
+      RTL_UNROLL
       for (int t = 1; t < RT; ++t) s = V::fmadd(d[t][r], xv[t], s);
       float* o = dw + (n + r) * C + c;
       V::store(o, V::mask_add(V::load(o), V::mask_at(mrow[r], c), s));
@@ -253,9 +279,12 @@ static void dw_tile(const Problem& p, const int64_t* rows, const uint32_t* const
   if (c < C) {
     const uint32_t lim = limit_mask(c, C);
     vec xv[RT];
+    RTL_UNROLL
     for (int t = 0; t < RT; ++t) xv[t] = V::load_masked(xr[t] + c, lim);
+    RTL_UNROLL
     for (int r = 0; r < RN; ++r) {
       vec s = V::mul(d[0][r], xv[0]);
+      RTL_UNROLL
       for (int t = 1; t < RT; ++t) s = V::fmadd(d[t][r], xv[t], s);
       float* o = dw + (n + r) * C + c;
       V::store_masked(o, V::mask_add(V::load_masked(o, lim), V::to_mask(chunk_mask(mrow[r], c) & lim), s), lim);
