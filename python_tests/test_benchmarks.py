@@ -258,6 +258,10 @@ def test_timer_rotates_inputs_and_summarizes():
         {"a": counter("a")}, [(0,)], CPU, TimerConfig(warmup_s=0.0, min_time_s=0.0, min_repeats=3, max_repeats=3, clock="cpu")
     )
     assert cpu_clock["a"].method == "process_time" and cpu_clock["a"].repeats == 3
+    flushed = time_rotating(
+        lambda i: None, [(0,)], CPU, TimerConfig(warmup_s=0.0, min_time_s=0.0, min_repeats=2, max_repeats=2, cpu_flush_bytes=1 << 16)
+    )
+    assert flushed.method == "perf_counter+cacheflush"
     with pytest.raises(ValueError, match="clock"):
         time_interleaved({"a": counter("a")}, [(0,)], CPU, TimerConfig(clock="sundial"))
     s = summarize([3.0, 1.0, 2.0, 10.0, 4.0], "x")

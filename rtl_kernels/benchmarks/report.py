@@ -188,7 +188,8 @@ def markdown(doc: dict, images: list[str] | None = None, *, link_prefix: str = "
         "",
         *time_table(doc),
         "",
-        "#### Share of the roofline (bytes / measured bandwidth or FLOPs / measured matmul peak, whichever is larger; bw = bandwidth-bound, mm = compute-bound)",
+        "#### Share of the roofline (bytes / measured bandwidth or FLOPs / measured matmul peak, whichever is larger; bw = bandwidth-bound, mm = compute-bound; "
+        "above 100%: weights served from cache, the bandwidth probe measures memory)",
         "",
         *roofline_table(doc),
         "",

@@ -32,6 +32,7 @@ class TimerConfig:
     flush_l2: bool = True
     rounds: int = 4
     clock: str = "wall"  # CPU only: "cpu" = process CPU time (with one thread: time not spent descheduled)
+    cpu_flush_bytes: int = 0  # CPU only: zero a buffer this large before each call to evict the caches (0: off)
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,8 @@ class _Rotation:
             return
         clock = time.process_time if self.clock == "cpu" else time.perf_counter
         for _ in range(calls):
+            if self.flush is not None:
+                self.flush.zero_()
             args = self._next()
             t0 = clock()
             self.fn(*args)
@@ -138,6 +141,8 @@ def time_interleaved(
     flush = None
     if device.type == "cuda" and config.flush_l2:
         flush = torch.empty(FLUSH_BYTES // 4, dtype=torch.int32, device=device)
+    elif device.type != "cuda" and config.cpu_flush_bytes > 0:
+        flush = torch.empty(config.cpu_flush_bytes // 4, dtype=torch.int32)
     rotations = {name: _Rotation(fn, inputs, device, flush, config.clock) for name, fn in fns.items()}
     for rot in rotations.values():
         rot.warmup(config.warmup_s)
@@ -150,7 +155,7 @@ def time_interleaved(
     if device.type == "cuda":
         method = "cuda_events" + ("+l2flush" if flush is not None else "")
     else:
-        method = "process_time" if config.clock == "cpu" else "perf_counter"
+        method = ("process_time" if config.clock == "cpu" else "perf_counter") + ("+cacheflush" if flush is not None else "")
     return {name: summarize(rot.samples, method) for name, rot in rotations.items()}
 
 

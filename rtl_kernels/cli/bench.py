@@ -86,6 +86,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="wall",
         help="CPU timer: wall time, or process CPU time (needs --threads 1; for shared machines, leaves out time spent descheduled)",
     )
+    t.add_argument(
+        "--cpu-flush-mib",
+        type=int,
+        default=0,
+        help="CPU: zero a buffer of this many MiB before each timed call so weights are not served from cache (0: off)",
+    )
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     t.add_argument("--copy-mib", type=int, default=256, help="size of the bandwidth probe's copy (MiB)")
     t.add_argument("--matmul-size", type=int, default=None, help="side of the matmul probe (default 2048 on CPU, 8192 on GPU)")
@@ -114,6 +120,8 @@ def _command(args: argparse.Namespace) -> str:
         parts.append(f"--threads {args.threads}")
     if args.clock != "wall":
         parts.append(f"--clock {args.clock}")
+    if args.cpu_flush_mib:
+        parts.append(f"--cpu-flush-mib {args.cpu_flush_mib}")
     return " ".join(parts)
 
 
@@ -145,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
             flush_l2=not args.no_l2_flush,
             rounds=args.rounds,
             clock=args.clock,
+            cpu_flush_bytes=args.cpu_flush_mib << 20,
         ),
         rotations=args.rotations,
         copy_bytes=args.copy_mib << 20,
