@@ -165,8 +165,9 @@ def _timer_method(doc: dict) -> str:
     return ", ".join(sorted(methods)) or "none"
 
 
-def markdown(doc: dict, images: list[str] | None = None, *, link_prefix: str = "") -> str:
-    """The Markdown report (also the README snippet); ``link_prefix`` is prepended to the JSON link."""
+def markdown(doc: dict, images: list[str] | None = None, *, link_prefix: str = "", stem: str | None = None) -> str:
+    """The Markdown report (also the README snippet); ``link_prefix`` is prepended to the JSON link ``<stem>.json``."""
+    stem = stem or run_stem(doc)
     m, v, p = doc["machine"], doc["versions"], doc["probes"]
     hw = m.get("gpu_name") or f"{m['cpu_model']}, {m['cpu_count']} cores"
     peaks = ", ".join(f"{k} {val / 1e9:,.0f} GFLOP/s" for k, val in p["matmul_flops"].items())
@@ -181,7 +182,7 @@ def markdown(doc: dict, images: list[str] | None = None, *, link_prefix: str = "
         + ".",
         f"Probes in the same run: copy bandwidth {p['bandwidth_Bps'] / 1e9:,.1f} GB/s (read + write of {p['copy_bytes'] >> 20} MiB), "
         f"square matmul ({p['matmul_size']}) peak: {peaks}.",
-        f"Timer: {_timer_method(doc)}, median of interleaved rounds. Backends timed: {', '.join(doc['backends']['timed']) or 'none'}. Raw figures: [{run_stem(doc)}.json]({link_prefix}{run_stem(doc)}.json).",
+        f"Timer: {_timer_method(doc)}, median of interleaved rounds. Backends timed: {', '.join(doc['backends']['timed']) or 'none'}. Raw figures: [{stem}.json]({link_prefix}{stem}.json).",
         "",
         "#### Median time per call (µs unless marked; best correct masked approach in bold; ✗ = wrong output; — = did not run; "
         "last column: fastest baseline time / fastest of our backends)",
@@ -343,18 +344,22 @@ def write_report(doc: dict, out_dir: str | Path, *, plots: bool = True) -> dict[
     """Write ``<stem>.json``, ``<stem>.md``, the PNGs, ``LATEST-<type>.md`` and ``LATEST.md``; returns the paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stem = run_stem(doc)
+    stem = base = run_stem(doc)
+    n = 1
+    while (out / f"{stem}.json").exists():  # two runs in the same minute never overwrite each other
+        n += 1
+        stem = f"{base}-{n}"
     paths = {"json": out / f"{stem}.json", "markdown": out / f"{stem}.md"}
     paths["json"].write_text(json.dumps(_finite(doc), indent=1, allow_nan=False) + "\n")
     images = _plots(doc, out, stem) if plots else []
     for img in images:
         paths[img.stem.removeprefix(stem + "-")] = img
-    paths["markdown"].write_text(markdown(doc, [img.name for img in images]))
+    paths["markdown"].write_text(markdown(doc, [img.name for img in images], stem=stem))
     # the LATEST files are meant for inclusion in the top-level README: links relative to the working directory
     prefix = _prefix_from_cwd(out)
     kind = "cuda" if doc["machine"].get("gpu_name") else "cpu"
     paths["latest_device"] = out / f"LATEST-{kind}.md"
-    paths["latest_device"].write_text(markdown(doc, [prefix + img.name for img in images], link_prefix=prefix))
+    paths["latest_device"].write_text(markdown(doc, [prefix + img.name for img in images], link_prefix=prefix, stem=stem))
     paths["latest"] = out / "LATEST.md"
     parts = [(out / f"LATEST-{k}.md").read_text() for k in ("cpu", "cuda") if (out / f"LATEST-{k}.md").is_file()]
     paths["latest"].write_text(
