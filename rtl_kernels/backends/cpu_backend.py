@@ -21,7 +21,7 @@ from .registry import Backend, Call, register_backend
 
 DTYPES = (torch.float32, torch.bfloat16)
 # the weight-stationary kernel runs batches of up to this many rows per active ticket (measured)
-DIRECT_ROWS_PER_TICKET = 24
+DIRECT_ROWS_PER_TICKET = 48
 
 
 def _ext() -> ModuleType:
