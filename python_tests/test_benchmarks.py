@@ -396,3 +396,26 @@ def test_cli_list_and_help(capsys, keep_threads):
     assert "--preset" in capsys.readouterr().out
     assert main(["bench", "--list", "--routing", "sideways"]) == 1
     assert main(["bench", "--list", "--clock", "cpu", "--threads", "2"]) == 1
+
+
+def test_an_approach_failing_while_timed_is_recorded_not_fatal():
+    from rtl_kernels.benchmarks.baselines import Approach, make_dense, make_naive_eager
+    from rtl_kernels.benchmarks.runner import run_case
+
+    def make_flaky(problem):
+        good = make_naive_eager(problem)
+        calls = {"n": 0}
+
+        def fn(x, routes):
+            calls["n"] += 1
+            if calls["n"] > 1:
+                raise RuntimeError("out of memory (simulated)")
+            return good.fn(x, routes)
+
+        return Approach("flaky", "naive", fn, good.footprint_bytes)
+
+    config = RunConfig(timer=FAST, rotations=2)
+    probes = {"bandwidth_Bps": 1e9, "matmul_flops": {"float32": 1e9}}
+    record = run_case(small_case(), {"flaky": make_flaky, "dense_unmasked": make_dense}, config, probes)
+    assert record["results"]["flaky"]["skipped"].startswith("failed here: RuntimeError: out of memory")
+    assert record["results"]["dense_unmasked"]["median_us"] > 0

@@ -87,6 +87,25 @@ def _failure(exc: Exception) -> str:
     return f"failed here: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
 
 
+def _time_all(ready: dict, problem: Problem, config: RunConfig, results: dict) -> dict[str, Timing]:
+    """Interleaved timings; if that fails, each approach alone, recording the ones that fail (e.g. out of memory)."""
+    device = torch.device(config.device)
+    fns = {name: entry[0].fn for name, entry in ready.items()}
+    if not fns:
+        return {}
+    try:
+        return time_interleaved(fns, problem.inputs, device, config.timer)
+    except (RuntimeError, NotImplementedError, ValueError, TypeError):
+        timings = {}
+        for name, fn in fns.items():
+            try:
+                timings[name] = time_interleaved({name: fn}, problem.inputs, device, config.timer)[name]
+            except (RuntimeError, NotImplementedError, ValueError, TypeError) as exc:
+                logger.info("%s on %s failed while timed: %s", name, problem.case.key(), exc)
+                results[name] = {"skipped": _failure(exc)}
+        return timings
+
+
 def run_case(case: Case, factories: dict[str, Callable[[Problem], Approach]], config: RunConfig, probes: dict) -> dict:
     """Build one case's data, check every approach against float64, then time them interleaved."""
     device = torch.device(config.device)
@@ -104,9 +123,11 @@ def run_case(case: Case, factories: dict[str, Callable[[Problem], Approach]], co
             except (RuntimeError, NotImplementedError, ValueError, TypeError) as exc:
                 logger.info("%s on %s failed: %s", name, case.key(), exc)
                 results[name] = {"skipped": _failure(exc)}
-        timings = time_interleaved({name: a.fn for name, (a, _, _) in ready.items()}, problem.inputs, device, config.timer) if ready else {}
+        timings = _time_all(ready, problem, config, results)
     geo = geometry(problem)
     for name, (approach, err, correct) in ready.items():
+        if name not in timings:
+            continue
         results[name] = {**_figures(approach, timings[name], geo, case.dtype, probes), "rel_err": err, "correct": correct}
     record = {
         "key": case.key(),
