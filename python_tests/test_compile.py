@@ -84,3 +84,21 @@ def test_compile_fullgraph_routed_model_with_router():
         torch.testing.assert_close(compiled(x), routed(x))
     with torch.inference_mode():
         torch.testing.assert_close(compiled(x), routed(x))
+
+
+def test_first_call_of_a_fresh_process_can_be_inside_compile():
+    # backend resolution (which may load or build a kernel extension) must stay outside tracing
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import torch, rtl_kernels as rtl
+        lin = rtl.nn.RTLLinear(7, 4, 3)
+        f = torch.compile(lambda x, r: lin(x, r), fullgraph=True)
+        x, r = torch.randn(5, 7), torch.tensor([0, 1, 2, 1, 0])
+        torch.testing.assert_close(f(x, r), lin(x, r))
+        """
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=600)

@@ -111,10 +111,16 @@ def _safe_available(backend: Backend, device: torch.device) -> bool:
         return False
 
 
-def resolve_backend(name: str, call: Call) -> Backend:
-    """The backend that runs ``call``: the named one (checked), or the best one for ``"auto"``."""
+def check_backend_name(name: object) -> str:
+    """``name`` if it is a backend name this library knows (availability is checked when the op runs)."""
     if not isinstance(name, str) or (name not in BACKEND_NAMES and name not in _BACKENDS):
         raise ValueError(f"backend: expected one of {list(BACKEND_NAMES)}, got {name!r}")
+    return name
+
+
+def resolve_backend(name: str, call: Call) -> Backend:
+    """The backend that runs ``call``: the named one (checked), or the best one for ``"auto"``."""
+    check_backend_name(name)
     _load_builtin_backends()
     if name == "auto":
         for cand in available_backends(call.device):

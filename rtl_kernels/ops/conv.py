@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..backends.registry import Call, resolve_backend
+from ..backends.registry import check_backend_name
 from ..dispatch.plan import RoutingPlan
 from ..dispatch.routes import plan_for_rows
 from ..masks.packed import PackedMasks
@@ -92,10 +92,9 @@ def routed_conv2d(
             f"and dilation {dilation_p} (output would be {out_hw})"
         )
     plan = plan_for_rows(routes, packed.num_tickets, x.shape[:1], x.device, check=check_routes, what="[B] (the batch size)")
-    call = Call("conv2d", x.device, x.dtype, x.shape[0], tuple(weight.shape), packed.num_tickets)
-    chosen = resolve_backend(backend, call)
+    check_backend_name(backend)
     y = torch.ops.rtl_kernels.routed_conv2d(
         x, weight.contiguous(), packed.bits, plan.routes, plan.perm, plan.offsets, bias,
-        list(stride_p), list(padding_p), list(dilation_p), groups, chosen.name,
+        list(stride_p), list(padding_p), list(dilation_p), groups, backend,
     )  # fmt: skip
     return y.squeeze(0) if unbatched else y

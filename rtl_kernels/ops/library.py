@@ -1,7 +1,8 @@
 """``torch.library`` custom ops: the boundary that ``torch.compile`` and CUDA graphs see.
 
 Each op takes only tensors and static scalars (the routing plan travels as its three tensors),
-has a fake implementation for tracing, and dispatches to the backend named by the caller.
+has a fake implementation for tracing, and dispatches to the backend named by the caller
+(``"auto"`` is resolved inside the op, at run time, so tracing never touches kernel loading).
 Autograd is registered on the forward ops; the backward ops are custom ops themselves.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..backends.registry import ConvParams, conv_output_format, get_backend
+from ..backends.registry import Call, ConvParams, conv_output_format, resolve_backend
 from ..dispatch.plan import RoutingPlan
 from ..masks.packed import PackedMasks
 
@@ -41,6 +42,12 @@ def _plan(routes: Tensor, perm: Tensor, offsets: Tensor) -> RoutingPlan:
     return RoutingPlan(routes=routes, perm=perm, offsets=offsets)
 
 
+def _backend(name: str, op: str, x: Tensor, weight: Tensor, bits: Tensor):
+    """Resolve ``name`` (possibly ``"auto"``) here, at run time: availability checks may build an
+    extension, which must stay outside anything ``torch.compile`` traces."""
+    return resolve_backend(name, Call(op, x.device, x.dtype, int(x.shape[0]), tuple(weight.shape), int(bits.shape[0])))
+
+
 def _or_empty(t: Tensor | None, like: Tensor) -> Tensor:
     return like.new_empty(_EMPTY) if t is None else t
 
@@ -53,7 +60,7 @@ def routed_linear_op(
     x: Tensor, weight: Tensor, bits: Tensor, routes: Tensor, perm: Tensor, offsets: Tensor, bias: Tensor | None, backend: str
 ) -> Tensor:
     masks = PackedMasks(bits, weight.shape)
-    return get_backend(backend).linear_forward(x, weight, masks, _plan(routes, perm, offsets), bias)
+    return _backend(backend, "linear", x, weight, bits).linear_forward(x, weight, masks, _plan(routes, perm, offsets), bias)
 
 
 @routed_linear_op.register_fake
@@ -75,7 +82,8 @@ def routed_linear_backward_op(
     need_dw: bool,
 ) -> tuple[Tensor, Tensor]:
     masks = PackedMasks(bits, weight.shape)
-    dx, dw = get_backend(backend).linear_backward(dy, x, weight, masks, _plan(routes, perm, offsets), need_dx, need_dw)
+    chosen = _backend(backend, "linear", x, weight, bits)
+    dx, dw = chosen.linear_backward(dy, x, weight, masks, _plan(routes, perm, offsets), need_dx, need_dw)
     return _or_empty(dx, x), _or_empty(dw, weight)
 
 
@@ -139,7 +147,7 @@ def routed_conv2d_op(
 ) -> Tensor:
     masks = PackedMasks(bits, weight.shape)
     params = _conv_params(stride, padding, dilation, groups)
-    return get_backend(backend).conv2d_forward(x, weight, masks, _plan(routes, perm, offsets), bias, params)
+    return _backend(backend, "conv2d", x, weight, bits).conv2d_forward(x, weight, masks, _plan(routes, perm, offsets), bias, params)
 
 
 @routed_conv2d_op.register_fake
@@ -168,7 +176,7 @@ def routed_conv2d_backward_op(
     masks = PackedMasks(bits, weight.shape)
     params = _conv_params(stride, padding, dilation, groups)
     plan = _plan(routes, perm, offsets)
-    dx, dw = get_backend(backend).conv2d_backward(dy, x, weight, masks, plan, params, need_dx, need_dw)
+    dx, dw = _backend(backend, "conv2d", x, weight, bits).conv2d_backward(dy, x, weight, masks, plan, params, need_dx, need_dw)
     return _or_empty(dx, x), _or_empty(dw, weight)
 
 

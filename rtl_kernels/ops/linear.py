@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..backends.registry import Call, resolve_backend
+from ..backends.registry import check_backend_name
 from ..dispatch.plan import RoutingPlan
 from ..dispatch.routes import plan_for_rows
 from ..masks.packed import PackedMasks
@@ -45,7 +45,6 @@ def routed_linear(
     lead = x.shape[:-1]
     plan = plan_for_rows(routes, packed.num_tickets, lead, x.device, check=check_routes)
     x2 = x.reshape(-1, x.shape[-1]).contiguous()
-    call = Call("linear", x.device, x.dtype, x2.shape[0], tuple(weight.shape), packed.num_tickets)
-    chosen = resolve_backend(backend, call)
-    y = torch.ops.rtl_kernels.routed_linear(x2, weight.contiguous(), packed.bits, plan.routes, plan.perm, plan.offsets, bias, chosen.name)
+    check_backend_name(backend)
+    y = torch.ops.rtl_kernels.routed_linear(x2, weight.contiguous(), packed.bits, plan.routes, plan.perm, plan.offsets, bias, backend)
     return y.reshape(*lead, weight.shape[0])
