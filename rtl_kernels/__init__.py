@@ -45,9 +45,11 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # heavy optional subpackages load on first use
-    if name in ("routers", "pipeline"):
-        import importlib
+    # heavy or optional parts load on first use
+    import importlib
 
+    if name in ("routers", "pipeline"):
         return importlib.import_module(f".{name}", __name__)
+    if name == "warmup":  # needs Triton: pre-compiles every kernel a deployment uses
+        return importlib.import_module(".backends.triton_backend", __name__).warmup
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
