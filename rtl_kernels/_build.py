@@ -1,33 +1,20 @@
 """Build-time helper for ``setup.py``: the C++ (and, with a CUDA toolkit and CUDA torch, CUDA) extensions.
 
-``setup_extensions()`` is only called when torch is importable at build time. It also copies the
-sources from ``csrc/`` into ``rtl_kernels/_csrc/`` so that a wheel carries them as package data
-and can JIT-build the kernels later (see :mod:`rtl_kernels.backends.extension`).
+``setup_extensions()`` is only called when torch is importable at build time. ``setup.py`` itself
+copies the sources from ``csrc/`` into ``rtl_kernels/_csrc/`` (also without torch) so that a wheel
+carries them as package data and can JIT-build the kernels later (see
+:mod:`rtl_kernels.backends.extension`).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 from .backends.extension import CPU_SPEC, CUDA_SPEC, CXX_FLAGS, NVCC_FLAGS
 
 ROOT = Path(__file__).resolve().parent.parent
 CSRC = ROOT / "csrc"
-STAGED = Path(__file__).resolve().parent / "_csrc"
-SOURCE_SUFFIXES = (".cpp", ".h", ".cu", ".cuh")
-
-
-def stage_sources() -> None:
-    """Copy ``csrc/`` into the package (``rtl_kernels/_csrc``) so wheels ship the kernel sources."""
-    if not CSRC.is_dir():
-        return
-    for src in CSRC.rglob("*"):
-        if src.is_file() and src.suffix in SOURCE_SUFFIXES:
-            dst = STAGED / src.relative_to(CSRC)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst)
 
 
 def _rel(paths: tuple[str, ...]) -> list[str]:
@@ -48,7 +35,6 @@ def setup_extensions() -> tuple[dict, list]:
 
     if not CSRC.is_dir():
         return {}, []
-    stage_sources()
     modules = [CppExtension(CPU_SPEC.prebuilt, _rel(CPU_SPEC.sources), extra_compile_args=list(CXX_FLAGS))]
     if cuda_buildable():
         modules.append(

@@ -8,7 +8,13 @@ import logging
 import sys
 
 # Each module defines ``register(subparsers)`` adding its subcommands with ``set_defaults(func=...)``.
-COMMAND_MODULES = ("rtl_kernels.cli.demo", "rtl_kernels.cli.info", "rtl_kernels.cli.bench", "rtl_kernels.cli.pipeline", "rtl_kernels.cli.tune")
+COMMAND_MODULES = (
+    "rtl_kernels.cli.demo",
+    "rtl_kernels.cli.info",
+    "rtl_kernels.cli.bench",
+    "rtl_kernels.cli.pipeline",
+    "rtl_kernels.cli.tune",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
