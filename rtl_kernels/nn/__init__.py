@@ -1,7 +1,9 @@
-"""RTL layers: drop-in ``nn.Linear`` / ``nn.Conv2d`` with K routed masks over one shared weight."""
+"""RTL layers: drop-in ``nn.Linear`` / ``nn.Conv2d`` (and HF ``Conv1D``, ``nn.MultiheadAttention``) with K routed masks over one shared weight."""
 
+from .attention import RTLMultiheadAttention
 from .base import RTLLayer
 from .conv import RTLConv2d
+from .hf_conv1d import RTLConv1DLinear
 from .linear import RTLLinear
 
-__all__ = ["RTLConv2d", "RTLLayer", "RTLLinear"]
+__all__ = ["RTLConv1DLinear", "RTLConv2d", "RTLLayer", "RTLLinear", "RTLMultiheadAttention"]
