@@ -35,7 +35,11 @@ def route_checks_enabled() -> bool:
 
 def _checked(routes: torch.Tensor, num_tickets: int, check: bool | None) -> torch.Tensor:
     if route_checks_enabled() if check is None else check:
-        return torch.ops.rtl_kernels.check_routes(routes, num_tickets)
+        from ..ops.library import check_route_values
+
+        if torch.compiler.is_compiling():  # the op keeps the host read out of the traced graph
+            return torch.ops.rtl_kernels.check_routes(routes, num_tickets)
+        return check_route_values(routes, num_tickets)
     return routes.to(torch.int64).clamp(0, num_tickets - 1)
 
 

@@ -18,8 +18,7 @@ Tensor = torch.Tensor
 _EMPTY = (0,)
 
 
-@torch.library.custom_op("rtl_kernels::check_routes", mutates_args=())
-def check_routes(routes: Tensor, num_tickets: int) -> Tensor:
+def check_route_values(routes: Tensor, num_tickets: int) -> Tensor:
     """Copy of ``routes`` as int64; raises ``ValueError`` for a route outside ``[0, num_tickets)``."""
     out = routes.to(torch.int64, copy=True)
     if out.numel():
@@ -31,6 +30,12 @@ def check_routes(routes: Tensor, num_tickets: int) -> Tensor:
                 f"(min {lo}, max {hi}; first offending value {int(bad[0])})"
             )
     return out
+
+
+@torch.library.custom_op("rtl_kernels::check_routes", mutates_args=())
+def check_routes(routes: Tensor, num_tickets: int) -> Tensor:
+    """:func:`check_route_values` as an op that ``torch.compile`` keeps opaque (its host read stays out of the graph)."""
+    return check_route_values(routes, num_tickets)
 
 
 @check_routes.register_fake
@@ -55,12 +60,16 @@ def _or_empty(t: Tensor | None, like: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------- linear
 
 
+def _linear_forward(x, weight, bits, routes, perm, offsets, bias, backend):
+    masks = PackedMasks(bits, weight.shape)
+    return _backend(backend, "linear", x, weight, bits).linear_forward(x, weight, masks, _plan(routes, perm, offsets), bias)
+
+
 @torch.library.custom_op("rtl_kernels::routed_linear", mutates_args=())
 def routed_linear_op(
     x: Tensor, weight: Tensor, bits: Tensor, routes: Tensor, perm: Tensor, offsets: Tensor, bias: Tensor | None, backend: str
 ) -> Tensor:
-    masks = PackedMasks(bits, weight.shape)
-    return _backend(backend, "linear", x, weight, bits).linear_forward(x, weight, masks, _plan(routes, perm, offsets), bias)
+    return _linear_forward(x, weight, bits, routes, perm, offsets, bias, backend)
 
 
 @routed_linear_op.register_fake
@@ -119,6 +128,26 @@ def _linear_backward(ctx, dy):
 routed_linear_op.register_autograd(_linear_backward, setup_context=_linear_setup)
 
 
+class _LinearFunction(torch.autograd.Function):
+    """Eager fast path: the op's forward and backward without the custom-op dispatch overhead."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        _linear_setup(ctx, inputs, None)
+        return _linear_forward(*inputs)
+
+    backward = staticmethod(_linear_backward)
+
+
+def routed_linear_call(
+    x: Tensor, weight: Tensor, bits: Tensor, routes: Tensor, perm: Tensor, offsets: Tensor, bias: Tensor | None, backend: str
+) -> Tensor:
+    """The custom op when ``torch.compile`` traces, the same computation as an autograd.Function in eager mode."""
+    if torch.compiler.is_compiling():
+        return routed_linear_op(x, weight, bits, routes, perm, offsets, bias, backend)
+    return _LinearFunction.apply(x, weight, bits, routes, perm, offsets, bias, backend)
+
+
 # ----------------------------------------------------------------------------- conv2d
 
 
@@ -128,6 +157,12 @@ def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation
 
 def _conv_params(stride: list[int], padding: list[int], dilation: list[int], groups: int) -> ConvParams:
     return ConvParams(tuple(stride), tuple(padding), tuple(dilation), groups)
+
+
+def _conv_forward(x, weight, bits, routes, perm, offsets, bias, stride, padding, dilation, groups, backend):
+    masks = PackedMasks(bits, weight.shape)
+    params = _conv_params(stride, padding, dilation, groups)
+    return _backend(backend, "conv2d", x, weight, bits).conv2d_forward(x, weight, masks, _plan(routes, perm, offsets), bias, params)
 
 
 @torch.library.custom_op("rtl_kernels::routed_conv2d", mutates_args=())
@@ -145,9 +180,7 @@ def routed_conv2d_op(
     groups: int,
     backend: str,
 ) -> Tensor:
-    masks = PackedMasks(bits, weight.shape)
-    params = _conv_params(stride, padding, dilation, groups)
-    return _backend(backend, "conv2d", x, weight, bits).conv2d_forward(x, weight, masks, _plan(routes, perm, offsets), bias, params)
+    return _conv_forward(x, weight, bits, routes, perm, offsets, bias, stride, padding, dilation, groups, backend)
 
 
 @routed_conv2d_op.register_fake
@@ -206,3 +239,22 @@ def _conv_backward(ctx, dy):
 
 
 routed_conv2d_op.register_autograd(_conv_backward, setup_context=_conv_setup)
+
+
+class _Conv2dFunction(torch.autograd.Function):
+    """Eager fast path: the op's forward and backward without the custom-op dispatch overhead."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        _conv_setup(ctx, inputs, None)
+        return _conv_forward(*inputs)
+
+    backward = staticmethod(_conv_backward)
+
+
+def routed_conv2d_call(*inputs: object) -> Tensor:
+    """The custom op when ``torch.compile`` traces, the same computation as an autograd.Function in eager mode
+    (arguments as for ``routed_conv2d_op``)."""
+    if torch.compiler.is_compiling():
+        return routed_conv2d_op(*inputs)
+    return _Conv2dFunction.apply(*inputs)

@@ -8,8 +8,8 @@ from ..backends.registry import check_backend_name
 from ..dispatch.plan import RoutingPlan
 from ..dispatch.routes import plan_for_rows
 from ..masks.packed import PackedMasks
-from . import library  # noqa: F401  (registers the custom ops)
 from .checks import as_packed_masks, check_bias, check_device, check_float, check_tensor
+from .library import routed_linear_call
 
 
 def routed_linear(
@@ -46,5 +46,5 @@ def routed_linear(
     plan = plan_for_rows(routes, packed.num_tickets, lead, x.device, check=check_routes)
     x2 = x.reshape(-1, x.shape[-1]).contiguous()
     check_backend_name(backend)
-    y = torch.ops.rtl_kernels.routed_linear(x2, weight.contiguous(), packed.bits, plan.routes, plan.perm, plan.offsets, bias, backend)
+    y = routed_linear_call(x2, weight.contiguous(), packed.bits, plan.routes, plan.perm, plan.offsets, bias, backend)
     return y.reshape(*lead, weight.shape[0])
