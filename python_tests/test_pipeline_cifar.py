@@ -46,6 +46,19 @@ def test_loader_errors(tmp_path):
         load_cifar10(tmp_path / "partial")
 
 
+class _Exploit:
+    def __reduce__(self):
+        return (print, ("pickle ran code",))
+
+
+def test_loader_refuses_pickles_that_build_other_objects(tmp_path):
+    root = write_batches(tmp_path / "cifar-10-batches-py")
+    with open(root / "test_batch", "wb") as fh:
+        pickle.dump({b"data": _Exploit(), b"labels": []}, fh)
+    with pytest.raises(ValueError, match="refusing to load builtins.print"):
+        load_cifar10(root)
+
+
 def test_ghostnet_prunable_scope_matches_the_paper():
     model = rtl.convert(MiniGhostNet(10), 10, ignore=packaged_recipe("cifar10").ignore)
     summary = model.rtl_conversion_summary

@@ -3,7 +3,8 @@
 The files ``data_batch_1`` .. ``data_batch_5`` and ``test_batch`` are Python pickles, each a dict
 with ``b"data"`` (uint8 ``[N, 3072]``, channel-major 32×32) and ``b"labels"``. Reading this
 standard external dataset format is the only use of pickle in the library; nothing is ever
-written as a pickle. Only load files you trust: unpickling can run code.
+written as a pickle. The reader only lets the pickle build dicts, lists, bytes and numpy arrays
+(any other class is refused), so a tampered file cannot run code through it.
 """
 
 from __future__ import annotations
@@ -23,10 +24,28 @@ MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
 
 
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickler for CIFAR batches: numpy array reconstruction only, every other global refused."""
+
+    ALLOWED = frozenset(
+        {
+            ("numpy.core.multiarray", "_reconstruct"),
+            ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy", "ndarray"),
+            ("numpy", "dtype"),
+        }
+    )
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise ValueError(f"path: a CIFAR-10 batch may only hold arrays, lists and bytes; refusing to load {module}.{name}")
+
+
 def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     with open(path, "rb") as fh:
         # reading the standard CIFAR-10 python batch format (a pickled dict); see the module docstring
-        batch = pickle.load(fh, encoding="bytes")
+        batch = _BatchUnpickler(fh, encoding="bytes").load()
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
         raise ValueError(f"path: {path} is not a CIFAR-10 python batch (expected a dict with b'data' and b'labels')")
     data = np.asarray(batch[b"data"], dtype=np.uint8)
