@@ -96,7 +96,7 @@ def _jit(spec: ExtensionSpec) -> ModuleType:
         cflags += [f"-fsanitize={_sanitizer()}", "-fno-omit-frame-pointer", "-g"]
         ldflags += [f"-fsanitize={_sanitizer()}"]
         name += "_" + _sanitizer().replace(",", "_")
-    logger.info("compiling %s from %s (first use; cached afterwards)", name, Path(sources[0]).parent.parent)
+    logger.info("loading %s from %s (compiled on first use, then cached)", name, Path(sources[0]).parent.parent)
     kwargs = {"extra_cuda_cflags": list(NVCC_FLAGS)} if spec.cuda else {}
     return cpp_extension.load(name=name, sources=sources, extra_cflags=cflags, extra_ldflags=ldflags, verbose=False, **kwargs)
 

@@ -97,6 +97,18 @@ _COMMON_SWEEPS = (
     ("dtype",),
 )
 
+# the base point of the CPU presets: every sweep varies one or two axes around it
+_CPU_BASE = {
+    "op": "linear",
+    "shape": "1024x1024",
+    "rows": 256,
+    "tickets": 8,
+    "density": 0.2,
+    "structure": "unstructured",
+    "routing": "uniform",
+    "dtype": "float32",
+}
+
 PRESETS: dict[str, Preset] = {
     # CI-class CPU (2 cores): a few minutes.
     "quick": Preset(
@@ -110,16 +122,7 @@ PRESETS: dict[str, Preset] = {
             "routing": ("uniform", "zipf", "one", "distinct"),
             "dtype": ("float32", "bfloat16"),
         },
-        base={
-            "op": "linear",
-            "shape": "1024x1024",
-            "rows": 256,
-            "tickets": 8,
-            "density": 0.2,
-            "structure": "unstructured",
-            "routing": "uniform",
-            "dtype": "float32",
-        },
+        base=_CPU_BASE,
         sweeps=(("op", "rows"), ("tickets",), ("density", "structure"), ("routing",), ("dtype",)),
         tile=(32, 32),
         conv_shape="64x64x16x3",
@@ -136,16 +139,7 @@ PRESETS: dict[str, Preset] = {
             "routing": ("uniform", "zipf", "one", "distinct"),
             "dtype": ("float32", "bfloat16"),
         },
-        base={
-            "op": "linear",
-            "shape": "1024x1024",
-            "rows": 256,
-            "tickets": 8,
-            "density": 0.2,
-            "structure": "unstructured",
-            "routing": "uniform",
-            "dtype": "float32",
-        },
+        base=_CPU_BASE,
         sweeps=_COMMON_SWEEPS,
         tile=(32, 32),
         conv_shape="64x64x16x3",

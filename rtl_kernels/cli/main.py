@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 # Each module defines ``register(subparsers)`` adding its subcommands with ``set_defaults(func=...)``.
@@ -41,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f"rtl-kernels {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
+        sys.stdout = open(os.devnull, "w")  # silences the failing flush at interpreter exit
+        return 0
     except KeyboardInterrupt:
         print("interrupted; finished stages are saved and a re-run resumes", file=sys.stderr)
         return 130
