@@ -22,6 +22,22 @@ def keep_tile(bits_ptr, ticket, rows, cols, valid, n_rows, n_words):
 
 
 @triton.jit
+def block_pixels(perm_ptr, bs_ptr, be_ptr, blk, Hs, Ws, IS_LINEAR: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Schedule block ``blk``'s rows: validity and (image, y, x) of each sorted pixel row on an ``Hs × Ws`` grid."""
+    start = tl.load(bs_ptr + blk)
+    end = tl.load(be_ptr + blk)
+    pos = start + tl.arange(0, BLOCK_M)
+    row_ok = pos < end
+    p = tl.load(perm_ptr + pos, mask=row_ok, other=0)
+    if IS_LINEAR:
+        return row_ok, p, p * 0, p * 0
+    b = p // (Hs * Ws)
+    rem = p - b * (Hs * Ws)
+    y = rem // Ws
+    return row_ok, b, y, rem - y * Ws
+
+
+@triton.jit
 def masked_weight_tile(w_ptr, bits_ptr, ticket, rows, cols, valid, n_rows, row_len, n_words):
     """Weight tile ``w[rows, cols]`` (row-major ``[n_rows, row_len]``) with the ticket's mask applied by select."""
     w = tl.load(w_ptr + rows[:, None] * row_len + cols[None, :], mask=valid, other=0.0)

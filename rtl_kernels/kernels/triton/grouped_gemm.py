@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from ...dispatch.plan import BlockSchedule
-from .common import masked_weight_tile, masked_weight_tile_words
+from .common import block_pixels, masked_weight_tile, masked_weight_tile_words
 from .geometry import Geometry, strides4
 
 
@@ -41,20 +41,7 @@ def _fwd_kernel(
         return
     g = tile // n_tiles
     nt = tile - g * n_tiles
-    start = tl.load(bs_ptr + blk)
-    end = tl.load(be_ptr + blk)
-    pos = start + tl.arange(0, BLOCK_M)
-    row_ok = pos < end
-    p = tl.load(perm_ptr + pos, mask=row_ok, other=0)
-    if IS_LINEAR:
-        b = p
-        oh = p * 0
-        ow = p * 0
-    else:
-        b = p // (Ho * Wo)
-        rem = p - b * (Ho * Wo)
-        oh = rem // Wo
-        ow = rem - oh * Wo
+    row_ok, b, oh, ow = block_pixels(perm_ptr, bs_ptr, be_ptr, blk, Ho, Wo, IS_LINEAR, BLOCK_M)
     co_l = nt * BLOCK_N + tl.arange(0, BLOCK_N)
     co_ok = co_l < Cog
     co = (g * Cog + co_l).to(tl.int64)
@@ -116,20 +103,7 @@ def _dx_kernel(
         return
     g = tile // n_tiles
     nt = tile - g * n_tiles
-    start = tl.load(bs_ptr + blk)
-    end = tl.load(be_ptr + blk)
-    pos = start + tl.arange(0, BLOCK_M)
-    row_ok = pos < end
-    p = tl.load(perm_ptr + pos, mask=row_ok, other=0)
-    if IS_LINEAR:
-        b = p
-        ih = p * 0
-        iw = p * 0
-    else:
-        b = p // (H * W)
-        rem = p - b * (H * W)
-        ih = rem // W
-        iw = rem - ih * W
+    row_ok, b, ih, iw = block_pixels(perm_ptr, bs_ptr, be_ptr, blk, H, W, IS_LINEAR, BLOCK_M)
     ci_l = nt * BLOCK_N + tl.arange(0, BLOCK_N)
     ci_ok = ci_l < Cig
     offs_k = tl.arange(0, BLOCK_K)

@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from ...dispatch.plan import BlockSchedule
-from .common import auto_split, keep_tile, keep_tile_words
+from .common import auto_split, block_pixels, keep_tile, keep_tile_words
 from .geometry import Geometry, strides4
 
 
@@ -91,20 +91,7 @@ def _dw_kernel(
         if go:
             acc_t = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
             for bb in range(blk, seg_end):  # unconditional body: Triton software-pipelines the loads
-                start = tl.load(bs_ptr + bb)
-                end = tl.load(be_ptr + bb)
-                pos = start + tl.arange(0, BLOCK_M)
-                row_ok = pos < end
-                p = tl.load(perm_ptr + pos, mask=row_ok, other=0)
-                if IS_LINEAR:
-                    b = p
-                    oh = p * 0
-                    ow = p * 0
-                else:
-                    b = p // (Ho * Wo)
-                    rem = p - b * (Ho * Wo)
-                    oh = rem // Wo
-                    ow = rem - oh * Wo
+                row_ok, b, oh, ow = block_pixels(perm_ptr, bs_ptr, be_ptr, bb, Ho, Wo, IS_LINEAR, BLOCK_M)
                 # loaded [rows, C_out] (contiguous along channels, so the copy vectorises) and transposed in registers
                 dy_rows = tl.load(
                     dy_ptr + (b * syb + oh * syh + ow * syw)[:, None] + (co * syc)[None, :],
