@@ -2,8 +2,9 @@
 
 Run ``python bench/cpu_kernel_bench.py``; prints a table and writes
 ``bench/results/cpu_kernel_<date>.json`` and ``.md``. Times are per call on the
-threads torch uses (``torch.get_num_threads()``); methods are timed in interleaved rounds and
-the best round is reported (robust to other load on a shared machine).
+threads torch uses (``torch.get_num_threads()``); methods are timed in interleaved rounds. Times
+are the best round; ratios are the median over rounds of the ratio within one round, which stays
+honest when a shared machine's speed drifts between rounds.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import datetime as dt
 import json
 import os
 import platform
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,11 +32,11 @@ RESULTS = Path(__file__).resolve().parent / "results"
 CLOCK = time.perf_counter
 
 
-def time_side_by_side(fns: dict[str, Callable[[], object]], rounds: int, min_round_s: float) -> dict[str, float]:
-    """ms per call of each function: rounds interleave the functions, and the best round counts.
+def time_side_by_side(fns: dict[str, Callable[[], object]], rounds: int, min_round_s: float) -> dict[str, list[float]]:
+    """ms per call of each function in each round; a round runs every function once, back to back.
 
-    Interleaving exposes every method to the same machine state; the best round filters out
-    time slices lost to other processes on a shared machine.
+    Interleaving exposes every method to the same machine state, so a ratio taken within a round
+    compares like with like even when a shared machine's speed drifts between rounds.
     """
     reps = {}
     for name, fn in fns.items():
@@ -42,14 +44,19 @@ def time_side_by_side(fns: dict[str, Callable[[], object]], rounds: int, min_rou
         t0 = CLOCK()
         fn()
         reps[name] = max(1, int(min_round_s / max(CLOCK() - t0, 1e-6)))
-    best = dict.fromkeys(fns, float("inf"))
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
             t0 = CLOCK()
             for _ in range(reps[name]):
                 fn()
-            best[name] = min(best[name], (CLOCK() - t0) / reps[name] * 1e3)
-    return best
+            times[name].append((CLOCK() - t0) / reps[name] * 1e3)
+    return times
+
+
+def paired_ratio(rounds: dict[str, list[float]], num: str, den: str) -> float:
+    """Median over rounds of ``num`` time / ``den`` time measured in the same round."""
+    return statistics.median(a / b for a, b in zip(rounds[num], rounds[den]))
 
 
 def make_case(rows: int, tickets: int, n: int, c: int, density: float, dtype: torch.dtype, seed: int = 0) -> dict:
@@ -88,11 +95,21 @@ def baselines(case: dict) -> dict[str, Callable[[], object]]:
 def kernels(case: dict, ext) -> dict[str, Callable[[], object]]:
     x, w, packed, plan, routes = case["x"], case["w"], case["packed"], case["plan"], case["routes"]
     bits, perm, offsets = packed.bits, plan.perm, plan.offsets
-    return {
+    fns = {
         "rtl cpu: weight-stationary kernel": lambda: ext.forward(x, w, bits, perm, offsets, None),
         "rtl cpu: masked copy + torch.mm": lambda: ext.forward_grouped(x, w, bits, perm, offsets, None),
-        "rtl.routed_linear(backend='cpu')": lambda: rtl.routed_linear(x, w, packed, routes, backend="cpu"),
     }
+    if x.dtype == torch.float32 and ext.gemm_supported():
+        fns["rtl cpu: fused masked GEMM"] = lambda: ext.forward_gemm(x, w, bits, perm, offsets, None)
+    fns["rtl.routed_linear(backend='cpu')"] = lambda: rtl.routed_linear(x, w, packed, routes, backend="cpu")
+    return fns
+
+
+KERNELS = {
+    "direct": "rtl cpu: weight-stationary kernel",
+    "grouped": "rtl cpu: masked copy + torch.mm",
+    "gemm": "rtl cpu: fused masked GEMM",
+}
 
 
 def backward_fns(case: dict, ext) -> dict[str, Callable[[], object]]:
@@ -114,8 +131,9 @@ CASES = [
     ("large batch fp32 backward", dict(rows=2048, tickets=8, n=1024, c=1024, density=0.5, dtype=torch.float32), "bwd"),
     ("large batch bf16", dict(rows=2048, tickets=8, n=1024, c=1024, density=0.5, dtype=torch.bfloat16), "fwd"),
 ]
-CROSSOVER_ROWS = (32, 64, 128, 256, 512)
+CROSSOVER_ROWS = (8, 16, 32, 64, 128, 256, 512, 1024)
 CROSSOVER_TICKETS = (1, 8)
+CROSSOVER_DTYPES = (torch.float32, torch.bfloat16)
 
 
 def run(quick: bool) -> dict:
@@ -128,15 +146,17 @@ def run(quick: bool) -> dict:
         case = make_case(**params)
         fns = backward_fns(case, ext) if kind == "bwd" else {**baselines(case), **kernels(case, ext)}
         times = time_side_by_side(fns, rounds, min_round_s)
-        results.append({"case": name, **{k: (str(v) if isinstance(v, torch.dtype) else v) for k, v in params.items()}, "ms": times})
+        shape = {k: (str(v) if isinstance(v, torch.dtype) else v) for k, v in params.items()}
+        results.append({"case": name, **shape, "ms": {k: min(v) for k, v in times.items()}, "rounds_ms": times})
     crossover = []
-    for tickets in CROSSOVER_TICKETS:
-        for rows in CROSSOVER_ROWS:
-            case = make_case(rows=rows, tickets=tickets, n=1024, c=1024, density=0.5, dtype=torch.float32)
-            fns = kernels(case, ext)
-            pair = {"direct": fns["rtl cpu: weight-stationary kernel"], "grouped": fns["rtl cpu: masked copy + torch.mm"]}
-            times = time_side_by_side(pair, rounds, min_round_s)
-            crossover.append({"tickets": tickets, "rows": rows, "direct_ms": times["direct"], "grouped_ms": times["grouped"]})
+    for dtype in CROSSOVER_DTYPES:
+        for tickets in CROSSOVER_TICKETS:
+            for rows in CROSSOVER_ROWS:
+                case = make_case(rows=rows, tickets=tickets, n=1024, c=1024, density=0.5, dtype=dtype)
+                fns = kernels(case, ext)
+                paths = {short: fns[name] for short, name in KERNELS.items() if name in fns}
+                times = time_side_by_side(paths, rounds, min_round_s)
+                crossover.append({"dtype": str(dtype), "tickets": tickets, "rows": rows, **{f"{k}_ms": min(v) for k, v in times.items()}})
     return {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": {
@@ -144,6 +164,7 @@ def run(quick: bool) -> dict:
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
             "isa": ext.isa_name(),
+            "kernel_threads": ext.max_threads(),
             "clock": "thread CPU time" if CLOCK is time.thread_time else "wall",
             "load_average_1min": os.getloadavg()[0],
         },
@@ -163,18 +184,19 @@ def _cpu_name() -> str:
 
 
 def ratios(entry: dict) -> dict[str, float]:
-    ms = entry["ms"]
+    """Headline ratios, each the median over rounds of a ratio taken within one round."""
+    ms, rounds = entry["ms"], entry["rounds_ms"]
     out = {}
     if "dense F.linear (unmasked W)" in ms:
-        best = min(ms["rtl cpu: weight-stationary kernel"], ms["rtl cpu: masked copy + torch.mm"])
-        out["best rtl / dense"] = best / ms["dense F.linear (unmasked W)"]
-        out["naive / best rtl"] = ms["naive per-ticket masking"] / best
-        out["cached copies / best rtl"] = ms["loop over K cached masked copies"] / best
-        out["routed_linear op / dense"] = ms["rtl.routed_linear(backend='cpu')"] / ms["dense F.linear (unmasked W)"]
+        short, best = min(((k, v) for k, v in KERNELS.items() if v in ms), key=lambda kv: ms[kv[1]])
+        out[f"best rtl ({short}) / dense"] = paired_ratio(rounds, best, "dense F.linear (unmasked W)")
+        out["naive / best rtl"] = paired_ratio(rounds, "naive per-ticket masking", best)
+        out["cached copies / best rtl"] = paired_ratio(rounds, "loop over K cached masked copies", best)
+        out["routed_linear op / dense"] = paired_ratio(rounds, "rtl.routed_linear(backend='cpu')", "dense F.linear (unmasked W)")
     else:
-        dense = ms["dense backward (dx = dy W, dW = dyᵀ x)"]
-        out["kernels / dense"] = ms["rtl cpu backward: kernels"] / dense
-        out["masked copy + mm / dense"] = ms["rtl cpu backward: masked copy + torch.mm"] / dense
+        dense = "dense backward (dx = dy W, dW = dyᵀ x)"
+        out["kernels / dense"] = paired_ratio(rounds, "rtl cpu backward: kernels", dense)
+        out["masked copy + mm / dense"] = paired_ratio(rounds, "rtl cpu backward: masked copy + torch.mm", dense)
     return out
 
 
@@ -183,21 +205,24 @@ def markdown(report: dict) -> str:
     lines = [
         f"# CPU kernel benchmark ({report['date']})",
         "",
-        f"{m['cpu']}, {m['threads']} threads, torch {m['torch']}, kernel ISA {m['isa']}",
+        f"{m['cpu']}, {m['threads']} threads (kernels: {m['kernel_threads']}), torch {m['torch']}, kernel ISA {m['isa']}, {m['clock']} clock",
         "",
     ]
     for entry in report["results"]:
         shape = f"{entry['rows']} rows, {entry['tickets']} tickets, {entry['n']}×{entry['c']} {entry['dtype']}, density {entry['density']}"
         lines += [f"## {entry['case']} ({shape})", "", "| method | ms |", "|---|---|"]
         lines += [f"| {k} | {v:.3f} |" for k, v in entry["ms"].items()]
+        lines += ["", "Times: best round. Ratios: median over rounds of the ratio within a round."]
         lines += [""] + [f"- {k}: {v:.2f}×" for k, v in ratios(entry).items()] + [""]
     lines += [
-        "## direct kernel vs masked copy + torch.mm (1024×1024 fp32)",
+        "## forward paths by batch size (1024×1024; direct = weight-stationary kernel, grouped = masked copy + torch.mm, gemm = fused masked GEMM)",
         "",
-        "| tickets | rows | direct ms | grouped ms |",
-        "|---|---|---|---|",
+        "| dtype | tickets | rows | direct ms | grouped ms | gemm ms |",
+        "|---|---|---|---|---|---|",
     ]
-    lines += [f"| {c['tickets']} | {c['rows']} | {c['direct_ms']:.3f} | {c['grouped_ms']:.3f} |" for c in report["crossover_1024x1024"]]
+    for c in report["crossover_1024x1024"]:
+        gemm = f"{c['gemm_ms']:.3f}" if "gemm_ms" in c else "—"
+        lines.append(f"| {c['dtype']} | {c['tickets']} | {c['rows']} | {c['direct_ms']:.3f} | {c['grouped_ms']:.3f} | {gemm} |")
     return "\n".join(lines) + "\n"
 
 

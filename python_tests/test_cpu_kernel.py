@@ -1,5 +1,7 @@
 """CPU C++ kernels against a float64 oracle: every ISA this CPU runs, both paths, forward and backward, bad inputs."""
 
+import sys
+
 import pytest
 import torch
 from hypothesis import given
@@ -56,7 +58,10 @@ def test_kernels_match_float64_oracle(isa, case):
     args = (packed.bits, plan.perm, plan.offsets)
     tol = TOL[x.dtype]
     ref = linear_ref(x, w, masks, routes, b)
-    for y in (ext.forward(x, w, *args, b, isa), ext.forward_grouped(x, w, *args, b, isa)):
+    outs = [ext.forward(x, w, *args, b, isa), ext.forward_grouped(x, w, *args, b, isa)]
+    if x.dtype == torch.float32 and ext.gemm_supported(isa):
+        outs.append(ext.forward_gemm(x, w, *args, b, isa))
+    for y in outs:
         assert y.dtype == x.dtype and y.shape == ref.shape
         assert rel_error(y, ref) <= tol
     dx_ref, dw_ref = grads_ref(x, w, masks, routes, dy)
@@ -89,12 +94,12 @@ def test_masked_weight_is_exact(isa):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("rows", [5, 40 * cpu_backend.DIRECT_ROWS_PER_TICKET])  # both paths of the backend
+@pytest.mark.parametrize("rows", [5, 400])  # the direct path, then the large-batch paths of the backend
 def test_backend_autograd_with_broadcast_routes(dtype, rows):
     g = torch.Generator().manual_seed(rows)
     k, n, c = 5, 19, 33
     routes = torch.randint(0, k, (rows,), generator=g)
-    assert cpu_backend.use_direct(make_plan(routes.repeat_interleave(2), k)) == (rows == 5)
+    assert cpu_backend.use_direct(make_plan(routes.repeat_interleave(2), k), dtype) == (rows == 5)
     x = torch.randn(rows, 2, c, generator=g).to(dtype).requires_grad_()
     w = torch.randn(n, c, generator=g).to(dtype).requires_grad_()
     b = torch.randn(n, generator=g).to(dtype).requires_grad_()
@@ -110,6 +115,30 @@ def test_backend_autograd_with_broadcast_routes(dtype, rows):
     assert rel_error(y, ref) <= tol
     for got, want in ((x.grad, x64.grad), (w.grad, w64.grad), (b.grad, b64.grad)):
         assert rel_error(got, want) <= tol
+
+
+def test_forward_path_follows_the_measured_crossovers():
+    k = 8
+    spread = make_plan(torch.arange(2048) % k, k)  # 256 rows on each of 8 tickets
+    one = make_plan(torch.zeros(2048, dtype=torch.long), k)  # 2048 rows of one ticket
+    small = make_plan(torch.arange(16) % k, k)
+    for dtype in (torch.float32, torch.bfloat16):
+        assert cpu_backend.forward_path(small, dtype, ext) == "direct"
+        assert cpu_backend.forward_path(one, dtype, ext) == "grouped"
+    assert cpu_backend.forward_path(spread, torch.bfloat16, ext) == "grouped"
+    assert cpu_backend.forward_path(spread, torch.float32, ext) == ("gemm" if ext.gemm_supported() else "grouped")
+
+
+@pytest.mark.skipif(ext is None or not ext.gemm_supported(), reason="the fused GEMM needs AVX-512")
+def test_fused_gemm_rejects_what_it_cannot_run():
+    a = _valid()
+    args = (a["weight"], a["bits"], a["perm"], a["offsets"], None)
+    with pytest.raises(TypeError, match="x: forward_gemm expects float32"):
+        ext.forward_gemm(a["x"].bfloat16(), a["weight"].bfloat16(), *args[1:])
+    with pytest.raises(ValueError, match="isa: forward_gemm needs AVX-512"):
+        ext.forward_gemm(a["x"], *args, 1)
+    with pytest.raises(ValueError, match="perm: expected row ids"):
+        ext.forward_gemm(a["x"], a["weight"], a["bits"], a["perm"] + 100, a["offsets"], None)
 
 
 def test_auto_picks_cpu_for_supported_dtypes_only():
@@ -195,3 +224,59 @@ def test_bad_bias_dy_ticket_and_isa_are_rejected():
         ext.forward(*args, None, 7)
     with pytest.raises(TypeError):  # pybind11 rejects a non-tensor before the kernel sees it
         ext.forward(None, *args[1:], None)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the extension is built with OpenMP on Linux")
+def test_kernels_run_on_every_torch_thread():
+    # without OpenMP at compile time at::parallel_for silently runs everything on one core
+    assert ext.max_threads() == torch.get_num_threads()
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_work_split_across_threads_matches_oracle(isa):
+    """Shapes big enough that every kernel splits its output into blocks run on several threads."""
+    g = torch.Generator().manual_seed(7)
+    k, m, n, c = 5, 41, 203, 331  # no size a multiple of a block, so the last block of each split is partial
+    masks = torch.rand(k, n, c, generator=g) < 0.6
+    routes = torch.randint(0, k, (m,), generator=g)
+    x, w, b, dy = (torch.randn(*s, generator=g) for s in ((m, c), (n, c), (n,), (m, n)))
+    packed, plan = rtl.pack_masks(masks), make_plan(routes, k)
+    args = (packed.bits, plan.perm, plan.offsets)
+    y_ref = linear_ref(x.double(), w.double(), masks, routes, b.double())
+    dx_ref, dw_ref = grads_ref(x, w, masks, routes, dy)
+    prev = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert rel_error(ext.forward(x, w, *args, b, isa), y_ref) < 1e-5
+        assert rel_error(ext.grad_input(dy, w, *args, isa), dx_ref) < 1e-5
+        assert rel_error(ext.grad_weight(dy, x, w, *args, isa), dw_ref) < 1e-5
+        assert rel_error(ext.forward_grouped(x, w, *args, b, isa), y_ref) < 1e-5
+        if ext.gemm_supported(isa):
+            assert rel_error(ext.forward_gemm(x, w, *args, b, isa), y_ref) < 1e-5
+        gdx, gdw = ext.backward_grouped(dy, x, w, *args, True, True, isa)
+        assert rel_error(gdx, dx_ref) < 1e-5 and rel_error(gdw, dw_ref) < 1e-5
+    finally:
+        torch.set_num_threads(prev)
+
+
+@pytest.mark.skipif(ext is None or not ext.gemm_supported(), reason="the fused GEMM needs AVX-512")
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fused_gemm_over_several_row_and_weight_blocks(threads):
+    """More rows per ticket than one packed row block and more weight rows than one packed block."""
+    g = torch.Generator().manual_seed(11)
+    k, m, n, c = 3, 900, 600, 300
+    routes = torch.where(torch.rand(m, generator=g) < 0.85, 0, torch.randint(1, k, (m,), generator=g))
+    masks = torch.rand(k, n, c, generator=g) < 0.5
+    x, w, b = torch.randn(m, c, generator=g), torch.randn(n, c, generator=g), torch.randn(n, generator=g)
+    plan = make_plan(routes, k)
+    ref = torch.empty(m, n, dtype=torch.float64)
+    for t in range(k):
+        rows = routes == t
+        ref[rows] = x[rows].double() @ (w.double() * masks[t]).T + b.double()
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        y = ext.forward_gemm(x, w, rtl.pack_masks(masks).bits, plan.perm, plan.offsets, b)
+    finally:
+        torch.set_num_threads(prev)
+    assert rel_error(y, ref) < 1e-5

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .backends.extension import CPU_SPEC, CUDA_SPEC, CXX_FLAGS, NVCC_FLAGS
+from .backends.extension import CPU_SPEC, CUDA_SPEC, CXX_FLAGS, NVCC_FLAGS, OPENMP_CFLAGS, OPENMP_LDFLAGS
 
 ROOT = Path(__file__).resolve().parent.parent
 CSRC = ROOT / "csrc"
@@ -35,7 +35,14 @@ def setup_extensions() -> tuple[dict, list]:
 
     if not CSRC.is_dir():
         return {}, []
-    modules = [CppExtension(CPU_SPEC.prebuilt, _rel(CPU_SPEC.sources), extra_compile_args=list(CXX_FLAGS))]
+    modules = [
+        CppExtension(
+            CPU_SPEC.prebuilt,
+            _rel(CPU_SPEC.sources),
+            extra_compile_args=list(CXX_FLAGS + OPENMP_CFLAGS),
+            extra_link_args=list(OPENMP_LDFLAGS),
+        )
+    ]
     if cuda_buildable():
         modules.append(
             CUDAExtension(

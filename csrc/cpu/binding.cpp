@@ -184,7 +184,34 @@ at::Tensor masked_weight(const at::Tensor& weight, const at::Tensor& bits, int64
   return out;
 }
 
-// ------------------------------------------------------------------------------- GEMM path (large batches)
+// ------------------------------------------------------------------------------- GEMM paths (large batches)
+
+// whether forward_gemm runs with this ISA (it takes float32 inputs only)
+bool gemm_supported(int64_t isa) {
+  if (isa == kBest) isa = best_isa();
+  return (isa == kAvx512 || isa == kAvx512Bf16) && isa_supported(isa);
+}
+
+// fused GEMM: the mask is applied while weight panels are packed, rows gathered and scattered in place
+at::Tensor forward_gemm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bits, const at::Tensor& perm, const at::Tensor& offsets,
+                        const c10::optional<at::Tensor>& bias, int64_t isa) {
+  ops_for(isa);  // validates isa
+  rtl_cpu::Problem p = linear_problem(x, weight, bits, perm, offsets);
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat, "x: forward_gemm expects float32 inputs, got ", x.scalar_type(), " (use forward or forward_grouped)");
+  TORCH_CHECK_VALUE(gemm_supported(isa), "isa: forward_gemm needs AVX-512 (isa 2 or 3), got ", isa, " (use forward or forward_grouped)");
+  const at::Tensor b = bias_f32(bias, p, x.scalar_type());
+  at::Tensor y = at::empty({p.M, p.N}, x.options());
+#if defined(__x86_64__) || defined(_M_X64)
+  const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
+  float* yp = y.data_ptr<float>();
+  if (p.M > 0)
+    parallel_blocks(p.N, rtl_cpu::kGemmNR, p.M * p.C, [&](int64_t n0, int64_t n1) {
+      std::vector<float> scratch(static_cast<size_t>(rtl_cpu::gemm_scratch_floats(p.C)));
+      rtl_cpu::forward_gemm_avx512(p, bp, yp, n0, n1, scratch.data());
+    });
+#endif
+  return y;
+}
 
 at::Tensor forward_grouped(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bits, const at::Tensor& perm, const at::Tensor& offsets,
                            const c10::optional<at::Tensor>& bias, int64_t isa) {
@@ -251,6 +278,15 @@ std::vector<int64_t> supported_isas() {
 
 std::string isa_name(int64_t isa) { return ops_for(isa).name; }
 
+// threads at::parallel_for can use here: 1 when this file was compiled without OpenMP
+int64_t max_threads() {
+#if defined(_OPENMP)
+  return at::get_num_threads();
+#else
+  return 1;
+#endif
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -262,6 +298,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("grad_weight", &grad_weight, "dW = sum_k mask_k * (dY_k^T X_k)", py::arg("dy"), py::arg("x"), py::arg("weight"), py::arg("bits"), py::arg("perm"),
         py::arg("offsets"), py::arg("isa") = -1);
   m.def("masked_weight", &masked_weight, "W & mask[ticket] as a dense tensor", py::arg("weight"), py::arg("bits"), py::arg("ticket"), py::arg("isa") = -1);
+  m.def("forward_gemm", &forward_gemm, "forward via a fused GEMM that masks weight panels while packing them (AVX-512, float32)", py::arg("x"),
+        py::arg("weight"), py::arg("bits"), py::arg("perm"), py::arg("offsets"), py::arg("bias") = py::none(), py::arg("isa") = -1);
+  m.def("gemm_supported", &gemm_supported, "whether forward_gemm runs with this ISA id (float32 only)", py::arg("isa") = -1);
   m.def("forward_grouped", &forward_grouped, "forward via per-ticket masked weight and torch.mm (large batches)", py::arg("x"), py::arg("weight"),
         py::arg("bits"), py::arg("perm"), py::arg("offsets"), py::arg("bias") = py::none(), py::arg("isa") = -1);
   m.def("backward_grouped", &backward_grouped, "(dx, dW) via per-ticket masked weight and torch.mm (large batches)", py::arg("dy"), py::arg("x"),
@@ -269,4 +308,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("supported_isas", &supported_isas, "ISA ids this CPU runs (0 generic, 1 avx2, 2 avx512, 3 avx512_bf16)");
   m.def("best_isa", &best_isa, "the ISA id used by default");
   m.def("isa_name", &isa_name, "name of an ISA id", py::arg("isa") = -1);
+  m.def("max_threads", &max_threads, "threads the kernels run on (1 if the extension was built without OpenMP)");
 }

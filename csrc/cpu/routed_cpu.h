@@ -52,11 +52,19 @@ struct Ops {
   void (*masked_add)(const Problem&, int64_t k, const float* g, float* dw, int64_t n0, int64_t n1);
 };
 
+// Fused large-batch GEMM (AVX-512, fp32 x and weight): block sizes, and the scratch floats one
+// thread needs for C input features (packed rows, packed weight block, output tile).
+constexpr int64_t kGemmKC = 256, kGemmMC = 384, kGemmNC = 256, kGemmNR = 32;
+constexpr int64_t gemm_scratch_floats(int64_t C) { return kGemmMC * ((C + kGemmKC - 1) / kGemmKC) * kGemmKC + kGemmNC * kGemmKC + kGemmMC * (kGemmNC + 16); }
+
 extern const Ops kOpsGeneric;
 #if defined(__x86_64__) || defined(_M_X64)
 extern const Ops kOpsAvx2;
 extern const Ops kOpsAvx512;
 extern const Ops kOpsAvx512Bf16;  // bf16 forward with vdpbf16ps, everything else as kOpsAvx512
+// y[m, n] (fp32, for n in [n0, n1)) = x[m] . (w[n] & mask[route(m)][n]) + bias[n]; y need not be
+// zeroed. Ranges should start at multiples of kGemmNR.
+void forward_gemm_avx512(const Problem& p, const float* bias, float* y, int64_t n0, int64_t n1, float* scratch);
 #endif
 
 }  // namespace rtl_cpu

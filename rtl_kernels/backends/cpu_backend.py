@@ -1,12 +1,15 @@
 """CPU backend: C++ routed-linear kernels (AVX-512, AVX2 or portable, picked at run time).
 
-Small batches run the weight-stationary kernel: each block of W rows is read from memory once
-and every active ticket applies its mask bits to it while loading (16-bit mask slices are the
-AVX-512 lane masks). Large batches build each active ticket's masked weight with the same
-kernels and multiply with ``torch.mm`` (MKL / oneDNN), which wins once the GEMM dominates. The
-masked copies cost one extra weight write and read per active ticket, so the crossover scales
-with the number of active tickets (``DIRECT_ROWS_PER_TICKET``, measured with
-``bench/cpu_kernel_bench.py``).
+Three forward paths, chosen per batch from measurements (``bench/cpu_kernel_bench.py``):
+
+- *direct* (small batches): the weight-stationary kernel reads each block of W once and every
+  active ticket applies its mask bits while loading (16-bit mask slices are AVX-512 lane masks);
+- *gemm* (larger float32 batches on AVX-512): a fused GEMM that masks weight panels while
+  packing them, gathers each ticket's rows while packing them and writes results to their rows;
+- *grouped*: each active ticket's masked weight built by the kernels, then ``torch.mm``
+  (MKL / oneDNN, AMX for bfloat16), which wins for bfloat16 and for one large ticket.
+
+Backward uses the direct kernels for small batches and masked copies + ``torch.mm`` otherwise.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from .registry import Backend, Call, register_backend
 
 DTYPES = (torch.float32, torch.bfloat16)
 # the weight-stationary kernel runs batches of up to this many rows per active ticket (measured)
-DIRECT_ROWS_PER_TICKET = 48
+DIRECT_ROWS_PER_TICKET = {torch.float32: 48, torch.bfloat16: 12}
+# above this many rows of a single active ticket, one masked copy + torch.mm beats the fused GEMM
+GEMM_MAX_ROWS_ONE_TICKET = 192
 
 
 def _ext() -> ModuleType:
@@ -40,25 +45,36 @@ def supports(call: Call) -> bool:
     return call.op == "linear" and call.device.type == "cpu" and call.dtype in DTYPES
 
 
-def use_direct(plan: RoutingPlan) -> bool:
-    """True when the weight-stationary kernel is the faster path for this batch (else masked copies + torch.mm)."""
-    rows = plan.num_rows
-    if rows <= DIRECT_ROWS_PER_TICKET:
-        return True
-    active = int(torch.count_nonzero(plan.counts))  # CPU tensor: no device sync
-    return rows <= DIRECT_ROWS_PER_TICKET * active
+def _active(plan: RoutingPlan) -> int:
+    return int(torch.count_nonzero(plan.counts))  # CPU tensor: no device sync
+
+
+def use_direct(plan: RoutingPlan, dtype: torch.dtype) -> bool:
+    """True when the weight-stationary kernels are the faster path for this batch."""
+    rows, limit = plan.num_rows, DIRECT_ROWS_PER_TICKET[dtype]
+    return rows <= limit or rows <= limit * _active(plan)
+
+
+def forward_path(plan: RoutingPlan, dtype: torch.dtype, ext: ModuleType) -> str:
+    """``"direct"``, ``"gemm"`` or ``"grouped"``: the measured fastest forward path for this batch."""
+    if use_direct(plan, dtype):
+        return "direct"
+    if dtype == torch.float32 and ext.gemm_supported():
+        if plan.num_rows <= GEMM_MAX_ROWS_ONE_TICKET or _active(plan) > 1:
+            return "gemm"
+    return "grouped"
 
 
 def linear_forward(x, weight, masks, plan, bias):
     ext = _ext()
-    run = ext.forward if use_direct(plan) else ext.forward_grouped
+    run = {"direct": ext.forward, "gemm": ext.forward_gemm, "grouped": ext.forward_grouped}[forward_path(plan, x.dtype, ext)]
     return run(x, weight, masks.bits.contiguous(), plan.perm.contiguous(), plan.offsets.contiguous(), bias)
 
 
 def linear_backward(dy, x, weight, masks, plan, need_dx, need_dw):
     ext = _ext()
     bits, perm, offsets = masks.bits.contiguous(), plan.perm.contiguous(), plan.offsets.contiguous()
-    if not use_direct(plan):
+    if not use_direct(plan, x.dtype):
         return ext.backward_grouped(dy, x, weight, bits, perm, offsets, need_dx, need_dw)
     dx = ext.grad_input(dy, weight, bits, perm, offsets) if need_dx else None
     dw = ext.grad_weight(dy, x, weight, bits, perm, offsets) if need_dw else None
@@ -73,6 +89,6 @@ register_backend(
         supports=supports,
         linear_forward=linear_forward,
         linear_backward=linear_backward,
-        description="C++ CPU kernels (AVX-512/AVX2): weight read once per call for small batches, masked copies + torch.mm for large ones",
+        description="C++ CPU kernels (AVX-512/AVX2): weight read once per call for small batches, a fused masked GEMM or masked copies + torch.mm for large ones",
     )
 )

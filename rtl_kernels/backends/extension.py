@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import sys
 import threading
 import warnings
 from dataclasses import dataclass
@@ -38,7 +39,14 @@ class ExtensionSpec:
 CPU_SPEC = ExtensionSpec(
     prebuilt="rtl_kernels._C_cpu",
     jit_name="rtl_kernels_cpu",
-    sources=("cpu/binding.cpp", "cpu/routed_generic.cpp", "cpu/routed_avx2.cpp", "cpu/routed_avx512.cpp", "cpu/routed_avx512bf16.cpp"),
+    sources=(
+        "cpu/binding.cpp",
+        "cpu/routed_generic.cpp",
+        "cpu/routed_avx2.cpp",
+        "cpu/routed_avx512.cpp",
+        "cpu/routed_avx512bf16.cpp",
+        "cpu/routed_gemm_avx512.cpp",
+    ),
 )
 CUDA_SPEC = ExtensionSpec(
     prebuilt="rtl_kernels._C_cuda",
@@ -47,6 +55,9 @@ CUDA_SPEC = ExtensionSpec(
     cuda=True,
 )
 CXX_FLAGS = ("-O3",)
+# at::parallel_for only runs threads in code compiled with OpenMP on: without these flags every
+# kernel in the extension would run on one core
+OPENMP_CFLAGS, OPENMP_LDFLAGS = {"linux": (("-fopenmp",), ("-fopenmp",)), "win32": (("/openmp",), ())}.get(sys.platform, ((), ()))
 NVCC_FLAGS = ("-O3", "-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90a,code=sm_90a")
 
 _lock = threading.Lock()
@@ -89,8 +100,8 @@ def _jit(spec: ExtensionSpec) -> ModuleType:
     sources = find_sources(spec)
     if sources is None:
         raise FileNotFoundError(f"C++ sources {list(spec.sources)} not found in {[str(d) for d in source_dirs()]}")
-    cflags = list(CXX_FLAGS)
-    ldflags: list[str] = []
+    cflags = list(CXX_FLAGS + OPENMP_CFLAGS)
+    ldflags = list(OPENMP_LDFLAGS)
     name = spec.jit_name
     if _sanitizer():
         cflags += [f"-fsanitize={_sanitizer()}", "-fno-omit-frame-pointer", "-g"]

@@ -1,0 +1,206 @@
+// Large-batch routed masked linear on AVX-512, fp32: one BLIS-style GEMM per ticket in which the
+// ticket's mask is applied while the weight panel is packed (a 16-bit slice of a mask word is the
+// lane mask of the load), so no masked weight copy is ever written to memory. The rows of a
+// ticket are gathered while their panel is packed and the results go straight to their rows of y,
+// so neither the sort nor the scatter back costs a pass of its own.
+//
+// Blocking: rows in blocks of kMC (packed once for all columns, transposed to [c][kMR] per
+// register tile); weight rows in blocks of kNC, packed per c-block of kKC columns (transposed to
+// [c][kNR], L2); a kMR x kNR register tile (24 zmm accumulators) whose packed rows (kKC x kMR =
+// 12 KiB) stay in L1 while the weight micro-panels stream past it.
+#include <immintrin.h>
+
+#include "routed_cpu.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,avx2"))), apply_to = function)
+#elif defined(__GNUC__)
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma,avx2")
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+namespace rtl_cpu::avx512gemm {
+
+using rtl_cpu::Problem;
+using rtl_cpu::kGemmKC;
+using rtl_cpu::kGemmMC;
+using rtl_cpu::kGemmNC;
+using rtl_cpu::kGemmNR;
+
+constexpr int kMR = 12;  // rows per register tile
+constexpr int64_t kTileStride = kGemmNC + 16;  // row stride of the output tile (not a multiple of 4 KiB)
+static_assert(kGemmNR == 32, "the register tile holds two zmm vectors per row");
+static_assert(kGemmKC % 16 == 0 && kGemmNC % kGemmNR == 0 && kGemmMC % kMR == 0, "block sizes must nest");
+
+static inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+static inline __mmask16 lanes_below(int64_t n) { return n >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (n > 0 ? n : 0)) - 1u); }
+
+// in-place transpose of a 16 x 16 block held in 16 registers (unpack, unpack, two lane shuffles)
+static inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+  RTL_UNROLL
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  RTL_UNROLL
+  for (int i = 0; i < 4; ++i) {
+    const __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 1]);
+    const __m512d c = _mm512_castps_pd(t[4 * i + 2]), d = _mm512_castps_pd(t[4 * i + 3]);
+    r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+    r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+    r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+    r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+  }
+  RTL_UNROLL
+  for (int j = 0; j < 4; ++j) {
+    t[j] = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x88);
+    t[4 + j] = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xdd);
+    t[8 + j] = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x88);
+    t[12 + j] = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xdd);
+  }
+  RTL_UNROLL
+  for (int j = 0; j < 4; ++j) {
+    r[j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88);
+    r[8 + j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0xdd);
+    r[4 + j] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0x88);
+    r[12 + j] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0xdd);
+  }
+}
+
+// out[(n - nb) / NR][c][(n - nb) % NR] = mask_k(n, c0 + c) ? W[n, c0 + c] : 0 for n in [nb, nb + ncols),
+// c in [0, kc); weight rows at or past n_end (the caller's range) are packed as zeros
+static void pack_weight(const Problem& p, int64_t k, int64_t nb, int64_t ncols, int64_t n_end, int64_t c0, int64_t kc, float* out) {
+  const float* w = static_cast<const float*>(p.w);
+  for (int64_t g = 0; g < ncols; g += 16) {  // 16 weight rows at a time: half of a micro-panel
+    float* panel = out + (g / kGemmNR) * kGemmKC * kGemmNR + g % kGemmNR;
+    const float* wr[16];
+    const uint16_t* mr[16];
+    int live = 0;
+    for (int i = 0; i < 16; ++i) {
+      const int64_t n = nb + g + i;
+      if (n < n_end) {
+        wr[i] = w + n * p.C + c0;
+        mr[i] = reinterpret_cast<const uint16_t*>(p.bits + (k * p.N + n) * p.words) + (c0 >> 4);
+        live = i + 1;
+      }
+    }
+    for (int64_t cc = 0; cc < kc; cc += 16) {
+      const __mmask16 lim = lanes_below(kc - cc);
+      __m512 r[16];
+      RTL_UNROLL
+      for (int i = 0; i < 16; ++i)
+        r[i] = i < live ? _mm512_maskz_loadu_ps(static_cast<__mmask16>(mr[i][cc >> 4] & lim), wr[i] + cc) : _mm512_setzero_ps();
+      transpose16(r);
+      const int64_t cols = imin(16, kc - cc);
+      for (int64_t j = 0; j < cols; ++j) _mm512_storeu_ps(panel + (cc + j) * kGemmNR, r[j]);
+    }
+  }
+}
+
+// rows perm[q0 .. q0 + rows) of x, columns [c0, c0 + kc), packed as out[(i / kMR) * kKC * kMR + c * kMR + i % kMR]:
+// the kMR rows of a register tile side by side for each column, so its broadcasts read one cache
+// line; rows past `rows` up to a multiple of kMR are zero (their results are never stored)
+static void pack_rows(const Problem& p, int64_t q0, int64_t rows, int64_t c0, int64_t kc, float* out) {
+  const float* x = static_cast<const float*>(p.x);
+  for (int64_t i0 = 0; i0 < rows; i0 += kMR) {
+    const float* src[kMR];
+    const int live = static_cast<int>(imin(kMR, rows - i0));
+    for (int t = 0; t < live; ++t) src[t] = x + p.perm[q0 + i0 + t] * p.C + c0;
+    float* panel = out + (i0 / kMR) * kGemmKC * kMR;
+    for (int64_t cc = 0; cc < kc; cc += 16) {
+      const __mmask16 lim = lanes_below(kc - cc);
+      __m512 r[16];
+      RTL_UNROLL
+      for (int t = 0; t < 16; ++t) r[t] = t < live ? _mm512_maskz_loadu_ps(lim, src[t] + cc) : _mm512_setzero_ps();
+      transpose16(r);
+      const int64_t cols = imin(16, kc - cc);
+      for (int64_t j = 0; j < cols; ++j) _mm512_mask_storeu_ps(panel + (cc + j) * kMR, static_cast<__mmask16>((1u << kMR) - 1u), r[j]);
+    }
+  }
+}
+
+// one register tile (kMR packed rows x kNR packed weight rows) over kc columns into the tile
+// buffer rows `out` (stride kTileStride): the first c-block stores, later ones add
+static void micro_tile(const float* a, const float* b, int64_t kc, float* out, bool first) {
+  __m512 acc[kMR][2];
+  RTL_UNROLL
+  for (int i = 0; i < kMR; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+  for (int64_t c = 0; c < kc; ++c) {
+    const __m512 b0 = _mm512_loadu_ps(b + c * kGemmNR);
+    const __m512 b1 = _mm512_loadu_ps(b + c * kGemmNR + 16);
+    RTL_UNROLL
+    for (int i = 0; i < kMR; ++i) {
+      const __m512 av = _mm512_set1_ps(a[c * kMR + i]);
+      acc[i][0] = _mm512_fmadd_ps(av, b0, acc[i][0]);
+      acc[i][1] = _mm512_fmadd_ps(av, b1, acc[i][1]);
+    }
+  }
+  RTL_UNROLL
+  for (int i = 0; i < kMR; ++i) {
+    float* o = out + i * kTileStride;
+    _mm512_storeu_ps(o, first ? acc[i][0] : _mm512_add_ps(_mm512_loadu_ps(o), acc[i][0]));
+    _mm512_storeu_ps(o + 16, first ? acc[i][1] : _mm512_add_ps(_mm512_loadu_ps(o + 16), acc[i][1]));
+  }
+}
+
+// Per thread, for its weight rows [n0, n1): for each ticket, a block of its rows is packed once
+// (all columns); for each block of weight rows the partial sums of every c-block gather in a
+// contiguous tile (so the scattered output rows are written once, not once per c-block).
+static void forward_gemm(const Problem& p, const float* bias, float* y, int64_t n0, int64_t n1, float* scratch) {
+  const int64_t cblocks = p.C > 0 ? (p.C + kGemmKC - 1) / kGemmKC : 0;
+  float* apack = scratch;                                   // kMC rows x cblocks * kKC columns
+  float* bpack = apack + kGemmMC * cblocks * kGemmKC;        // kNC x kKC
+  float* tile = bpack + kGemmNC * kGemmKC;                   // kMC x kTileStride
+  for (int64_t k = 0; k < p.K; ++k) {
+    const int64_t lo = p.offsets[k], hi = p.offsets[k + 1];
+    for (int64_t q0 = lo; q0 < hi; q0 += kGemmMC) {
+      const int64_t rows = imin(kGemmMC, hi - q0);
+      for (int64_t cb = 0; cb < cblocks; ++cb)
+        pack_rows(p, q0, rows, cb * kGemmKC, imin(kGemmKC, p.C - cb * kGemmKC), apack + cb * kGemmMC * kGemmKC);
+      for (int64_t nb = n0; nb < n1; nb += kGemmNC) {
+        const int64_t ncols = imin(kGemmNC, n1 - nb);
+        if (cblocks == 0)
+          for (int64_t i = 0; i < rows; ++i)
+            for (int64_t j = 0; j < ncols; ++j) tile[i * kTileStride + j] = 0.0f;
+        for (int64_t cb = 0; cb < cblocks; ++cb) {
+          const int64_t c0 = cb * kGemmKC, kc = imin(kGemmKC, p.C - c0);
+          pack_weight(p, k, nb, ncols, n1, c0, kc, bpack);
+          const float* ablock = apack + cb * kGemmMC * kGemmKC;
+          for (int64_t i = 0; i < rows; i += kMR)
+            for (int64_t j = 0; j < ncols; j += kGemmNR)
+              micro_tile(ablock + (i / kMR) * kGemmKC * kMR, bpack + (j / kGemmNR) * kGemmKC * kGemmNR, kc, tile + i * kTileStride + j, cb == 0);
+        }
+        // the tile's rows (plus bias) to their rows of y
+        for (int64_t i = 0; i < rows; ++i) {
+          float* o = y + p.perm[q0 + i] * p.N + nb;
+          const float* t = tile + i * kTileStride;
+          for (int64_t j = 0; j < ncols; j += 16) {
+            const __mmask16 m = lanes_below(ncols - j);
+            __m512 v = _mm512_maskz_loadu_ps(m, t + j);
+            if (bias != nullptr) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, bias + nb + j));
+            _mm512_mask_storeu_ps(o + j, m, v);
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace rtl_cpu::avx512gemm
+
+void rtl_cpu::forward_gemm_avx512(const Problem& p, const float* bias, float* y, int64_t n0, int64_t n1, float* scratch) {
+  avx512gemm::forward_gemm(p, bias, y, n0, n1, scratch);
+}
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#elif defined(__GNUC__)
+#pragma GCC pop_options
+#endif
+
+#endif  // x86-64
