@@ -60,9 +60,10 @@ def test_missing_sources_warn_once_and_fall_back(monkeypatch):
         assert extension.load(spec) is None  # no second warning
 
 
-def test_disabled_extension_falls_back_to_reference(monkeypatch):
-    from rtl_kernels.backends.registry import Call, resolve_backend
+def test_disabled_extension_falls_back_to_reference(monkeypatch, request):
+    from rtl_kernels.backends.registry import Call, forget_resolved, resolve_backend
 
+    request.addfinalizer(forget_resolved)  # choices made without the extension must not outlive the test
     monkeypatch.setattr(extension, "_loaded", {})
     monkeypatch.setenv("RTL_KERNELS_NO_EXTENSION", "1")
     assert extension.load_cpu() is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -82,7 +83,14 @@ def test_plan_is_built_once_per_forward_and_reused_by_every_layer(monkeypatch) -
                 calls["argsort"] += 1
             return func(*args, **(kwargs or {}))
 
+    real_np_argsort = np.argsort
+
+    def counting_np_argsort(*args, **kwargs):  # small CPU plans sort with numpy
+        calls["argsort"] += 1
+        return real_np_argsort(*args, **kwargs)
+
     monkeypatch.setattr(routes_module, "make_plan", counting_make_plan)
+    monkeypatch.setattr(np, "argsort", counting_np_argsort)
     tokens = torch.randint(0, 20, (6, 5))
     with torch.no_grad(), CountSorts():
         out = routed(tokens)

@@ -16,7 +16,7 @@
 namespace rtl_cpu::avx2 {
 
 struct V {
-  static constexpr int L = 8, RT = 4, RN = 2, CB = 2;
+  static constexpr int L = 8, RT = 4, GR = 4, GCB = 2, WRN = 2, WCB = 2;
   typedef uint32_t mask;
   // W rows per forward register tile of rt rows
   static constexpr int fwd_rn(int) { return 2; }
@@ -31,7 +31,7 @@ struct V {
   static inline vec zero() { return _mm256_setzero_ps(); }
   static inline vec bcast(float f) { return _mm256_set1_ps(f); }
   static inline vec fmadd(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
-  static inline vec mul(vec a, vec b) { return _mm256_mul_ps(a, b); }
+  static inline vec mask_fmadd(vec acc, uint32_t m, vec a, vec b) { return _mm256_fmadd_ps(a, _mm256_and_ps(b, _mm256_castsi256_ps(lanes(m))), acc); }
   static inline vec load(const float* p) { return _mm256_loadu_ps(p); }
   static inline vec load(const uint16_t* p) { return from_bf16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
   static inline vec load_keep(const float* p, uint32_t keep) { return _mm256_and_ps(load(p), _mm256_castsi256_ps(lanes(keep))); }
@@ -51,6 +51,8 @@ struct V {
     return _mm_cvtss_f32(s);
   }
   static inline void store(float* p, vec v) { _mm256_storeu_ps(p, v); }
+  static inline void store_stream(float* p, vec v) { _mm256_stream_ps(p, v); }
+  static inline void store_fence() { _mm_sfence(); }
   static inline void store_masked(float* p, vec v, uint32_t m) { _mm256_maskstore_ps(p, lanes(m), v); }
   static inline void copy_keep(float* o, const float* w, uint32_t keep) { store(o, load_keep(w, keep)); }
   static inline void copy_keep(uint16_t* o, const uint16_t* w, uint32_t keep) {

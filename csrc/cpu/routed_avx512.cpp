@@ -19,7 +19,7 @@
 namespace rtl_cpu::avx512 {
 
 struct V {
-  static constexpr int L = 16, RT = 4, RN = 4, CB = 4;
+  static constexpr int L = 16, RT = 4, GR = 8, GCB = 3, WRN = 2, WCB = 4;
   typedef __m512 vec;
   // W rows per forward register tile of rt rows
   static constexpr int fwd_rn(int) { return 4; }
@@ -33,7 +33,7 @@ struct V {
   static inline vec zero() { return _mm512_setzero_ps(); }
   static inline vec bcast(float f) { return _mm512_set1_ps(f); }
   static inline vec fmadd(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
-  static inline vec mul(vec a, vec b) { return _mm512_mul_ps(a, b); }
+  static inline vec mask_fmadd(vec acc, mask m, vec a, vec b) { return _mm512_mask3_fmadd_ps(a, b, acc, m); }
   static inline vec load(const float* p) { return _mm512_loadu_ps(p); }
   static inline vec load(const uint16_t* p) { return from_bf16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
   static inline vec load_masked(const float* p, uint32_t m) { return _mm512_maskz_loadu_ps(static_cast<__mmask16>(m), p); }
@@ -43,6 +43,8 @@ struct V {
   static inline vec mask_add(vec acc, mask m, vec s) { return _mm512_mask_add_ps(acc, m, acc, s); }
   static inline float reduce(vec v) { return _mm512_reduce_add_ps(v); }
   static inline void store(float* p, vec v) { _mm512_storeu_ps(p, v); }
+  static inline void store_stream(float* p, vec v) { _mm512_stream_ps(p, v); }
+  static inline void store_fence() { _mm_sfence(); }
   static inline void store_masked(float* p, vec v, uint32_t m) { _mm512_mask_storeu_ps(p, static_cast<__mmask16>(m), v); }
   static inline void copy_keep(float* o, const float* w, mask keep) { _mm512_storeu_ps(o, _mm512_maskz_loadu_ps(keep, w)); }
   static inline void copy_keep(uint16_t* o, const uint16_t* w, mask keep) {

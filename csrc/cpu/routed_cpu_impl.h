@@ -3,11 +3,12 @@
 // options active) and then includes this file. No standard headers are included here, so
 // nothing inline from a shared header is compiled with a wider ISA than the CPU may have.
 //
-// Traits `V` provide: L (lanes), RT / RN / CB (register tile: rows x W-rows, rows x column
-// chunks), vec, mask (lane mask type), mask_at (mask bits of the L columns at c of a mask row),
-// to_mask (from uint32 bits), zero, bcast, fmadd, mul, load (L readable lanes), load_keep (L readable lanes,
+// Traits `V` provide: L (lanes), RT (forward rows per register tile), GR / GCB (grad x: rows x
+// column vectors), WRN / WCB (grad w: weight rows x column vectors), vec, mask (lane mask type), mask_at (mask bits of the L columns at c of a mask row),
+// to_mask (from uint32 bits), zero, bcast, fmadd, mask_fmadd (acc + (m ? a * b : 0)), load (L readable lanes), load_keep (L readable lanes,
 // zero outside a `mask`), load_masked (only lanes in `m` are read), mask_add (acc + (m ? s : 0)),
-// reduce (horizontal sum), store, store_masked, copy_keep (raw copy of L lanes, zero outside
+// reduce (horizontal sum), store, store_masked, store_stream (aligned, bypassing the cache) and
+// store_fence (orders streaming stores), copy_keep (raw copy of L lanes, zero outside
 // `keep`). Lane i of a chunk starting at column c is column c + i; a chunk never straddles a
 // mask word because L divides 32.
 
@@ -167,8 +168,13 @@ static void forward(const Problem& p, const float* bias, float* y, int64_t n0, i
 
 // ------------------------------------------------------------------------------- grad x
 
-template <typename T, int RT, int CB>
-static void dx_tile(const Problem& p, const int64_t* rows, int64_t k, int64_t c, float* dx) {
+// dx for a group of up to V::GR consecutive rows of the sorted order (tickets may change inside
+// the group) and CB column vectors at c: each weight vector is loaded once per group and every row
+// adds it under its own ticket's mask bits (a masked multiply-add), so W is read once per group,
+// not once per ticket. Rows past `nrows` repeat row 0 and are not stored.
+template <typename T, int CB>
+static void dx_group(const Problem& p, const int64_t* rows, const int64_t* tickets, int nrows, int64_t c, int64_t n0, int64_t n1, float* dx) {
+  constexpr int G = V::GR;
   const T* w = static_cast<const T*>(p.w);
   const T* dy = static_cast<const T*>(p.dy);
   const int64_t N = p.N, C = p.C;
@@ -176,65 +182,67 @@ static void dx_tile(const Problem& p, const int64_t* rows, int64_t k, int64_t c,
   RTL_UNROLL
   for (int b = 0; b < CB; ++b) lim[b] = limit_mask(c + b * L, C);
   const bool full = lim[CB - 1] == kFull;
-  const T* dyr[RT];
+  const T* dyr[G];
+  const uint32_t* mrow[G];
   RTL_UNROLL
-  for (int t = 0; t < RT; ++t) dyr[t] = dy + rows[t] * N;
-  vec acc[RT][CB];
+  for (int t = 0; t < G; ++t) {
+    const int u = t < nrows ? t : 0;
+    dyr[t] = dy + rows[u] * N;
+    mrow[t] = p.bits + tickets[u] * N * p.words;
+  }
+  vec acc[G][CB];
   RTL_UNROLL
-  for (int t = 0; t < RT; ++t)
+  for (int t = 0; t < G; ++t)
     RTL_UNROLL
     for (int b = 0; b < CB; ++b) acc[t][b] = V::zero();
-  const uint32_t* mrow = p.bits + k * N * p.words;
-  for (int64_t n = 0; n < N; ++n, mrow += p.words) {
-    vec d[RT];
+  const T* wr = w + n0 * C + c;
+  for (int64_t n = n0; n < n1; ++n, wr += C) {
+    vec wv[CB];
     RTL_UNROLL
-    for (int t = 0; t < RT; ++t) d[t] = V::bcast(to_f32(dyr[t][n]));
-    const T* wr = w + n * C + c;
+    for (int b = 0; b < CB; ++b) wv[b] = full ? V::load(wr + b * L) : V::load_masked(wr + b * L, lim[b]);
     RTL_UNROLL
-    for (int b = 0; b < CB; ++b) {
-      const vec wv = full ? V::load_keep(wr + b * L, V::mask_at(mrow, c + b * L)) : V::load_masked(wr + b * L, chunk_mask(mrow, c + b * L) & lim[b]);
+    for (int t = 0; t < G; ++t) {
+      const vec d = V::bcast(to_f32(dyr[t][n]));
+      const uint32_t* m = mrow[t] + n * p.words;
       RTL_UNROLL
-      for (int t = 0; t < RT; ++t) acc[t][b] = V::fmadd(d[t], wv, acc[t][b]);
+      for (int b = 0; b < CB; ++b) acc[t][b] = V::mask_fmadd(acc[t][b], V::mask_at(m, c + b * L), d, wv[b]);
     }
   }
   RTL_UNROLL
-  for (int t = 0; t < RT; ++t)
-    RTL_UNROLL
-    for (int b = 0; b < CB; ++b) V::store_masked(dx + rows[t] * C + c + b * L, acc[t][b], lim[b]);
+  for (int t = 0; t < G; ++t)
+    if (t < nrows)
+      RTL_UNROLL
+      for (int b = 0; b < CB; ++b) {
+        float* o = dx + rows[t] * C + c + b * L;
+        V::store_masked(o, V::mask_add(V::load_masked(o, lim[b]), V::to_mask(lim[b]), acc[t][b]), lim[b]);
+      }
 }
 
-template <typename T, int RT>
-static void dx_cb(int cb, const Problem& p, const int64_t* rows, int64_t k, int64_t c, float* dx) {
-  if (cb == V::CB)
-    dx_tile<T, RT, V::CB>(p, rows, k, c, dx);
-  else
-    for (int b = 0; b < cb; ++b) dx_tile<T, RT, 1>(p, rows, k, c + b * L, dx);
-}
+// W is walked in blocks of kDxRows rows (read from memory once, then from cache by every column
+// strip of V::GCB vectors); within a strip the sorted rows go by in groups of V::GR and add their
+// partial sums to dx (zeroed by the caller, small enough to stay in cache).
+constexpr int64_t kDxRows = 64;
 
-template <typename T>
-static void dx_rt(int rt, int cb, const Problem& p, const int64_t* rows, int64_t k, int64_t c, float* dx) {
-  if constexpr (V::RT >= 4)
-    if (rt == 4) dx_cb<T, 4>(cb, p, rows, k, c, dx);
-  if constexpr (V::RT >= 2)
-    if (rt == 2) dx_cb<T, 2>(cb, p, rows, k, c, dx);
-  if (rt == 1) dx_cb<T, 1>(cb, p, rows, k, c, dx);
-}
-
-// A column strip of W (kColBlock wide, all N rows) stays in cache while every active ticket's
-// rows accumulate their dx columns from it.
 template <typename T>
 static void grad_x_t(const Problem& p, float* dx, int64_t c0, int64_t c1) {
-  for (int64_t cs = c0; cs < c1; cs += rtl_cpu::kColBlock) {
-    const int64_t cs_end = imin(cs + rtl_cpu::kColBlock, c1);
-    for (int64_t k = 0; k < p.K; ++k) {
-      const int64_t lo = p.offsets[k], hi = p.offsets[k + 1];
-      for (int64_t q = lo; q < hi;) {
-        const int rt = row_tile(hi - q);
-        for (int64_t c = cs; c < cs_end; c += V::CB * L) {
-          const int cb = static_cast<int>(imin(V::CB, (cs_end - c + L - 1) / L));
-          dx_rt<T>(rt, cb, p, p.perm + q, k, c, dx);
+  constexpr int G = V::GR;
+  for (int64_t nb = 0; nb < p.N; nb += kDxRows) {
+    const int64_t nb_end = imin(nb + kDxRows, p.N);
+    for (int64_t cs = c0; cs < c1; cs += V::GCB * L) {
+      const int cb = static_cast<int>(imin(V::GCB, (c1 - cs + L - 1) / L));
+      int64_t k = 0;
+      for (int64_t q = 0; q < p.M; q += G) {
+        const int nrows = static_cast<int>(imin(G, p.M - q));
+        int64_t rows[G], tickets[G];
+        for (int t = 0; t < nrows; ++t) {
+          while (p.offsets[k + 1] <= q + t) ++k;
+          rows[t] = p.perm[q + t];
+          tickets[t] = k;
         }
-        q += rt;
+        if (cb == V::GCB)
+          dx_group<T, V::GCB>(p, rows, tickets, nrows, cs, nb, nb_end, dx);
+        else
+          for (int b = 0; b < cb; ++b) dx_group<T, 1>(p, rows, tickets, nrows, cs + b * L, nb, nb_end, dx);
       }
     }
   }
@@ -249,84 +257,79 @@ static void grad_x(const Problem& p, float* dx, int64_t c0, int64_t c1) {
 
 // ------------------------------------------------------------------------------- grad w
 
-template <typename T, int RT, int RN>
-static void dw_tile(const Problem& p, const int64_t* rows, const uint32_t* const* mrow, int64_t n, float* dw) {
+// dW for RN weight rows x CB column vectors at (n, c): each active ticket's sum over its rows is
+// formed in registers and added under its mask, so every dW element is written once.
+template <typename T, int RN, int CB>
+static void dw_tile(const Problem& p, int64_t n, int64_t c, float* dw) {
   const T* x = static_cast<const T*>(p.x);
   const T* dy = static_cast<const T*>(p.dy);
   const int64_t C = p.C;
-  const T* xr[RT];
-  vec d[RT][RN];
+  uint32_t lim[CB];
   RTL_UNROLL
-  for (int t = 0; t < RT; ++t) {
-    xr[t] = x + rows[t] * C;
+  for (int b = 0; b < CB; ++b) lim[b] = limit_mask(c + b * L, C);
+  const bool full = lim[CB - 1] == kFull;
+  vec acc[RN][CB];
+  RTL_UNROLL
+  for (int r = 0; r < RN; ++r)
     RTL_UNROLL
-    for (int r = 0; r < RN; ++r) d[t][r] = V::bcast(to_f32(dy[rows[t] * p.N + n + r]));
-  }
-  int64_t c = 0;
-  for (; c + L <= C; c += L) {
-    vec xv[RT];
+    for (int b = 0; b < CB; ++b) acc[r][b] = V::zero();
+  for (int64_t k = 0; k < p.K; ++k) {
+    const int64_t lo = p.offsets[k], hi = p.offsets[k + 1];
+    if (lo == hi) continue;
+    vec s[RN][CB];
     RTL_UNROLL
-    for (int t = 0; t < RT; ++t) xv[t] = V::load(xr[t] + c);
+    for (int r = 0; r < RN; ++r)
+      RTL_UNROLL
+      for (int b = 0; b < CB; ++b) s[r][b] = V::zero();
+    for (int64_t q = lo; q < hi; ++q) {
+      const int64_t row = p.perm[q];
+      const T* xr = x + row * C + c;
+      vec xv[CB];
+      RTL_UNROLL
+      for (int b = 0; b < CB; ++b) xv[b] = full ? V::load(xr + b * L) : V::load_masked(xr + b * L, lim[b]);
+      RTL_UNROLL
+      for (int r = 0; r < RN; ++r) {
+        const vec d = V::bcast(to_f32(dy[row * p.N + n + r]));
+        RTL_UNROLL
+        for (int b = 0; b < CB; ++b) s[r][b] = V::fmadd(d, xv[b], s[r][b]);
+      }
+    }
     RTL_UNROLL
     for (int r = 0; r < RN; ++r) {
-      vec s = V::mul(d[0][r], xv[0]);
+      const uint32_t* m = p.bits + (k * p.N + n + r) * p.words;
       RTL_UNROLL
-      for (int t = 1; t < RT; ++t) s = V::fmadd(d[t][r], xv[t], s);
-      float* o = dw + (n + r) * C + c;
-      V::store(o, V::mask_add(V::load(o), V::mask_at(mrow[r], c), s));
+      for (int b = 0; b < CB; ++b)
+        acc[r][b] = V::mask_add(acc[r][b], full ? V::mask_at(m, c + b * L) : V::to_mask(chunk_mask(m, c + b * L) & lim[b]), s[r][b]);
     }
   }
-  if (c < C) {
-    const uint32_t lim = limit_mask(c, C);
-    vec xv[RT];
+  RTL_UNROLL
+  for (int r = 0; r < RN; ++r)
     RTL_UNROLL
-    for (int t = 0; t < RT; ++t) xv[t] = V::load_masked(xr[t] + c, lim);
-    RTL_UNROLL
-    for (int r = 0; r < RN; ++r) {
-      vec s = V::mul(d[0][r], xv[0]);
-      RTL_UNROLL
-      for (int t = 1; t < RT; ++t) s = V::fmadd(d[t][r], xv[t], s);
-      float* o = dw + (n + r) * C + c;
-      V::store_masked(o, V::mask_add(V::load_masked(o, lim), V::to_mask(chunk_mask(mrow[r], c) & lim), s), lim);
+    for (int b = 0; b < CB; ++b) {
+      float* o = dw + (n + r) * C + c + b * L;
+      // dW is written once and not read back here: full aligned vectors bypass the cache
+      if (full && (reinterpret_cast<uintptr_t>(o) & (sizeof(vec) - 1)) == 0)
+        V::store_stream(o, acc[r][b]);
+      else
+        V::store_masked(o, acc[r][b], lim[b]);
     }
-  }
 }
 
-template <typename T, int RT>
-static void dw_rn(int rn, const Problem& p, const int64_t* rows, const uint32_t* const* mrow, int64_t n, float* dw) {
-  if (rn == V::RN)
-    dw_tile<T, RT, V::RN>(p, rows, mrow, n, dw);
-  else
-    for (int r = 0; r < rn; ++r) dw_tile<T, RT, 1>(p, rows, mrow + r, n + r, dw);
-}
-
-template <typename T>
-static void dw_rt(int rt, int rn, const Problem& p, const int64_t* rows, const uint32_t* const* mrow, int64_t n, float* dw) {
-  if constexpr (V::RT >= 4)
-    if (rt == 4) dw_rn<T, 4>(rn, p, rows, mrow, n, dw);
-  if constexpr (V::RT >= 2)
-    if (rt == 2) dw_rn<T, 2>(rn, p, rows, mrow, n, dw);
-  if (rt == 1) dw_rn<T, 1>(rn, p, rows, mrow, n, dw);
-}
-
-// dw rows are owned by one thread: they are zeroed, then every active ticket adds its masked
-// outer-product contribution while the rows are hot in cache.
+// dW in bands of kRowBlock rows written front to back (whole rows, so stores stream); within a
+// band the column blocks go by with the rows' x slices in cache.
 template <typename T>
 static void grad_w_t(const Problem& p, float* dw, int64_t n0, int64_t n1) {
-  for (int64_t i = n0 * p.C; i < n1 * p.C; ++i) dw[i] = 0.0f;
   for (int64_t nb = n0; nb < n1; nb += rtl_cpu::kRowBlock) {
     const int64_t nb_end = imin(nb + rtl_cpu::kRowBlock, n1);
-    for (int64_t k = 0; k < p.K; ++k) {
-      const int64_t lo = p.offsets[k], hi = p.offsets[k + 1];
-      for (int64_t n = nb; n < nb_end; n += V::RN) {
-        const int rn = static_cast<int>(imin(V::RN, nb_end - n));
-        const uint32_t* mrow[V::RN];
-        for (int r = 0; r < rn; ++r) mrow[r] = p.bits + (k * p.N + n + r) * p.words;
-        for (int64_t q = lo; q < hi;) {
-          const int rt = row_tile(hi - q);
-          dw_rt<T>(rt, rn, p, p.perm + q, mrow, n, dw);
-          q += rt;
-        }
+    for (int64_t cs = 0; cs < p.C; cs += V::WCB * L) {
+      const int cb = static_cast<int>(imin(V::WCB, (p.C - cs + L - 1) / L));
+      for (int64_t n = nb; n < nb_end; n += V::WRN) {
+        const int rn = static_cast<int>(imin(V::WRN, nb_end - n));
+        if (rn == V::WRN && cb == V::WCB)
+          dw_tile<T, V::WRN, V::WCB>(p, n, cs, dw);
+        else
+          for (int r = 0; r < rn; ++r)
+            for (int b = 0; b < cb; ++b) dw_tile<T, 1, 1>(p, n + r, cs + b * L, dw);
       }
     }
   }
@@ -337,6 +340,7 @@ static void grad_w(const Problem& p, float* dw, int64_t n0, int64_t n1) {
     grad_w_t<bf16_t>(p, dw, n0, n1);
   else
     grad_w_t<float>(p, dw, n0, n1);
+  V::store_fence();  // streaming stores are visible to other threads after this
 }
 
 // ------------------------------------------------------------------------------- helpers for the GEMM path

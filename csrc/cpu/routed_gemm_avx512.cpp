@@ -72,6 +72,12 @@ static inline void transpose16(__m512 r[16]) {
   }
 }
 
+// transpose 16 loaded rows and store column j (its first lanes of 16 rows) at out + j * stride, j < cols
+static inline void store_transposed(__m512 r[16], int64_t cols, float* out, int64_t stride, __mmask16 lanes) {
+  transpose16(r);
+  for (int64_t j = 0; j < cols; ++j) _mm512_mask_storeu_ps(out + j * stride, lanes, r[j]);
+}
+
 // out[(n - nb) / NR][c][(n - nb) % NR] = mask_k(n, c0 + c) ? W[n, c0 + c] : 0 for n in [nb, nb + ncols),
 // c in [0, kc); weight rows at or past n_end (the caller's range) are packed as zeros
 static void pack_weight(const Problem& p, int64_t k, int64_t nb, int64_t ncols, int64_t n_end, int64_t c0, int64_t kc, float* out) {
@@ -95,9 +101,7 @@ static void pack_weight(const Problem& p, int64_t k, int64_t nb, int64_t ncols, 
       RTL_UNROLL
       for (int i = 0; i < 16; ++i)
         r[i] = i < live ? _mm512_maskz_loadu_ps(static_cast<__mmask16>(mr[i][cc >> 4] & lim), wr[i] + cc) : _mm512_setzero_ps();
-      transpose16(r);
-      const int64_t cols = imin(16, kc - cc);
-      for (int64_t j = 0; j < cols; ++j) _mm512_storeu_ps(panel + (cc + j) * kGemmNR, r[j]);
+      store_transposed(r, imin(16, kc - cc), panel + cc * kGemmNR, kGemmNR, static_cast<__mmask16>(0xffff));
     }
   }
 }
@@ -117,9 +121,7 @@ static void pack_rows(const Problem& p, int64_t q0, int64_t rows, int64_t c0, in
       __m512 r[16];
       RTL_UNROLL
       for (int t = 0; t < 16; ++t) r[t] = t < live ? _mm512_maskz_loadu_ps(lim, src[t] + cc) : _mm512_setzero_ps();
-      transpose16(r);
-      const int64_t cols = imin(16, kc - cc);
-      for (int64_t j = 0; j < cols; ++j) _mm512_mask_storeu_ps(panel + (cc + j) * kMR, static_cast<__mmask16>((1u << kMR) - 1u), r[j]);
+      store_transposed(r, imin(16, kc - cc), panel + cc * kMR, kMR, static_cast<__mmask16>((1u << kMR) - 1u));
     }
   }
 }

@@ -5,7 +5,7 @@
 namespace rtl_cpu::generic {
 
 struct V {
-  static constexpr int L = 8, RT = 2, RN = 2, CB = 2;
+  static constexpr int L = 8, RT = 2, GR = 2, GCB = 2, WRN = 2, WCB = 2;
   typedef uint32_t mask;
   // W rows per forward register tile of rt rows
   static constexpr int fwd_rn(int) { return 2; }
@@ -31,9 +31,10 @@ struct V {
     for (int i = 0; i < 8; ++i) c.v[i] += a.v[i] * b.v[i];
     return c;
   }
-  static inline vec mul(vec a, vec b) {
-    for (int i = 0; i < 8; ++i) a.v[i] *= b.v[i];
-    return a;
+  static inline vec mask_fmadd(vec acc, uint32_t m, vec a, vec b) {
+    for (int i = 0; i < 8; ++i)
+      if ((m >> i) & 1u) acc.v[i] += a.v[i] * b.v[i];
+    return acc;
   }
   template <typename T>
   static inline vec load(const T* p) {
@@ -62,6 +63,8 @@ struct V {
   static inline void store(float* p, vec v) {
     for (int i = 0; i < 8; ++i) p[i] = v.v[i];
   }
+  static inline void store_stream(float* p, vec v) { store(p, v); }
+  static inline void store_fence() {}
   static inline void store_masked(float* p, vec v, uint32_t m) {
     for (int i = 0; i < 8; ++i)
       if ((m >> i) & 1u) p[i] = v.v[i];

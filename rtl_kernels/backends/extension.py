@@ -134,6 +134,9 @@ def load(spec: ExtensionSpec) -> ModuleType | None:
                         stacklevel=3,
                     )
         _loaded[key] = module
+        from .registry import forget_resolved
+
+        forget_resolved()  # availability may have changed
         return module
 
 

@@ -76,9 +76,20 @@ _BACKENDS: dict[str, Backend] = {}
 BACKEND_NAMES = ("auto", "triton", "cuda", "cpu", "reference")
 
 
+# resolve_backend's answers: (name, call) -> backend; cleared whenever the set of backends changes
+_RESOLVED: dict[tuple[str, Call], Backend] = {}
+_RESOLVED_MAX = 4096
+
+
 def register_backend(backend: Backend) -> None:
     """Add or replace a backend (kernels register themselves when their module is imported)."""
     _BACKENDS[backend.name] = backend
+    forget_resolved()
+
+
+def forget_resolved() -> None:
+    """Drop remembered backend choices (called when a backend or a compiled extension comes or goes)."""
+    _RESOLVED.clear()
 
 
 def get_backend(name: str) -> Backend:
@@ -119,7 +130,21 @@ def check_backend_name(name: object) -> str:
 
 
 def resolve_backend(name: str, call: Call) -> Backend:
-    """The backend that runs ``call``: the named one (checked), or the best one for ``"auto"``."""
+    """The backend that runs ``call``: the named one (checked), or the best one for ``"auto"``.
+
+    Answers are remembered per (name, call), so the per-call cost on a serving path is one lookup.
+    """
+    cached = _RESOLVED.get((name, call))
+    if cached is not None:
+        return cached
+    backend = _resolve(name, call)
+    if len(_RESOLVED) >= _RESOLVED_MAX:
+        _RESOLVED.clear()
+    _RESOLVED[(name, call)] = backend
+    return backend
+
+
+def _resolve(name: str, call: Call) -> Backend:
     check_backend_name(name)
     _load_builtin_backends()
     if name == "auto":

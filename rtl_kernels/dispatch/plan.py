@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -55,14 +56,29 @@ class RoutingPlan:
         return RoutingPlan(self.routes.to(device), self.perm.to(device), self.offsets.to(device))
 
 
+# up to this many rows, an eager CPU plan is built with numpy: a few calls instead of a chain of
+# small torch ops, whose dispatch dominates a decode step's host time
+_NUMPY_MAX_ROWS = 4096
+
+
 def make_plan(routes: torch.Tensor, num_tickets: int) -> RoutingPlan:
     """Build the plan for int64 ``routes`` ``[M]`` whose values lie in ``[0, num_tickets)``."""
     routes = routes.reshape(-1).to(torch.int64)
+    if routes.device.type == "cpu" and routes.shape[0] <= _NUMPY_MAX_ROWS and not torch.compiler.is_compiling():
+        return _make_plan_numpy(routes, num_tickets)
     counts = torch.zeros(num_tickets, dtype=torch.int64, device=routes.device)
     counts.scatter_add_(0, routes, torch.ones_like(routes))
     offsets = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
     perm = torch.argsort(routes, stable=True)
     return RoutingPlan(routes=routes, perm=perm, offsets=offsets)
+
+
+def _make_plan_numpy(routes: torch.Tensor, num_tickets: int) -> RoutingPlan:
+    r = routes.numpy()
+    offsets = np.zeros(num_tickets + 1, dtype=np.int64)
+    np.cumsum(np.bincount(r, minlength=num_tickets), out=offsets[1:])
+    perm = np.argsort(r, kind="stable")
+    return RoutingPlan(routes=routes, perm=torch.from_numpy(perm), offsets=torch.from_numpy(offsets))
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ def _checked(routes: torch.Tensor, num_tickets: int, check: bool | None) -> torc
 
         if torch.compiler.is_compiling():  # the op keeps the host read out of the traced graph
             return torch.ops.rtl_kernels.check_routes(routes, num_tickets)
-        return check_route_values(routes, num_tickets)
+        return check_route_values(routes, num_tickets, copy=False)
     return routes.to(torch.int64).clamp(0, num_tickets - 1)
 
 

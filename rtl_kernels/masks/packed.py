@@ -57,6 +57,14 @@ class PackedMasks:
         self.bits = bits
         self.weight_shape = shape
 
+    @classmethod
+    def trusted(cls, bits: torch.Tensor, weight_shape: Sequence[int]) -> PackedMasks:
+        """Wrap ``bits`` already checked against ``weight_shape`` (the ops' hot path) without checking again."""
+        out = cls.__new__(cls)
+        out.bits = bits
+        out.weight_shape = torch.Size(weight_shape)
+        return out
+
     @property
     def num_tickets(self) -> int:
         return int(self.bits.shape[0])

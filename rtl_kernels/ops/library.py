@@ -18,18 +18,27 @@ Tensor = torch.Tensor
 _EMPTY = (0,)
 
 
-def check_route_values(routes: Tensor, num_tickets: int) -> Tensor:
-    """Copy of ``routes`` as int64; raises ``ValueError`` for a route outside ``[0, num_tickets)``."""
-    out = routes.to(torch.int64, copy=True)
+def check_route_values(routes: Tensor, num_tickets: int, *, copy: bool = True) -> Tensor:
+    """``routes`` as int64 (a copy unless ``copy=False``); ``ValueError`` for a route outside ``[0, num_tickets)``."""
+    if routes.device.type == "cpu":  # numpy: no chain of small torch ops on a latency-critical path
+        values = routes.numpy()
+        if values.size:
+            _check_range(int(values.min()), int(values.max()), num_tickets, routes)
+        return routes.to(torch.int64, copy=copy)
+    out = routes.to(torch.int64, copy=copy)
     if out.numel():
         lo, hi = (int(v) for v in torch.aminmax(out))
-        if lo < 0 or hi >= num_tickets:
-            bad = out[(out < 0) | (out >= num_tickets)]
-            raise ValueError(
-                f"routes: expected ticket ids in [0, {num_tickets}), got {bad.numel()} out of range "
-                f"(min {lo}, max {hi}; first offending value {int(bad[0])})"
-            )
+        _check_range(lo, hi, num_tickets, out)
     return out
+
+
+def _check_range(lo: int, hi: int, num_tickets: int, routes: Tensor) -> None:
+    if lo < 0 or hi >= num_tickets:
+        bad = routes[(routes < 0) | (routes >= num_tickets)]
+        raise ValueError(
+            f"routes: expected ticket ids in [0, {num_tickets}), got {bad.numel()} out of range "
+            f"(min {lo}, max {hi}; first offending value {int(bad[0])})"
+        )
 
 
 @torch.library.custom_op("rtl_kernels::check_routes", mutates_args=())
@@ -53,6 +62,10 @@ def _backend(name: str, op: str, x: Tensor, weight: Tensor, bits: Tensor):
     return resolve_backend(name, Call(op, x.device, x.dtype, int(x.shape[0]), tuple(weight.shape), int(bits.shape[0])))
 
 
+def _wants_grad(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
+    return torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
+
+
 def _or_empty(t: Tensor | None, like: Tensor) -> Tensor:
     return like.new_empty(_EMPTY) if t is None else t
 
@@ -61,7 +74,7 @@ def _or_empty(t: Tensor | None, like: Tensor) -> Tensor:
 
 
 def _linear_forward(x, weight, bits, routes, perm, offsets, bias, backend):
-    masks = PackedMasks(bits, weight.shape)
+    masks = PackedMasks.trusted(bits, weight.shape)
     return _backend(backend, "linear", x, weight, bits).linear_forward(x, weight, masks, _plan(routes, perm, offsets), bias)
 
 
@@ -90,7 +103,7 @@ def routed_linear_backward_op(
     need_dx: bool,
     need_dw: bool,
 ) -> tuple[Tensor, Tensor]:
-    masks = PackedMasks(bits, weight.shape)
+    masks = PackedMasks.trusted(bits, weight.shape)
     chosen = _backend(backend, "linear", x, weight, bits)
     dx, dw = chosen.linear_backward(dy, x, weight, masks, _plan(routes, perm, offsets), need_dx, need_dw)
     return _or_empty(dx, x), _or_empty(dw, weight)
@@ -142,9 +155,12 @@ class _LinearFunction(torch.autograd.Function):
 def routed_linear_call(
     x: Tensor, weight: Tensor, bits: Tensor, routes: Tensor, perm: Tensor, offsets: Tensor, bias: Tensor | None, backend: str
 ) -> Tensor:
-    """The custom op when ``torch.compile`` traces, the same computation as an autograd.Function in eager mode."""
+    """The custom op when ``torch.compile`` traces; in eager mode the same computation as an
+    autograd.Function, or called directly when no gradient is wanted (inference)."""
     if torch.compiler.is_compiling():
         return routed_linear_op(x, weight, bits, routes, perm, offsets, bias, backend)
+    if not _wants_grad(x, weight, bias):
+        return _linear_forward(x, weight, bits, routes, perm, offsets, bias, backend)
     return _LinearFunction.apply(x, weight, bits, routes, perm, offsets, bias, backend)
 
 
@@ -160,7 +176,7 @@ def _conv_params(stride: list[int], padding: list[int], dilation: list[int], gro
 
 
 def _conv_forward(x, weight, bits, routes, perm, offsets, bias, stride, padding, dilation, groups, backend):
-    masks = PackedMasks(bits, weight.shape)
+    masks = PackedMasks.trusted(bits, weight.shape)
     params = _conv_params(stride, padding, dilation, groups)
     return _backend(backend, "conv2d", x, weight, bits).conv2d_forward(x, weight, masks, _plan(routes, perm, offsets), bias, params)
 
@@ -206,7 +222,7 @@ def routed_conv2d_backward_op(
     need_dx: bool,
     need_dw: bool,
 ) -> tuple[Tensor, Tensor]:
-    masks = PackedMasks(bits, weight.shape)
+    masks = PackedMasks.trusted(bits, weight.shape)
     params = _conv_params(stride, padding, dilation, groups)
     plan = _plan(routes, perm, offsets)
     dx, dw = _backend(backend, "conv2d", x, weight, bits).conv2d_backward(dy, x, weight, masks, plan, params, need_dx, need_dw)
@@ -253,8 +269,11 @@ class _Conv2dFunction(torch.autograd.Function):
 
 
 def routed_conv2d_call(*inputs: object) -> Tensor:
-    """The custom op when ``torch.compile`` traces, the same computation as an autograd.Function in eager mode
-    (arguments as for ``routed_conv2d_op``)."""
+    """The custom op when ``torch.compile`` traces; in eager mode the same computation as an
+    autograd.Function, or called directly when no gradient is wanted (arguments as for ``routed_conv2d_op``)."""
     if torch.compiler.is_compiling():
         return routed_conv2d_op(*inputs)
+    x, weight, bias = inputs[0], inputs[1], inputs[6]
+    if not _wants_grad(x, weight, bias):
+        return _conv_forward(*inputs)
     return _Conv2dFunction.apply(*inputs)
