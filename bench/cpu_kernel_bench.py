@@ -157,6 +157,17 @@ def run(quick: bool) -> dict:
                 paths = {short: fns[name] for short, name in KERNELS.items() if name in fns}
                 times = time_side_by_side(paths, rounds, min_round_s)
                 crossover.append({"dtype": str(dtype), "tickets": tickets, "rows": rows, **{f"{k}_ms": min(v) for k, v in times.items()}})
+    backward_crossover = []
+    for dtype in CROSSOVER_DTYPES:
+        for tickets in CROSSOVER_TICKETS:
+            for rows in CROSSOVER_ROWS[:-1]:
+                case = make_case(rows=rows, tickets=tickets, n=1024, c=1024, density=0.5, dtype=dtype)
+                fns = backward_fns(case, ext)
+                paths = {"direct": fns["rtl cpu backward: kernels"], "grouped": fns["rtl cpu backward: masked copy + torch.mm"]}
+                times = time_side_by_side(paths, rounds, min_round_s)
+                backward_crossover.append(
+                    {"dtype": str(dtype), "tickets": tickets, "rows": rows, **{f"{k}_ms": min(v) for k, v in times.items()}}
+                )
     return {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": {
@@ -170,6 +181,7 @@ def run(quick: bool) -> dict:
         },
         "results": results,
         "crossover_1024x1024": crossover,
+        "backward_crossover_1024x1024": backward_crossover,
     }
 
 
@@ -223,6 +235,15 @@ def markdown(report: dict) -> str:
     for c in report["crossover_1024x1024"]:
         gemm = f"{c['gemm_ms']:.3f}" if "gemm_ms" in c else "—"
         lines.append(f"| {c['dtype']} | {c['tickets']} | {c['rows']} | {c['direct_ms']:.3f} | {c['grouped_ms']:.3f} | {gemm} |")
+    lines += [
+        "",
+        "## backward paths by batch size (1024×1024; dx and dW; direct = grad kernels, grouped = masked copy + torch.mm)",
+        "",
+        "| dtype | tickets | rows | direct ms | grouped ms |",
+        "|---|---|---|---|---|",
+    ]
+    for c in report["backward_crossover_1024x1024"]:
+        lines.append(f"| {c['dtype']} | {c['tickets']} | {c['rows']} | {c['direct_ms']:.3f} | {c['grouped_ms']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -241,7 +262,8 @@ def main() -> None:
     print(text)
     if not args.no_save:
         RESULTS.mkdir(parents=True, exist_ok=True)
-        stem = RESULTS / f"cpu_kernel_{dt.date.today().isoformat()}{'_1thread_cputime' if args.cpu_time else ''}"
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d-%H%M")
+        stem = RESULTS / f"cpu_kernel_{stamp}{'_1thread_cputime' if args.cpu_time else ''}"
         stem.with_suffix(".json").write_text(json.dumps(report, indent=2))
         stem.with_suffix(".md").write_text(text)
 

@@ -23,8 +23,10 @@ from . import extension
 from .registry import Backend, Call, register_backend
 
 DTYPES = (torch.float32, torch.bfloat16)
-# the weight-stationary kernel runs batches of up to this many rows per active ticket (measured)
+# the weight-stationary kernels run batches of up to this many rows per active ticket (measured
+# with bench/cpu_kernel_bench.py; backward crosses over to masked copies + torch.mm earlier)
 DIRECT_ROWS_PER_TICKET = {torch.float32: 48, torch.bfloat16: 12}
+BACKWARD_DIRECT_ROWS_PER_TICKET = {torch.float32: 24, torch.bfloat16: 12}
 # above this many rows of a single active ticket, one masked copy + torch.mm beats the fused GEMM
 GEMM_MAX_ROWS_ONE_TICKET = 192
 
@@ -49,9 +51,9 @@ def _active(plan: RoutingPlan) -> int:
     return int(torch.count_nonzero(plan.counts))  # CPU tensor: no device sync
 
 
-def use_direct(plan: RoutingPlan, dtype: torch.dtype) -> bool:
+def use_direct(plan: RoutingPlan, dtype: torch.dtype, limits: dict[torch.dtype, int] = DIRECT_ROWS_PER_TICKET) -> bool:
     """True when the weight-stationary kernels are the faster path for this batch."""
-    rows, limit = plan.num_rows, DIRECT_ROWS_PER_TICKET[dtype]
+    rows, limit = plan.num_rows, limits[dtype]
     return rows <= limit or rows <= limit * _active(plan)
 
 
@@ -74,7 +76,7 @@ def linear_forward(x, weight, masks, plan, bias):
 def linear_backward(dy, x, weight, masks, plan, need_dx, need_dw):
     ext = _ext()
     bits, perm, offsets = masks.bits.contiguous(), plan.perm.contiguous(), plan.offsets.contiguous()
-    if not use_direct(plan, x.dtype):
+    if not use_direct(plan, x.dtype, BACKWARD_DIRECT_ROWS_PER_TICKET):
         return ext.backward_grouped(dy, x, weight, bits, perm, offsets, need_dx, need_dw)
     dx = ext.grad_input(dy, weight, bits, perm, offsets) if need_dx else None
     dw = ext.grad_weight(dy, x, weight, bits, perm, offsets) if need_dw else None
