@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
+import numpy as np
 import torch
 
 from ..dispatch.plan import RoutingPlan
@@ -48,7 +49,8 @@ def supports(call: Call) -> bool:
 
 
 def _active(plan: RoutingPlan) -> int:
-    return int(torch.count_nonzero(plan.counts))  # CPU tensor: no device sync
+    """Tickets with rows (the plan is on the CPU: numpy reads it without a torch op)."""
+    return int(np.count_nonzero(np.diff(plan.offsets.numpy())))
 
 
 def use_direct(plan: RoutingPlan, dtype: torch.dtype, limits: dict[torch.dtype, int] = DIRECT_ROWS_PER_TICKET) -> bool:
@@ -59,11 +61,12 @@ def use_direct(plan: RoutingPlan, dtype: torch.dtype, limits: dict[torch.dtype, 
 
 def forward_path(plan: RoutingPlan, dtype: torch.dtype, ext: ModuleType) -> str:
     """``"direct"``, ``"gemm"`` or ``"grouped"``: the measured fastest forward path for this batch."""
-    if use_direct(plan, dtype):
+    rows, limit = plan.num_rows, DIRECT_ROWS_PER_TICKET[dtype]
+    active = _active(plan) if rows > limit else 1
+    if rows <= limit * active:
         return "direct"
-    if dtype == torch.float32 and ext.gemm_supported():
-        if plan.num_rows <= GEMM_MAX_ROWS_ONE_TICKET or _active(plan) > 1:
-            return "gemm"
+    if dtype == torch.float32 and ext.gemm_supported() and (rows <= GEMM_MAX_ROWS_ONE_TICKET or active > 1):
+        return "gemm"
     return "grouped"
 
 
