@@ -56,3 +56,20 @@ def test_plan_traces_with_fullgraph_compile():
     perm, tickets = fn(routes)
     assert perm.tolist() == [1, 3, 4, 0, 2]
     assert tickets.tolist()[:3] == [0, 1, 3]
+
+
+@given(k=st.integers(1, 20), m=st.integers(0, 300), seed=st.integers(0, 2**31 - 1))
+def test_numpy_and_torch_plans_are_identical(k, m, seed):
+    """Small eager CPU plans are built with numpy, others with torch ops: both give the same plan."""
+    import rtl_kernels.dispatch.plan as plan_module
+
+    routes = torch.randint(0, k, (m,), generator=torch.Generator().manual_seed(seed))
+    fast = make_plan(routes, k)
+    limit = plan_module._NUMPY_MAX_ROWS
+    plan_module._NUMPY_MAX_ROWS = -1  # force the torch path
+    try:
+        slow = make_plan(routes, k)
+    finally:
+        plan_module._NUMPY_MAX_ROWS = limit
+    for a, b in ((fast.perm, slow.perm), (fast.offsets, slow.offsets), (fast.routes, slow.routes)):
+        assert a.dtype == b.dtype == torch.int64 and torch.equal(a, b)
