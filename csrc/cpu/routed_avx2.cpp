@@ -6,12 +6,7 @@
 
 #if defined(__x86_64__) || defined(_M_X64)
 
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
-#elif defined(__GNUC__)
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-#endif
+RTL_TARGET_BEGIN("avx2,fma")
 
 namespace rtl_cpu::avx2 {
 
@@ -70,10 +65,6 @@ struct V {
 
 const rtl_cpu::Ops rtl_cpu::kOpsAvx2 = {"avx2", avx2::forward, avx2::grad_x, avx2::grad_w, avx2::materialize, avx2::masked_add};
 
-#if defined(__clang__)
-#pragma clang attribute pop
-#elif defined(__GNUC__)
-#pragma GCC pop_options
-#endif
+RTL_TARGET_END
 
 #endif  // x86-64

@@ -6,15 +6,7 @@
 
 #if defined(__x86_64__) || defined(_M_X64)
 
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,avx2"))), apply_to = function)
-#elif defined(__GNUC__)
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma,avx2")
-// GCC 12 headers trip -Wuninitialized on their own `__Y = __Y` idiom under a target pragma
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
+RTL_TARGET_BEGIN("avx512f,avx512bw,avx512vl,avx512dq,fma,avx2")
 
 namespace rtl_cpu::avx512 {
 
@@ -60,10 +52,6 @@ struct V {
 
 const rtl_cpu::Ops rtl_cpu::kOpsAvx512 = {"avx512", avx512::forward, avx512::grad_x, avx512::grad_w, avx512::materialize, avx512::masked_add};
 
-#if defined(__clang__)
-#pragma clang attribute pop
-#elif defined(__GNUC__)
-#pragma GCC pop_options
-#endif
+RTL_TARGET_END
 
 #endif  // x86-64

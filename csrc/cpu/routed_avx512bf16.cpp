@@ -7,14 +7,7 @@
 
 #if defined(__x86_64__) || defined(_M_X64)
 
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,avx2"))), apply_to = function)
-#elif defined(__GNUC__)
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,avx2")
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
+RTL_TARGET_BEGIN("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,avx2")
 
 namespace rtl_cpu::avx512bf16 {
 
@@ -119,10 +112,6 @@ static void masked_add(const Problem& p, int64_t k, const float* g, float* dw, i
 const rtl_cpu::Ops rtl_cpu::kOpsAvx512Bf16 = {"avx512_bf16", avx512bf16::forward, avx512bf16::grad_x, avx512bf16::grad_w, avx512bf16::materialize,
                                                avx512bf16::masked_add};
 
-#if defined(__clang__)
-#pragma clang attribute pop
-#elif defined(__GNUC__)
-#pragma GCC pop_options
-#endif
+RTL_TARGET_END
 
 #endif  // x86-64

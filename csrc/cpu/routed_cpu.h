@@ -17,6 +17,25 @@
 #define RTL_UNROLL
 #endif
 
+// Compile the functions between RTL_TARGET_BEGIN("isa,...") and RTL_TARGET_END for that ISA (the
+// rest of the file stays baseline, so the library loads on any x86-64 CPU and picks at run time).
+// GCC 12 headers trip -Wuninitialized on their own `__Y = __Y` idiom under a target pragma.
+#define RTL_PRAGMA(x) _Pragma(#x)
+#if defined(__clang__)
+#define RTL_TARGET_BEGIN(isa) RTL_PRAGMA(clang attribute push(__attribute__((target(isa))), apply_to = function))
+#define RTL_TARGET_END RTL_PRAGMA(clang attribute pop)
+#elif defined(__GNUC__)
+#define RTL_TARGET_BEGIN(isa)                         \
+  RTL_PRAGMA(GCC push_options)                        \
+  RTL_PRAGMA(GCC target(isa))                         \
+  RTL_PRAGMA(GCC diagnostic ignored "-Wuninitialized") \
+  RTL_PRAGMA(GCC diagnostic ignored "-Wmaybe-uninitialized")
+#define RTL_TARGET_END RTL_PRAGMA(GCC pop_options)
+#else
+#define RTL_TARGET_BEGIN(isa)
+#define RTL_TARGET_END
+#endif
+
 namespace rtl_cpu {
 
 enum DType : int { kFloat32 = 0, kBFloat16 = 1 };
