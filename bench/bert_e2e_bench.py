@@ -28,19 +28,10 @@ from torch import nn
 
 import rtl_kernels as rtl
 from rtl_kernels.backends.registry import Call, resolve_backend
+from rtl_kernels.benchmarks.machine import cpu_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LATENCY_TARGET, MEMORY_TARGET_PER_TICKET = 1.6, 1 / 16
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def build_encoder(layers: int, hidden: int, heads: int, intermediate: int, seq: int) -> nn.Module:
@@ -133,7 +124,7 @@ def run(args: argparse.Namespace) -> dict:
     return {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": {
-            "cpu": cpu_name(),
+            "cpu": cpu_model(),
             "logical_cpus": os.cpu_count(),
             "platform": platform.platform(),
             "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,

@@ -13,7 +13,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 
 import rtl_kernels as rtl
 from rtl_kernels.backends import extension
+from rtl_kernels.benchmarks.machine import cpu_model
 from rtl_kernels.dispatch.plan import make_plan
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -171,7 +171,7 @@ def run(quick: bool) -> dict:
     return {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": {
-            "cpu": _cpu_name(),
+            "cpu": cpu_model(),
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
             "isa": ext.isa_name(),
@@ -183,16 +183,6 @@ def run(quick: bool) -> dict:
         "crossover_1024x1024": crossover,
         "backward_crossover_1024x1024": backward_crossover,
     }
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def ratios(entry: dict) -> dict[str, float]:
