@@ -61,11 +61,9 @@ def use_direct(plan: RoutingPlan, dtype: torch.dtype, limits: dict[torch.dtype, 
 
 def forward_path(plan: RoutingPlan, dtype: torch.dtype, ext: ModuleType) -> str:
     """``"direct"``, ``"gemm"`` or ``"grouped"``: the measured fastest forward path for this batch."""
-    rows, limit = plan.num_rows, DIRECT_ROWS_PER_TICKET[dtype]
-    active = _active(plan) if rows > limit else 1
-    if rows <= limit * active:
+    if use_direct(plan, dtype):
         return "direct"
-    if dtype == torch.float32 and ext.gemm_supported() and (rows <= GEMM_MAX_ROWS_ONE_TICKET or active > 1):
+    if dtype == torch.float32 and ext.gemm_supported() and (plan.num_rows <= GEMM_MAX_ROWS_ONE_TICKET or _active(plan) > 1):
         return "gemm"
     return "grouped"
 
