@@ -9,7 +9,7 @@ from ..dispatch.plan import RoutingPlan
 from ..dispatch.routes import plan_for_rows
 from ..masks.packed import PackedMasks
 from .checks import as_packed_masks, check_bias, check_device, check_float, check_tensor
-from .library import routed_linear_call
+from .library import routed_linear as routed_linear_op
 
 
 def routed_linear(
@@ -46,5 +46,5 @@ def routed_linear(
     plan = plan_for_rows(routes, packed.num_tickets, lead, x.device, check=check_routes)
     x2 = x.reshape(-1, x.shape[-1]).contiguous()
     check_backend_name(backend)
-    y = routed_linear_call(x2, weight.contiguous(), packed.bits, plan.routes, plan.perm, plan.offsets, bias, backend)
+    y = routed_linear_op(x2, weight.contiguous(), packed.bits, plan.routes, plan.perm, plan.offsets, bias, backend)
     return y.reshape(*lead, weight.shape[0])
