@@ -10,6 +10,7 @@ from ..dispatch.plan import RoutingPlan
 from ..dispatch.routes import plan_for_rows
 from ..masks.packed import PackedMasks
 from .checks import as_packed_masks, check_bias, check_device, check_float, check_tensor
+from .define import autocast_inputs
 from .library import conv_output_size
 from .library import routed_conv2d as routed_conv2d_op
 
@@ -65,6 +66,7 @@ def routed_conv2d(
     """
     x = check_tensor("x", x, (3, 4))
     weight = check_tensor("weight", weight, 4)
+    x, weight, bias = autocast_inputs(x, weight, bias)
     check_float("x", x)
     check_float("weight", weight, x)
     check_device("weight", weight, x.device)

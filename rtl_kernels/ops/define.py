@@ -45,6 +45,18 @@ def autocast_args(args: Sequence[object], device_type: str) -> tuple[object, ...
     )
 
 
+def autocast_inputs(*args: object) -> tuple[object, ...]:
+    """``args`` cast by :func:`autocast_args` when autocast is on for the first one's device.
+
+    Public entry points call it before their dtype checks, so a float32 weight meets the
+    bfloat16 activations of an autocast region as it does in ``F.linear``.
+    """
+    device_type = args[0].device.type
+    if torch.is_autocast_enabled(device_type):
+        return autocast_args(args, device_type)
+    return args
+
+
 class RoutedOp:
     """A declared routed op; call it like the forward body (see :func:`define_routed_op`).
 

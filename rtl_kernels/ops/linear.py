@@ -9,6 +9,7 @@ from ..dispatch.plan import RoutingPlan
 from ..dispatch.routes import plan_for_rows
 from ..masks.packed import PackedMasks
 from .checks import as_packed_masks, check_bias, check_device, check_float, check_tensor
+from .define import autocast_inputs
 from .library import routed_linear as routed_linear_op
 
 
@@ -37,6 +38,7 @@ def routed_linear(
         raise ValueError(
             f"x: expected last dimension in_features = {weight.shape[1]} (weight is {list(weight.shape)}), got x of shape {list(x.shape)}"
         )
+    x, weight, bias = autocast_inputs(x, weight, bias)
     check_float("x", x)
     check_float("weight", weight, x)
     check_device("weight", weight, x.device)
