@@ -164,12 +164,12 @@ def test_auto_picks_cpu_for_conv2d():
 
 
 def test_conv_path_follows_the_measured_crossovers():
-    limit = cpu_backend.CONV_KERNEL_IMAGES_PER_TICKET[torch.float32]
     k = 4
-    few = make_plan(torch.arange(4) % k, k)
-    assert cpu_backend.use_conv_kernel(few, torch.float32)
-    many = make_plan(torch.zeros(limit + 1, dtype=torch.long), k)
-    assert cpu_backend.use_conv_kernel(many, torch.float32) == (limit + 1 <= limit)
+    for dtype, limit in cpu_backend.CONV_KERNEL_IMAGES_PER_TICKET.items():
+        assert cpu_backend.use_conv_kernel(make_plan(torch.arange(k) % k, k), dtype)  # one image per ticket
+        images = min(limit, 256)
+        assert cpu_backend.use_conv_kernel(make_plan(torch.zeros(images, dtype=torch.long), k), dtype)
+        assert cpu_backend.use_conv_kernel(make_plan(torch.zeros(images + 1, dtype=torch.long), k), dtype) == (images + 1 <= limit)
 
 
 def _conv_valid():

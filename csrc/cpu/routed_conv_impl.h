@@ -203,114 +203,118 @@ static int64_t grad_w_items(const ConvProblem& p) {
   return p.groups * ((p.Ng + WMR - 1) / WMR) * p.taps() * ((p.Cg + WNV * L - 1) / (WNV * L));
 }
 
-// dw[n, c, t] += mask_k(n, c, t) ? s[n][c] : 0 for one ticket's sums of a tile
-static void masked_store(const ConvProblem& p, int64_t k, int64_t n0, int nrows, int64_t c0, int64_t nc, int64_t t, const vec (*s)[WNV], float* dw) {
+// dw[n, c, t] += mask_k(n, c, t) ? sums[n][c] : 0 for one ticket's sums of a tile (sums: [WMR][WNV * L] floats)
+static void masked_store(const ConvProblem& p, int64_t k, int64_t n0, int nrows, int64_t c0, int64_t nc, int64_t t, const float* sums, float* dw) {
   const int64_t taps = p.taps(), R = p.R();
   for (int i = 0; i < nrows; ++i) {
     const int64_t n = n0 + i;
     const uint32_t* mrow = p.bits + (k * p.N + n) * p.words;
-    for (int v = 0; v < WNV && v * L < nc; ++v) {
-      float lanes[L];
-      V::store(lanes, s[i][v]);
-      for (int l = 0; l < L && v * L + l < nc; ++l) {
-        const int64_t c = c0 + v * L + l, r = c * taps + t;
-        if (bit(mrow, r)) dw[n * R + r] += lanes[l];
-      }
+    for (int64_t j = 0; j < nc; ++j) {
+      const int64_t r = (c0 + j) * taps + t;
+      if (bit(mrow, r)) dw[n * R + r] += sums[i * WNV * L + j];
     }
   }
 }
 
-static void grad_w_dense(const ConvProblem& p, const int32_t* table, const float* x, const float* dy, float* dw, int64_t i0, int64_t i1) {
+// sorted images [qa, qb) of one ticket contribute to dW tile `item` (dense groups)
+static void grad_w_dense_tile(const ConvProblem& p, const int32_t* table, const float* x, const float* dy, float* dw, int64_t item, int64_t k, int64_t qa,
+                              int64_t qb) {
   const int64_t taps = p.taps(), rows = p.Ho * p.Wo, pix = p.H * p.W;
   const int64_t ntiles = (p.Ng + WMR - 1) / WMR, cblocks = (p.Cg + WNV * L - 1) / (WNV * L);
-  for (int64_t item = i0; item < i1; ++item) {
-    int64_t rest = item;
-    const int64_t cb = rest % cblocks;
-    rest /= cblocks;
-    const int64_t t = rest % taps;
-    rest /= taps;
-    const int64_t nt = rest % ntiles, g = rest / ntiles;
-    const int64_t n0 = nt * WMR, c0 = cb * WNV * L;
-    const int nrows = static_cast<int>(imin(WMR, p.Ng - n0));
-    const int64_t nc = imin(WNV * L, p.Cg - c0);
-    const int nv = static_cast<int>((nc + L - 1) / L);
-    const uint32_t tail = lanes_below(nc - (nv - 1) * L);
-    for (int64_t k = 0; k < p.K; ++k) {
-      const int64_t lo = p.offsets[k], hi = p.offsets[k + 1];
-      if (lo == hi) continue;
-      vec s[WMR][WNV];
+  int64_t rest = item;
+  const int64_t cb = rest % cblocks;
+  rest /= cblocks;
+  const int64_t t = rest % taps;
+  rest /= taps;
+  const int64_t nt = rest % ntiles, g = rest / ntiles;
+  const int64_t n0 = nt * WMR, c0 = cb * WNV * L;
+  const int nrows = static_cast<int>(imin(WMR, p.Ng - n0));
+  const int64_t nc = imin(WNV * L, p.Cg - c0);
+  const int nv = static_cast<int>((nc + L - 1) / L);
+  const uint32_t tail = lanes_below(nc - (nv - 1) * L);
+  vec s[WMR][WNV];
+  RTL_UNROLL
+  for (int i = 0; i < WMR; ++i)
+    RTL_UNROLL
+    for (int v = 0; v < WNV; ++v) s[i][v] = V::zero();
+  for (int64_t q = qa; q < qb; ++q) {
+    const int64_t b = p.perm[q];
+    const float* ximg = x + b * pix * p.C + g * p.Cg + c0;
+    const float* dimg = dy + b * rows * p.N + g * p.Ng + n0;
+    for (int64_t r = 0; r < rows; ++r) {
+      const int32_t src = table[r * taps + t];
+      if (src < 0) continue;
+      const float* xs = ximg + static_cast<int64_t>(src) * p.C;
+      const float* d = dimg + r * p.N;
+      vec xv[WNV];
       RTL_UNROLL
-      for (int i = 0; i < WMR; ++i)
+      for (int v = 0; v < WNV; ++v) xv[v] = v < nv - 1 ? V::load(xs + v * L) : (v == nv - 1 ? V::load_masked(xs + v * L, tail) : V::zero());
+      RTL_UNROLL
+      for (int i = 0; i < WMR; ++i) {
+        const vec dv = V::bcast(d[i < nrows ? i : 0]);
         RTL_UNROLL
-        for (int v = 0; v < WNV; ++v) s[i][v] = V::zero();
-      for (int64_t q = lo; q < hi; ++q) {
-        const int64_t b = p.perm[q];
-        const float* ximg = x + b * pix * p.C + g * p.Cg + c0;
-        const float* dimg = dy + b * rows * p.N + g * p.Ng + n0;
-        for (int64_t r = 0; r < rows; ++r) {
-          const int32_t src = table[r * taps + t];
-          if (src < 0) continue;
-          const float* xs = ximg + static_cast<int64_t>(src) * p.C;
-          const float* d = dimg + r * p.N;
-          vec xv[WNV];
-          RTL_UNROLL
-          for (int v = 0; v < WNV; ++v) xv[v] = v < nv - 1 ? V::load(xs + v * L) : (v == nv - 1 ? V::load_masked(xs + v * L, tail) : V::zero());
-          RTL_UNROLL
-          for (int i = 0; i < WMR; ++i) {
-            const vec dv = V::bcast(d[i < nrows ? i : 0]);
-            RTL_UNROLL
-            for (int v = 0; v < WNV; ++v) s[i][v] = V::fmadd(dv, xv[v], s[i][v]);
-          }
-        }
+        for (int v = 0; v < WNV; ++v) s[i][v] = V::fmadd(dv, xv[v], s[i][v]);
       }
-      masked_store(p, k, g * p.Ng + n0, nrows, c0, nc, t, s, dw);
     }
   }
+  // through a plain buffer, so the accumulators' address never escapes (they stay in registers)
+  float sums[WMR * WNV * L];
+  RTL_UNROLL
+  for (int i = 0; i < WMR; ++i)
+    RTL_UNROLL
+    for (int v = 0; v < WNV; ++v) V::store(sums + (i * WNV + v) * L, s[i][v]);
+  masked_store(p, k, g * p.Ng + n0, nrows, c0, nc, t, sums, dw);
 }
 
-// depthwise dW: items (tap, block of WNV vectors of channels); dw[c, 0, t] += mask ? sum_p dy[p, c] x[src(p, t), c] : 0
-static void grad_w_depthwise(const ConvProblem& p, const int32_t* table, const float* x, const float* dy, float* dw, int64_t i0, int64_t i1) {
+// depthwise: tile `item` = (tap, block of WNV vectors of channels); dw[c, 0, t] += mask ? sum_p dy[p, c] x[src(p, t), c] : 0
+static void grad_w_depthwise_tile(const ConvProblem& p, const int32_t* table, const float* x, const float* dy, float* dw, int64_t item, int64_t k,
+                                  int64_t qa, int64_t qb) {
   const int64_t taps = p.taps(), rows = p.Ho * p.Wo, pix = p.H * p.W, C = p.C;
   const int64_t cblocks = (C + WNV * L - 1) / (WNV * L);
-  for (int64_t item = i0; item < i1; ++item) {
-    const int64_t t = item / cblocks, c0 = (item % cblocks) * WNV * L;
-    const int64_t nc = imin(WNV * L, C - c0);
-    const int nv = static_cast<int>((nc + L - 1) / L);
-    const uint32_t tail = lanes_below(nc - (nv - 1) * L);
-    for (int64_t k = 0; k < p.K; ++k) {
-      const int64_t lo = p.offsets[k], hi = p.offsets[k + 1];
-      if (lo == hi) continue;
-      vec s[WNV] = {V::zero(), V::zero(), V::zero(), V::zero()};
-      for (int64_t q = lo; q < hi; ++q) {
-        const int64_t b = p.perm[q];
-        for (int64_t r = 0; r < rows; ++r) {
-          const int32_t src = table[r * taps + t];
-          if (src < 0) continue;
-          const float* xs = x + (b * pix + src) * C + c0;
-          const float* d = dy + (b * rows + r) * C + c0;
-          for (int v = 0; v < nv; ++v) {
-            const uint32_t m = v == nv - 1 ? tail : kFull;
-            s[v] = V::fmadd(V::load_masked(d + v * L, m), V::load_masked(xs + v * L, m), s[v]);
-          }
-        }
-      }
+  const int64_t t = item / cblocks, c0 = (item % cblocks) * WNV * L;
+  const int64_t nc = imin(WNV * L, C - c0);
+  const int nv = static_cast<int>((nc + L - 1) / L);
+  const uint32_t tail = lanes_below(nc - (nv - 1) * L);
+  vec s[WNV] = {V::zero(), V::zero(), V::zero(), V::zero()};
+  for (int64_t q = qa; q < qb; ++q) {
+    const int64_t b = p.perm[q];
+    for (int64_t r = 0; r < rows; ++r) {
+      const int32_t src = table[r * taps + t];
+      if (src < 0) continue;
+      const float* xs = x + (b * pix + src) * C + c0;
+      const float* d = dy + (b * rows + r) * C + c0;
       for (int v = 0; v < nv; ++v) {
-        float lanes[L];
-        V::store(lanes, s[v]);
-        for (int l = 0; l < L && v * L + l < nc; ++l) {
-          const int64_t c = c0 + v * L + l;
-          if (bit(p.bits + (k * p.N + c) * p.words, t)) dw[c * taps + t] += lanes[l];
-        }
+        const uint32_t m = v == nv - 1 ? tail : kFull;
+        s[v] = V::fmadd(V::load_masked(d + v * L, m), V::load_masked(xs + v * L, m), s[v]);
       }
+    }
+  }
+  for (int v = 0; v < nv; ++v) {
+    float lanes[L];
+    V::store(lanes, s[v]);
+    for (int l = 0; l < L && v * L + l < nc; ++l) {
+      const int64_t c = c0 + v * L + l;
+      if (bit(p.bits + (k * p.N + c) * p.words, t)) dw[c * taps + t] += lanes[l];
     }
   }
 }
 
+// Tiles [i0, i1) over every ticket's images, a block of images at a time (x and dy of the block
+// stay in cache for all the tiles instead of streaming from memory once per tile)
 static void grad_w(const ConvProblem& p, const int32_t* table, const float* x, const float* dy, float* dw, int64_t i0, int64_t i1) {
-  if (rtl_cpu::conv_is_depthwise(p))
-    grad_w_depthwise(p, table, x, dy, dw, i0, i1);
-  else
-    grad_w_dense(p, table, x, dy, dw, i0, i1);
+  const bool depthwise = rtl_cpu::conv_is_depthwise(p);
+  const int64_t image_bytes = (p.H * p.W * p.C + p.Ho * p.Wo * p.N) * static_cast<int64_t>(sizeof(float));
+  const int64_t block = image_bytes > 0 ? (256 * 1024 + image_bytes - 1) / image_bytes : 1;
+  for (int64_t k = 0; k < p.K; ++k)
+    for (int64_t qa = p.offsets[k]; qa < p.offsets[k + 1]; qa += block) {
+      const int64_t qb = imin(qa + block, p.offsets[k + 1]);
+      for (int64_t item = i0; item < i1; ++item) {
+        if (depthwise)
+          grad_w_depthwise_tile(p, table, x, dy, dw, item, k, qa, qb);
+        else
+          grad_w_dense_tile(p, table, x, dy, dw, item, k, qa, qb);
+      }
+    }
 }
 
 }  // namespace RTL_ISA_NS
