@@ -8,6 +8,8 @@
 
 RTL_TARGET_BEGIN("avx512f,avx512bw,avx512vl,avx512dq,fma,avx2")
 
+#include "routed_avx512_transpose.h"
+
 namespace rtl_cpu::conv_avx512 {
 
 struct V {
@@ -23,6 +25,7 @@ struct V {
   static inline vec load_masked(const float* p, uint32_t m) { return _mm512_maskz_loadu_ps(static_cast<__mmask16>(m), p); }
   static inline void store(float* p, vec v) { _mm512_storeu_ps(p, v); }
   static inline void store_masked(float* p, vec v, uint32_t m) { _mm512_mask_storeu_ps(p, static_cast<__mmask16>(m), v); }
+  static inline void transpose(vec r[16]) { transpose16(r); }
   // two gathers: the lanes' mask words, then (under the set bits only) the weights
   static inline vec gather_select(const float* w, const uint32_t* m, int64_t es, int64_t ws, int64_t b, int64_t bs, uint32_t live) {
     const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);

@@ -41,6 +41,14 @@ struct V {
     for (int i = 0; i < 8; ++i)
       if ((m >> i) & 1u) p[i] = v.v[i];
   }
+  static inline void transpose(vec r[8]) {
+    for (int i = 0; i < 8; ++i)
+      for (int j = i + 1; j < 8; ++j) {
+        const float a = r[i].v[j];
+        r[i].v[j] = r[j].v[i];
+        r[j].v[i] = a;
+      }
+  }
   static inline vec gather_select(const float* w, const uint32_t* m, int64_t es, int64_t ws, int64_t b, int64_t bs, uint32_t live) {
     vec r{};
     for (int64_t i = 0; i < 8; ++i) {

@@ -3,7 +3,7 @@
 // options active and then includes this file (no standard headers here, as in routed_cpu_impl.h).
 //
 // Traits `V`: L (lanes), vec, zero, bcast, fmadd, add, load (L lanes), load_masked / store_masked
-// (lanes of a uint32 lane mask only), store, gather_select (lane i = w[i * es] if lane i is live
+// (lanes of a uint32 lane mask only), store, transpose (an L x L block in place), gather_select (lane i = w[i * es] if lane i is live
 // and bit b + i * bs of mask row m + i * ws is set, else 0; nothing else is read), and the register
 // tiles MR4 / MR2 / MR1 (row pixels of a tile whose panel is 4, 2 or 1 vectors wide), WMR (dW).
 
@@ -47,24 +47,43 @@ static void pack(const ConvProblem& p, bool dx, int64_t k, int64_t g, float* out
   }
   const int64_t nout = dx ? p.Cg : p.Ng, cr = dx ? p.Ng : p.Cg;
   const int64_t nr = panel_vectors(nout) * L, panels = (nout + nr - 1) / nr;
-  // lane i of a vector: forward, weight row n0 + i at column r; dX, row n at column r + i * taps
-  const int64_t es = dx ? taps : R, ws = dx ? 0 : p.words, bs = dx ? taps : 0;
   for (int64_t j = 0; j < panels; ++j) {
     float* panel = out + j * taps * cr * nr;
     for (int64_t lb = 0; lb < nr; lb += L) {
       const int64_t first = j * nr + lb;  // first output lane of this vector
-      const uint32_t live = lanes_below(nout - first);
-      for (int64_t n = 0; n < (dx ? p.Ng : 1); ++n) {
-        const int64_t row = g * p.Ng + (dx ? n : first);
-        const float* wr = p.w + row * R + (dx ? first * taps : 0);
-        const uint32_t* mr = mbase + row * p.words;
-        for (int64_t c = 0; c < (dx ? 1 : p.Cg); ++c)
-          for (int64_t t = 0; t < taps; ++t) {
-            const int64_t r = dx ? t : c * taps + t;  // column of lane 0 in wr
-            const int64_t bit0 = dx ? first * taps + t : r;
-            const vec v = live ? V::gather_select(wr + r, mr, es, ws, bit0, bs, live) : V::zero();
-            V::store(panel + (dx ? t * p.Ng + n : t * p.Cg + c) * nr + lb, v);
+      if (!dx) {
+        // L weight rows at a time: L x L blocks loaded under their mask bits (16-bit slices are
+        // lane masks), transposed in registers, each column stored to its (tap, channel) slot
+        const int live = static_cast<int>(imin(L, p.Ng - first));
+        const float* wr[L];
+        const uint32_t* mr[L];
+        for (int i = 0; i < live; ++i) {
+          wr[i] = p.w + (g * p.Ng + first + i) * R;
+          mr[i] = mbase + (g * p.Ng + first + i) * p.words;
+        }
+        int64_t c = 0, t = 0;  // (channel, tap) of column r0
+        for (int64_t r0 = 0; r0 < R; r0 += L) {
+          const uint32_t lim = lanes_below(R - r0);
+          vec v[L];
+          for (int i = 0; i < L; ++i) v[i] = i < live ? V::load_masked(wr[i] + r0, ((mr[i][r0 >> 5] >> (r0 & 31)) & kFull) & lim) : V::zero();
+          if (live > 0) V::transpose(v);
+          for (int64_t jj = 0; jj < L && r0 + jj < R; ++jj) {
+            V::store(panel + (t * p.Cg + c) * nr + lb, v[jj]);
+            if (++t == taps) t = 0, ++c;
           }
+        }
+        continue;
+      }
+      // dX: lane i is input channel first + i of weight row n, column (first + i) * taps + t
+      const uint32_t live = lanes_below(nout - first);
+      for (int64_t n = 0; n < p.Ng; ++n) {
+        const int64_t row = g * p.Ng + n;
+        const float* wr = p.w + row * R + first * taps;
+        const uint32_t* mr = mbase + row * p.words;
+        for (int64_t t = 0; t < taps; ++t) {
+          const vec v = live ? V::gather_select(wr + t, mr, taps, 0, first * taps + t, taps, live) : V::zero();
+          V::store(panel + (t * p.Ng + n) * nr + lb, v);
+        }
       }
     }
   }
