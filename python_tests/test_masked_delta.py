@@ -131,3 +131,28 @@ def test_layer_routes_through_the_model_context():
         y = layer(x)
     for t in range(3):
         torch.testing.assert_close(y[routes == t], layer.to_dense(t)(x[routes == t]))
+
+
+@pytest.mark.skipif("cpu" not in BACKENDS, reason="the C++ extension is not built here")
+@pytest.mark.parametrize("m", [3, 130])  # the fused kernel and the materialise + torch.mm path
+def test_cpu_kernels_on_every_isa_this_machine_runs(m):
+    from rtl_kernels.backends import extension
+    from rtl_kernels.dispatch.plan import make_plan
+
+    ext = extension.load_cpu()
+    x, base, delta, masks, scales, routes, _ = _case(m, 19, 77, 2, 0.4, torch.float32, 11)
+    plan = make_plan(routes, 2)
+    bits = rtl.pack_masks(masks).bits
+    ref = oracle(x, base, delta, masks, scales, routes, None)
+    for isa in ext.supported_isas():
+        for run in (ext.delta_forward, ext.delta_forward_grouped):
+            assert rel_error(run(x, base, delta, bits, scales, plan.perm, plan.offsets, isa), ref) <= 1e-5
+        w1 = ext.delta_materialize(base, delta, bits, scales, 1, isa)
+        torch.testing.assert_close(w1, base + scales[1] * torch.where(masks[1], delta, torch.zeros(())))
+        g, out = torch.randn(19, 77), torch.zeros(19, 77)
+        ext.delta_masked_axpy(out, g, base, bits, scales, 0, 0.5, isa)
+        torch.testing.assert_close(out, 0.5 * torch.where(masks[0], g, torch.zeros(())))
+        dot = ext.delta_masked_dot(delta, g, bits, scales, 1, isa)
+        assert dot == pytest.approx(float((torch.where(masks[1], delta, torch.zeros(())) * g).double().sum()), rel=1e-5)
+    with pytest.raises(ValueError, match="ticket: expected a value in"):
+        ext.delta_materialize(base, delta, bits, scales, 2)
