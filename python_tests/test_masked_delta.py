@@ -156,3 +156,24 @@ def test_cpu_kernels_on_every_isa_this_machine_runs(m):
         assert dot == pytest.approx(float((torch.where(masks[1], delta, torch.zeros(())) * g).double().sum()), rel=1e-5)
     with pytest.raises(ValueError, match="ticket: expected a value in"):
         ext.delta_materialize(base, delta, bits, scales, 2)
+
+
+def test_the_op_passes_torch_library_opcheck():
+    from rtl_kernels.dispatch.plan import make_plan
+
+    x, base, delta, masks, scales, routes, bias = _case(5, 3, 9, 2, 0.5, torch.float32, 2)
+    plan = make_plan(routes, 2)
+    bits = rtl.pack_masks(masks).bits
+    args = (
+        x.requires_grad_(),
+        base,
+        delta.requires_grad_(),
+        bits,
+        scales.requires_grad_(),
+        plan.routes,
+        plan.perm,
+        plan.offsets,
+        bias,
+        "reference",
+    )
+    torch.library.opcheck(torch.ops.rtl_kernels.masked_delta_linear.default, args)

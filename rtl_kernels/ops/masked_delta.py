@@ -14,6 +14,7 @@ from ..dispatch.plan import RoutingPlan
 from ..dispatch.routes import plan_for_rows
 from ..masks.packed import PackedMasks
 from .checks import as_packed_masks, check_device, check_float, check_tensor
+from .define import define_routed_op
 
 Tensor = torch.Tensor
 
@@ -38,36 +39,49 @@ def _check_bias(bias: object, num_tickets: int, out_features: int, x: Tensor) ->
     return bias
 
 
-class _MaskedDelta(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, base, delta, bits, scales, routes, perm, offsets, bias, backend):
-        plan = RoutingPlan(routes, perm, offsets)
-        masks = PackedMasks.trusted(bits, base.shape)
-        impl = backends.resolve(backend, x)
-        ctx.save_for_backward(x, base, delta, bits, scales, routes, perm, offsets)
-        ctx.impl, ctx.bias_shape = impl, None if bias is None else tuple(bias.shape)
-        return impl.forward(x, base, delta, masks, scales, plan, bias)
+def _forward(
+    x: Tensor,
+    base: Tensor,
+    delta: Tensor,
+    bits: Tensor,
+    scales: Tensor,
+    routes: Tensor,
+    perm: Tensor,
+    offsets: Tensor,
+    bias: Tensor | None,
+    backend: str,
+) -> Tensor:
+    masks = PackedMasks.trusted(bits, base.shape)
+    return backends.resolve(backend, x).forward(x, base, delta, masks, scales, RoutingPlan(routes, perm, offsets), bias)
 
-    @staticmethod
-    def backward(ctx, dy):
-        x, base, delta, bits, scales, routes, perm, offsets = ctx.saved_tensors
-        need_dx, need_dbase, need_dd, _, need_ds = ctx.needs_input_grad[:5]
-        need_db = ctx.needs_input_grad[8]
-        dy = dy.contiguous()
-        dx = dd = ds = dbase = db = None
-        if need_dx or need_dd or need_ds:
-            plan, masks = RoutingPlan(routes, perm, offsets), PackedMasks.trusted(bits, base.shape)
-            dx, dd, ds = ctx.impl.backward(dy, x, base, delta, masks, scales, plan, need_dx, need_dd, need_ds)
-        acc = torch.float64 if dy.dtype == torch.float64 else torch.float32
-        if need_dbase:
-            dbase = (dy.to(acc).T @ x.to(acc)).to(base.dtype)
-        if need_db:
-            if len(ctx.bias_shape) == 1:
-                db = dy.sum(0, dtype=acc)
-            else:
-                db = torch.zeros(ctx.bias_shape, dtype=acc, device=dy.device).index_add_(0, routes, dy.to(acc))
-            db = db.to(dy.dtype)
-        return dx, dbase, dd, None, ds, None, None, None, db, None
+
+def _fake(x, base, delta, bits, scales, routes, perm, offsets, bias, backend):
+    return x.new_empty((x.shape[0], base.shape[0]))
+
+
+def _backward(dy, x, base, delta, bits, scales, routes, perm, offsets, bias, backend, *, needs):
+    need_dx, need_dbase, need_dd, need_ds, need_db = needs
+    dy = dy.contiguous()
+    dx = dd = ds = dbase = db = None
+    if need_dx or need_dd or need_ds:
+        plan, masks = RoutingPlan(routes, perm, offsets), PackedMasks.trusted(bits, base.shape)
+        dx, dd, ds = backends.resolve(backend, x).backward(dy, x, base, delta, masks, scales, plan, need_dx, need_dd, need_ds)
+    acc = torch.float64 if dy.dtype == torch.float64 else torch.float32
+    if need_dbase:
+        dbase = (dy.to(acc).T @ x.to(acc)).to(base.dtype)
+    if need_db:
+        if bias.dim() == 1:
+            db = dy.sum(0, dtype=acc)
+        else:
+            db = torch.zeros(bias.shape, dtype=acc, device=dy.device).index_add_(0, routes, dy.to(acc))
+        db = db.to(bias.dtype)
+    return dx, dbase, dd, ds, db
+
+
+masked_delta_op = define_routed_op(
+    "masked_delta_linear", _forward, fake=_fake, backward=_backward, differentiable=("x", "base", "delta", "scales", "bias")
+)
+"""``masked_delta_linear(x[M, Kin], base, delta, bits, scales, routes, perm, offsets, bias, backend)`` on checked inputs."""
 
 
 def masked_delta_linear(
@@ -108,7 +122,5 @@ def masked_delta_linear(
     lead = x.shape[:-1]
     plan = plan_for_rows(routes, k, lead, x.device, check=check_routes)
     x2 = x.reshape(-1, x.shape[-1]).contiguous()
-    y = _MaskedDelta.apply(
-        x2, base.contiguous(), delta.contiguous(), packed.bits, scales, plan.routes, plan.perm, plan.offsets, bias, backend
-    )
+    y = masked_delta_op(x2, base.contiguous(), delta.contiguous(), packed.bits, scales, plan.routes, plan.perm, plan.offsets, bias, backend)
     return y.reshape(*lead, base.shape[0])
