@@ -152,7 +152,10 @@ def test_cpu_kernels_on_every_isa_this_machine_runs(m):
     ref = oracle(x, base, delta, masks, scales, routes, None)
     for isa in ext.supported_isas():
         for run in (ext.delta_forward, ext.delta_forward_grouped):
-            assert rel_error(run(x, base, delta, bits, scales, plan.perm, plan.offsets, isa), ref) <= 1e-5
+            assert rel_error(run(x, base, delta, bits, scales, plan.perm, plan.offsets, None, isa), ref) <= 1e-5
+            for bias in (torch.randn(19), torch.randn(2, 19)):
+                want = oracle(x, base, delta, masks, scales, routes, bias)
+                assert rel_error(run(x, base, delta, bits, scales, plan.perm, plan.offsets, bias, isa), want) <= 1e-5
         w1 = ext.delta_materialize(base, delta, bits, scales, 1, isa)
         torch.testing.assert_close(w1, base + scales[1] * torch.where(masks[1], delta, torch.zeros(())))
         g, out = torch.randn(19, 77), torch.zeros(19, 77)

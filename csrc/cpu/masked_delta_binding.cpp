@@ -55,6 +55,18 @@ void add_rows(rtl_cpu::DeltaProblem& p, const at::Tensor& x, const at::Tensor& p
   p.offsets = off;
 }
 
+// bias [N] (shared) or [K, N] (per ticket), as float32; undefined when absent
+at::Tensor add_bias(rtl_cpu::DeltaProblem& p, const c10::optional<at::Tensor>& bias) {
+  if (!bias.has_value() || !bias->defined()) return at::Tensor();
+  const at::Tensor& b = *bias;
+  TORCH_CHECK_VALUE(b.device().is_cpu() && b.is_contiguous() && b.scalar_type() == at::kFloat, "bias: expected a contiguous float32 CPU tensor");
+  const bool shared = b.dim() == 1 && b.size(0) == p.N;
+  TORCH_CHECK_VALUE(shared || (b.dim() == 2 && b.size(0) == p.K && b.size(1) == p.N), "bias: expected shape [", p.N, "] or [", p.K, ", ", p.N, "]");
+  p.bias = b.data_ptr<float>();
+  p.bias_stride = shared ? 0 : p.N;
+  return b;
+}
+
 template <typename F>
 void over_rows(int64_t rows, int64_t work_per_row, const F& fn) {
   if (rows <= 0) return;
@@ -65,10 +77,11 @@ void over_rows(int64_t rows, int64_t work_per_row, const F& fn) {
 void check_ticket(const rtl_cpu::DeltaProblem& p, int64_t k) { TORCH_CHECK_VALUE(k >= 0 && k < p.K, "ticket: expected a value in [0, ", p.K, "), got ", k); }
 
 at::Tensor delta_forward(const at::Tensor& x, const at::Tensor& base, const at::Tensor& delta, const at::Tensor& bits, const at::Tensor& scales,
-                         const at::Tensor& perm, const at::Tensor& offsets, int64_t isa) {
+                         const at::Tensor& perm, const at::Tensor& offsets, const c10::optional<at::Tensor>& bias, int64_t isa) {
   const rtl_cpu::DeltaOps& ops = g_ops_for(isa);
   rtl_cpu::DeltaProblem p = weight_side(base, delta, bits, scales);
   add_rows(p, x, perm, offsets);
+  const at::Tensor b = add_bias(p, bias);
   at::Tensor y = at::zeros({p.M, p.N}, x.options());
   float* yp = y.data_ptr<float>();
   // blocks of 8 weight rows per task, so a block of base and delta is read by one thread only
@@ -89,10 +102,11 @@ at::Tensor delta_materialize(const at::Tensor& base, const at::Tensor& delta, co
 
 // large batches: each active ticket's weight built once, rows gathered, torch.mm, rows scattered back
 at::Tensor delta_forward_grouped(const at::Tensor& x, const at::Tensor& base, const at::Tensor& delta, const at::Tensor& bits, const at::Tensor& scales,
-                                 const at::Tensor& perm, const at::Tensor& offsets, int64_t isa) {
+                                 const at::Tensor& perm, const at::Tensor& offsets, const c10::optional<at::Tensor>& bias, int64_t isa) {
   const rtl_cpu::DeltaOps& ops = g_ops_for(isa);
   rtl_cpu::DeltaProblem p = weight_side(base, delta, bits, scales);
   add_rows(p, x, perm, offsets);
+  const at::Tensor b = add_bias(p, bias);
   const at::Tensor xs = x.index_select(0, perm);
   at::Tensor ys = at::empty({p.M, p.N}, x.options());
   at::Tensor wk = at::empty_like(base);
@@ -102,7 +116,10 @@ at::Tensor delta_forward_grouped(const at::Tensor& x, const at::Tensor& base, co
     if (hi <= lo) continue;
     over_rows(p.N, p.C, [&](int64_t n0, int64_t n1) { ops.materialize(p, k, wp, n0, n1); });
     at::Tensor out = ys.narrow(0, lo, hi - lo);
-    at::mm_out(out, xs.narrow(0, lo, hi - lo), wk.t());
+    if (b.defined())
+      at::addmm_out(out, p.bias_stride ? b.select(0, k) : b, xs.narrow(0, lo, hi - lo), wk.t());
+    else
+      at::mm_out(out, xs.narrow(0, lo, hi - lo), wk.t());
   }
   return at::empty_like(ys).index_copy_(0, perm, ys);
 }
@@ -141,9 +158,10 @@ double delta_masked_dot(const at::Tensor& delta, const at::Tensor& g, const at::
 void register_masked_delta(pybind11::module_& m, const rtl_cpu::DeltaOps& (*ops_for)(int64_t)) {
   g_ops_for = ops_for;
   m.def("delta_forward", &delta_forward, "y = x @ (base + s[r] * (delta & mask[r]))^T, base/delta/bits each read once", py::arg("x"), py::arg("base"),
-        py::arg("delta"), py::arg("bits"), py::arg("scales"), py::arg("perm"), py::arg("offsets"), py::arg("isa") = -1);
+        py::arg("delta"), py::arg("bits"), py::arg("scales"), py::arg("perm"), py::arg("offsets"), py::arg("bias") = py::none(), py::arg("isa") = -1);
   m.def("delta_forward_grouped", &delta_forward_grouped, "the same via one materialised weight per active ticket and torch.mm", py::arg("x"),
-        py::arg("base"), py::arg("delta"), py::arg("bits"), py::arg("scales"), py::arg("perm"), py::arg("offsets"), py::arg("isa") = -1);
+        py::arg("base"), py::arg("delta"), py::arg("bits"), py::arg("scales"), py::arg("perm"), py::arg("offsets"), py::arg("bias") = py::none(),
+        py::arg("isa") = -1);
   m.def("delta_materialize", &delta_materialize, "base + s[k] * (delta & mask[k]) as a dense tensor", py::arg("base"), py::arg("delta"), py::arg("bits"),
         py::arg("scales"), py::arg("ticket"), py::arg("isa") = -1);
   m.def("delta_masked_axpy", &delta_masked_axpy, "out += s * (mask[k] ? g : 0), in place", py::arg("out"), py::arg("g"), py::arg("base"), py::arg("bits"),

@@ -17,11 +17,13 @@ struct DeltaProblem {
   const uint32_t* bits;    // [K, N, words]
   const int64_t* perm;     // [M] row ids sorted by ticket
   const int64_t* offsets;  // [K + 1]
+  const float* bias;       // [K, N] (bias_stride N) or [N] (bias_stride 0), or null
+  int64_t bias_stride;
 };
 
 struct DeltaOps {
   const char* name;
-  // y[m, n] += x[m] . W_route(m)[n] for n in [n0, n1) (y zeroed by the caller): each block of base
+  // y[m, n] += x[m] . W_route(m)[n] + bias[route(m)][n] for n in [n0, n1) (y zeroed by the caller): each block of base
   // and delta is read from memory once and reused from cache by every active ticket.
   void (*forward)(const DeltaProblem&, float* y, int64_t n0, int64_t n1);
   // out[n, :] = W_k[n, :] for n in [n0, n1)

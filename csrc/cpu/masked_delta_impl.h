@@ -12,7 +12,8 @@ static constexpr int64_t kDeltaRowBlock = 8;
 
 // rows `rows` (RT of them, one ticket with scale s) x weight rows n..n+RN-1 over columns [c0, c1)
 template <int RT, int RN>
-static void delta_tile(const DeltaProblem& p, const int64_t* rows, const uint32_t* const* mrow, float s, int64_t n, int64_t c0, int64_t c1, float* y) {
+static void delta_tile(const DeltaProblem& p, const int64_t* rows, const uint32_t* const* mrow, float s, const float* bias, int64_t n, int64_t c0, int64_t c1,
+                       float* y) {
   const int64_t C = p.C;
   const float* xr[RT];
   const float* br[RN];
@@ -54,22 +55,24 @@ static void delta_tile(const DeltaProblem& p, const int64_t* rows, const uint32_
       for (int t = 0; t < RT; ++t) acc[t][r] = V::fmadd(xv[t], wv, acc[t][r]);
     }
   }
+  const bool first = c0 == 0 && bias != nullptr;  // the ticket's bias joins the first column block
   RTL_UNROLL
   for (int t = 0; t < RT; ++t)
     RTL_UNROLL
-    for (int r = 0; r < RN; ++r) y[rows[t] * p.N + n + r] += V::reduce(acc[t][r]);
+    for (int r = 0; r < RN; ++r) y[rows[t] * p.N + n + r] += V::reduce(acc[t][r]) + (first ? bias[n + r] : 0.0f);
 }
 
 template <int RT>
 static void delta_rows(const DeltaProblem& p, int64_t k, const int64_t* rows, int64_t nb, int64_t nb_end, int64_t c0, int64_t c1, float* y) {
   const float s = p.scales[k];
+  const float* bias = p.bias != nullptr ? p.bias + k * p.bias_stride : nullptr;
   for (int64_t n = nb; n < nb_end; n += 2) {
     const uint32_t* mrow[2] = {p.bits + (k * p.N + n) * p.words, nullptr};
     if (n + 1 < nb_end) {
       mrow[1] = mrow[0] + p.words;
-      delta_tile<RT, 2>(p, rows, mrow, s, n, c0, c1, y);
+      delta_tile<RT, 2>(p, rows, mrow, s, bias, n, c0, c1, y);
     } else {
-      delta_tile<RT, 1>(p, rows, mrow, s, n, c0, c1, y);
+      delta_tile<RT, 1>(p, rows, mrow, s, bias, n, c0, c1, y);
     }
   }
 }

@@ -31,8 +31,19 @@ def _usable(name: str, x: torch.Tensor) -> ModuleType | None:
     return module
 
 
+_RESOLVED: dict[tuple[str, str, torch.dtype], ModuleType] = {}
+
+
 def resolve(name: str, x: torch.Tensor) -> ModuleType:
-    """The module (``forward``/``backward``) for backend ``name`` on ``x``'s device and dtype."""
+    """The module (``forward``/``backward``) for backend ``name`` on ``x``'s device and dtype (remembered)."""
+    key = (name, x.device.type, x.dtype)
+    module = _RESOLVED.get(key)
+    if module is None:
+        module = _RESOLVED[key] = _resolve(name, x)
+    return module
+
+
+def _resolve(name: str, x: torch.Tensor) -> ModuleType:
     if name == "auto":
         order = ("triton", "reference") if x.device.type == "cuda" else ("cpu", "reference")
         for cand in order:

@@ -11,7 +11,6 @@ import torch
 from ..dispatch.plan import RoutingPlan
 from ..masks.packed import PackedMasks
 from . import extension
-from .masked_delta_reference import add_bias
 from .reference import active_segments
 
 # rows per active ticket up to which the fused kernel beats materialise + torch.mm (bench/merge_bench.py)
@@ -23,6 +22,8 @@ def supports(x: torch.Tensor) -> bool:
 
 
 def _direct(plan: RoutingPlan) -> bool:
+    if plan.num_rows <= DIRECT_ROWS_PER_TICKET:
+        return True
     active = int(np.count_nonzero(np.diff(plan.offsets.numpy())))
     return plan.num_rows <= DIRECT_ROWS_PER_TICKET * max(active, 1)
 
@@ -31,8 +32,8 @@ def forward(x, base, delta, masks: PackedMasks, scales, plan: RoutingPlan, bias)
     ext = extension.load_cpu()
     s = scales.to(torch.float32).contiguous()
     run = ext.delta_forward if _direct(plan) else ext.delta_forward_grouped
-    y = run(x, base, delta, masks.bits.contiguous(), s, plan.perm.contiguous(), plan.offsets.contiguous())
-    return add_bias(y, bias, plan.routes)
+    b = None if bias is None else bias.contiguous()
+    return run(x, base, delta, masks.bits.contiguous(), s, plan.perm.contiguous(), plan.offsets.contiguous(), b)
 
 
 def backward(dy, x, base, delta, masks: PackedMasks, scales, plan: RoutingPlan, need_dx: bool, need_ddelta: bool, need_dscales: bool):

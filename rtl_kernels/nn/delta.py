@@ -79,22 +79,27 @@ class RTLDeltaLinear(RTLLayer):
             self.bias_mask_bits.copy_(pack_masks(bm.to(self.bias_mask_bits.device)).bits)
 
     def ticket_bias(self) -> torch.Tensor | None:
-        """Per-ticket bias ``[K, out]``: ``bias + scale_k · (bias_delta ⊙ m_k)`` (a select, never a multiply by the mask)."""
+        """Per-ticket bias ``[K, out]``: ``bias + scale_k · (bias_delta ⊙ m_k)`` (a select, never a multiply by the mask).
+
+        Without autograd (serving) the result is cached until a parameter or the masks change.
+        """
         if self.bias is None:
             return None
-        m = PackedMasks(self.bias_mask_bits, (self.out_features,)).unpack()
-        return self.bias + self.scales[:, None] * torch.where(m, self.bias_delta, torch.zeros((), dtype=self.bias_delta.dtype))
+        parts = (self.bias, self.bias_delta, self.scales, self.bias_mask_bits)
+        caching = not (torch.is_grad_enabled() and any(t.requires_grad for t in parts))
+        key = tuple((t.data_ptr(), t._version) for t in parts)
+        if caching and getattr(self, "_bias_cache", (None,))[0] == key:
+            return self._bias_cache[1]
+        m = PackedMasks.trusted(self.bias_mask_bits, (self.out_features,)).unpack()
+        out = self.bias + self.scales[:, None] * torch.where(m, self.bias_delta, torch.zeros((), dtype=self.bias_delta.dtype))
+        if caching:
+            self._bias_cache = (key, out.detach())
+        return out
 
     def forward(self, x: torch.Tensor, routes: int | torch.Tensor | RoutingPlan | None = None) -> torch.Tensor:
+        masks = PackedMasks.trusted(self.mask_bits, self.weight.shape)
         return masked_delta_linear(
-            x,
-            self.weight,
-            self.delta,
-            self.packed_masks,
-            self.scales,
-            self._resolve_routes(routes),
-            self.ticket_bias(),
-            backend=self.backend,
+            x, self.weight, self.delta, masks, self.scales, self._resolve_routes(routes), self.ticket_bias(), backend=self.backend
         )
 
     def ticket_weight(self, ticket: int) -> torch.Tensor:
