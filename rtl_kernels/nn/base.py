@@ -37,7 +37,7 @@ class RTLLayer(nn.Module):
 
     @property
     def packed_masks(self) -> PackedMasks:
-        return PackedMasks(self.mask_bits, self.weight.shape)
+        return PackedMasks.trusted(self.mask_bits, self.weight.shape)
 
     def get_masks(self) -> torch.Tensor:
         """Bool masks ``[K, *weight.shape]``."""
