@@ -141,6 +141,21 @@ def _linear_backward(ctx, dy):
 routed_linear_op.register_autograd(_linear_backward, setup_context=_linear_setup)
 
 
+def _no_double_backward(op: str):
+    """Autograd of a backward op: differentiating a gradient again is not supported, and says so."""
+
+    def backward(ctx, *grads):
+        raise NotImplementedError(
+            f"{op}: double backward is not supported (the gradient of a gradient, e.g. torch.autograd.grad(..., "
+            "create_graph=True) followed by another backward); first-order gradients are"
+        )
+
+    return backward
+
+
+routed_linear_backward_op.register_autograd(_no_double_backward("routed_linear"))
+
+
 class _LinearFunction(torch.autograd.Function):
     """Eager fast path: the op's forward and backward without the custom-op dispatch overhead."""
 
@@ -255,6 +270,7 @@ def _conv_backward(ctx, dy):
 
 
 routed_conv2d_op.register_autograd(_conv_backward, setup_context=_conv_setup)
+routed_conv2d_backward_op.register_autograd(_no_double_backward("routed_conv2d"))
 
 
 class _Conv2dFunction(torch.autograd.Function):
