@@ -154,13 +154,14 @@ def _is_pointwise(weight: torch.Tensor, params: ConvParams) -> bool:
 
 
 def _pixels(t: torch.Tensor) -> torch.Tensor:
-    """``[B, C, H, W]`` as ``[B·H·W, C]`` rows (a view for channels_last input)."""
-    return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
+    """``[B, C, H, W]`` as ``[B·H·W, C]`` rows (a view for channels_last input; sizes explicit, as -1 is ambiguous when empty)."""
+    b, c, h, w = t.shape
+    return t.permute(0, 2, 3, 1).reshape(b * h * w, c)
 
 
 def _images(rows: torch.Tensor, like_shape: Sequence[int], fmt: torch.memory_format) -> torch.Tensor:
     b, _, h, w = like_shape
-    return rows.view(b, h, w, -1).permute(0, 3, 1, 2).contiguous(memory_format=fmt)
+    return rows.view(b, h, w, rows.shape[1]).permute(0, 3, 1, 2).contiguous(memory_format=fmt)
 
 
 def _flat_masks(masks: PackedMasks, weight: torch.Tensor) -> PackedMasks:
