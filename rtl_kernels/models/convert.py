@@ -17,6 +17,7 @@ from ..nn.base import RTLLayer, check_num_tickets
 from ..nn.conv import RTLConv2d
 from ..nn.hf_conv1d import RTLConv1DLinear, is_hf_conv1d, is_hf_conv1d_class
 from ..nn.linear import RTLLinear
+from ..nn.transformer import RTLTransformerDecoderLayer, RTLTransformerEncoderLayer
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,13 @@ class ConversionSummary:
         lines += [f"  pruned {name}: {what}" for name, what in self.pruned.items()]
         return "\n".join(lines)
 
+
+# containers swapped for RTL versions that hold the same children and always compute through them;
+# the children are then converted like any other layer
+WRAPPERS: dict[type[nn.Module], Callable[[nn.Module], nn.Module]] = {
+    nn.TransformerEncoderLayer: RTLTransformerEncoderLayer.from_dense,
+    nn.TransformerDecoderLayer: RTLTransformerDecoderLayer.from_dense,
+}
 
 # Parents that read their children's weights directly (not through the child's forward): converting
 # those children would leave the masks unused. parent type -> why
@@ -150,6 +158,24 @@ def _weight_users(model: nn.Module) -> dict[int, list[tuple[int, str]]]:
         for pname, p in module.named_parameters(recurse=False):
             users.setdefault(id(p), []).append((id(module), f"{name}.{pname}" if name else pname))
     return users
+
+
+def _swap_wrappers(model: nn.Module, targets: tuple[type[nn.Module], ...], ignored: Callable[[str], bool]) -> nn.Module:
+    """Swap every transformer layer (see WRAPPERS) not in ``ignore`` for its RTL version, in place; returns the root.
+
+    Only when ``targets`` reach its linear children. An ``nn.TransformerEncoder`` above a swapped layer
+    stops converting its input to a nested tensor (an inference fast path that only dense layers take).
+    """
+    if not any(issubclass(nn.Linear, t) for t in targets):
+        return model
+    swapped = {id(m): WRAPPERS[type(m)](m) for name, m in model.named_modules() if type(m) in WRAPPERS and not ignored(name)}
+    for parent in list(model.modules()):
+        for child_name, child in list(parent._modules.items()):
+            if child is not None and id(child) in swapped:
+                parent._modules[child_name] = swapped[id(child)]
+        if isinstance(parent, nn.TransformerEncoder) and any(id(m) in swapped for m in parent.layers):
+            parent.use_nested_tensor = False
+    return swapped.get(id(model), model)
 
 
 def _check_existing_tickets(model: nn.Module, num_tickets: int) -> None:
@@ -238,6 +264,7 @@ def convert(
         raise TypeError(f"targets: expected nn.Module classes, got {targets!r}")
     ignored = _NameMatcher(ignore)
     _check_existing_tickets(model, num_tickets)
+    model = _swap_wrappers(model, targets, ignored)
     summary = ConversionSummary(total_params=sum(p.numel() for p in model.parameters()))
     opaque = _opaque_children(model)
     users = _weight_users(model)
