@@ -93,11 +93,17 @@ def check_seed(seed: object) -> int:
     return seed
 
 
-def default_scale(weight: torch.Tensor, dist: str) -> float:
-    """±(Kaiming-normal std, fan-in, ReLU gain) for signed_constant (edge-popup); 1.0 for uniform/normal."""
+def default_scale(weight: torch.Tensor, dist: str, axis: int = 0) -> float:
+    """±(Kaiming-normal std, fan-in, ReLU gain) for signed_constant (edge-popup); 1.0 for uniform/normal.
+
+    ``axis`` is the output-feature axis: 1 for HF Conv1D ``[in, out]``, whose fan-in is ``shape[0]``.
+    """
     if dist != "signed_constant":
         return 1.0
-    fan_in = math.prod(weight.shape[1:]) if weight.dim() > 1 else weight.shape[0]
+    if axis == 1:
+        fan_in = weight.shape[0]
+    else:
+        fan_in = math.prod(weight.shape[1:]) if weight.dim() > 1 else weight.shape[0]
     return math.sqrt(2.0) / math.sqrt(max(fan_in, 1))
 
 
@@ -161,8 +167,9 @@ def seeded_(model: nn.Module, seed: int, *, dist: str = "signed_constant", scale
     if not layers:
         raise ValueError("model: expected a converted model with RTL layers (use rtl.convert first), found none")
     for name, layer in layers.items():
-        s = float(scale) if scale is not None else default_scale(layer.weight, dist)
-        apply_spec(layer, SeedSpec(seed=seed, layer_id=layer_id(name), dist=dist, scales=(s,), axis=weight_axis(layer)))
+        axis = weight_axis(layer)
+        s = float(scale) if scale is not None else default_scale(layer.weight, dist, axis)
+        apply_spec(layer, SeedSpec(seed=seed, layer_id=layer_id(name), dist=dist, scales=(s,), axis=axis))
         _zero_biases(layer)
     return model
 
