@@ -28,7 +28,7 @@ from ..models.state import named_rtl_layers, set_masks
 from ..nn.base import RTLLayer
 from ..nn.linear import RTLLinear
 from ..nn.overrides import forward_overrides
-from ..ops.library import routed_linear_backward_op
+from ..ops.library import routed_linear as routed_linear_op
 from ..ops.linear import routed_linear
 from .progress import bar
 from .pruning import SCOPES, keep_counts
@@ -126,7 +126,7 @@ class _MixedLinear(torch.autograd.Function):
         dy = dy.contiguous()
         dx = None
         if ctx.needs_input_grad[0]:
-            dx = routed_linear_backward_op(dy, x, weight, bits, routes, perm, offsets, ctx.backend, True, False)[0]
+            dx = routed_linear_op.backward(dy, x, weight, bits, routes, perm, offsets, None, ctx.backend, needs=(True, False, False))[0]
         dmasks = None
         if ctx.needs_input_grad[1]:
             k_total = bits.shape[0]
