@@ -76,6 +76,9 @@ def save(model: nn.Module, path: str | os.PathLike, *, metadata: dict | None = N
         raise ValueError(f"path: expected a directory (or a new path), got an existing file {out}")
     out.mkdir(parents=True, exist_ok=True)
     tensors, aliases = _weights_state(model)
+    from ..init.seeded import seeded_entries  # seeded weights are stored as their seed, not their values
+
+    seeded = seeded_entries(model, tensors, aliases)
     masks = {name: layer.mask_bits.detach().to("cpu").contiguous() for name, layer in layers.items()}
     meta = {
         "format": FORMAT,
@@ -88,6 +91,7 @@ def save(model: nn.Module, path: str | os.PathLike, *, metadata: dict | None = N
             for name, layer in layers.items()
         },
         "aliases": aliases,
+        "seeded": seeded,
         "metadata": metadata or {},
     }
     _atomic_write(out / WEIGHTS, lambda p: save_file(tensors, p, metadata={"format": FORMAT}))
@@ -128,21 +132,28 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
     layer, every shape, mask padding bits) and builds the full state to copy; only then does
     :func:`_copy_state` write it. Any problem raises :class:`LoadError` and leaves the model untouched.
     """
+    from ..init.seeded import mark_seeded
+
     base = Path(path)
-    state = _checked_state(base, read_metadata(base), model)
+    state, seeded_specs = _checked_state(base, read_metadata(base), model)
     _copy_state(model, state)
+    mark_seeded(named_rtl_layers(model), seeded_specs)
     return model
 
 
-def _checked_state(base: Path, meta: dict, model: nn.Module) -> dict[str, torch.Tensor]:
-    """Everything ``load`` will copy, by state-dict key, after every check passed (nothing is copied here)."""
+def _checked_state(base: Path, meta: dict, model: nn.Module) -> tuple[dict[str, torch.Tensor], dict]:
+    """Everything ``load`` will copy, by state-dict key, after every check passed (nothing is copied here),
+    and the seeds of the layers whose weights were regenerated rather than stored."""
+    from ..init.seeded import regenerate_entries
+
     layers = named_rtl_layers(model)
     _check_layer_map(meta["layers"], layers)
     weights = _load_tensors(base / WEIGHTS)
     masks = _load_tensors(base / MASKS)
-    state = _checked_weights(meta, weights, model)
+    seeded, seeded_specs = regenerate_entries(meta.get("seeded", {}), layers)
+    state = _checked_weights(meta, weights, seeded, model)
     state.update(_checked_masks(masks, layers))
-    return state
+    return state, seeded_specs
 
 
 def _check_layer_map(saved_layers: dict, layers: dict) -> None:
@@ -163,8 +174,10 @@ def _check_layer_map(saved_layers: dict, layers: dict) -> None:
             raise LoadError(f"model: layer {name!r} has weight shape {list(layer.weight.shape)}, the save has {info.get('weight_shape')}")
 
 
-def _checked_weights(meta: dict, weights: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """The saved weights (aliases resolved) by key, checked against the model's keys and shapes."""
+def _checked_weights(
+    meta: dict, weights: dict[str, torch.Tensor], seeded: dict[str, torch.Tensor], model: nn.Module
+) -> dict[str, torch.Tensor]:
+    """The saved weights (aliases resolved, seeded ones regenerated) by key, checked against the model's keys and shapes."""
     aliases = meta.get("aliases", {})
     if not isinstance(aliases, dict):
         raise LoadError(f"path: 'aliases' in {META} is not an object; the save is corrupt")
@@ -172,6 +185,7 @@ def _checked_weights(meta: dict, weights: dict[str, torch.Tensor], model: nn.Mod
         if target not in weights:
             raise LoadError(f"path: alias {alias!r} points to {target!r}, which is not in {WEIGHTS}; the save is corrupt")
         weights[alias] = weights[target]
+    weights.update(seeded)
     state = {k: v for k, v in model.state_dict().items() if not k.endswith(_MASK_SUFFIX)}
     if set(weights) != set(state):
         raise LoadError(
