@@ -76,6 +76,9 @@ def save(model: nn.Module, path: str | os.PathLike, *, metadata: dict | None = N
         raise ValueError(f"path: expected a directory (or a new path), got an existing file {out}")
     out.mkdir(parents=True, exist_ok=True)
     tensors, aliases = _weights_state(model)
+    from ..init.seeded import seeded_entries  # seeded weights are stored as their seed, not their values
+
+    seeded = seeded_entries(model, tensors, aliases)
     masks = {name: layer.mask_bits.detach().to("cpu").contiguous() for name, layer in layers.items()}
     meta = {
         "format": FORMAT,
@@ -88,6 +91,7 @@ def save(model: nn.Module, path: str | os.PathLike, *, metadata: dict | None = N
             for name, layer in layers.items()
         },
         "aliases": aliases,
+        "seeded": seeded,
         "metadata": metadata or {},
     }
     _atomic_write(out / WEIGHTS, lambda p: save_file(tensors, p, metadata={"format": FORMAT}))
@@ -148,6 +152,10 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
         if target not in weights:
             raise LoadError(f"path: alias {alias!r} points to {target!r}, which is not in {WEIGHTS}; the save is corrupt")
         weights[alias] = weights[target]
+    from ..init.seeded import mark_seeded, regenerate_entries
+
+    seeded_weights, seeded_specs = regenerate_entries(meta.get("seeded", {}), layers)
+    weights.update(seeded_weights)
     packed: dict[str, PackedMasks] = {}
     for name, layer in layers.items():
         if name not in masks:
@@ -169,6 +177,7 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
     for name, masks_k in packed.items():
         weights[f"{name}{_MASK_SUFFIX}" if name else _MASK_SUFFIX[1:]] = masks_k.bits
     model.load_state_dict(weights, strict=True)
+    mark_seeded(layers, seeded_specs)
     return model
 
 
