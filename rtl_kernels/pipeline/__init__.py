@@ -6,6 +6,7 @@ partitioners, baselines and metrics.
 """
 
 from .baselines import param_counts, with_num_tickets
+from .grow import add_tickets
 from .imp import TicketSearch, TicketStore, extract_tickets, find_tickets
 from .metrics import binary_scores, classification_report, one_vs_rest, psnr, si_snr, si_snr_improvement
 from .optim import MaskedAdam, masked_step
@@ -16,10 +17,13 @@ from .run import Run, default_run_dir, format_table
 from .schedule import level_schedule, parse_rewind, round_sparsities
 from .similarity import CollapseController, collapse_point, similarity
 from .store import DirStore
+from .training import DivergenceError
 
 __all__ = [
+    "add_tickets",
     "CollapseController",
     "DirStore",
+    "DivergenceError",
     "MaskedAdam",
     "Partition",
     "Recipe",
