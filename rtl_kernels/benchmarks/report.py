@@ -165,6 +165,14 @@ def _timer_method(doc: dict) -> str:
     return ", ".join(sorted(methods)) or "none"
 
 
+def _truncation(doc: dict) -> list[str]:
+    """A line saying the run stopped at its time budget, when it did."""
+    planned = doc.get("cases_planned", len(doc["cases"]))
+    if planned <= len(doc["cases"]):
+        return []
+    return [f"Stopped at its time budget ({doc['config'].get('time_budget_s'):g} s): {len(doc['cases'])} of {planned} cases ran."]
+
+
 def markdown(doc: dict, images: list[str] | None = None, *, link_prefix: str = "", stem: str | None = None) -> str:
     """The Markdown report (also the README snippet); ``link_prefix`` is prepended to the JSON link ``<stem>.json``."""
     stem = stem or run_stem(doc)
@@ -183,6 +191,7 @@ def markdown(doc: dict, images: list[str] | None = None, *, link_prefix: str = "
         f"Probes in the same run: copy bandwidth {p['bandwidth_Bps'] / 1e9:,.1f} GB/s (read + write of {p['copy_bytes'] >> 20} MiB), "
         f"square matmul ({p['matmul_size']}) peak: {peaks}.",
         f"Timer: {_timer_method(doc)}, median of interleaved rounds. Backends timed: {', '.join(doc['backends']['timed']) or 'none'}. Raw figures: [{stem}.json]({link_prefix}{stem}.json).",
+        *_truncation(doc),
         "",
         "#### Median time per call (µs unless marked; best correct masked approach in bold; ✗ = wrong output; — = did not run; "
         "last column: fastest baseline time / fastest of our backends)",

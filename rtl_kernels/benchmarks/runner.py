@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -41,6 +42,7 @@ class RunConfig:
     matmul_size: int = 2048
     tile: tuple[int, int] | None = None
     conv_shape: str | None = None
+    time_budget_s: float | None = None  # stop starting new cases after this many seconds (None: run all)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -169,7 +171,13 @@ def run_benchmark(config: RunConfig, *, progress: bool = False, command: str = "
         from tqdm.auto import tqdm
 
         iterator = tqdm(cases, desc="bench", unit="case")
-    records = [run_case(case, factories, config, probes) for case in iterator]
+    deadline = None if config.time_budget_s is None else time.monotonic() + config.time_budget_s
+    records = []
+    for case in iterator:
+        if deadline is not None and time.monotonic() > deadline:
+            logger.warning("time budget of %.0f s spent: %d of %d cases run", config.time_budget_s, len(records), len(cases))
+            break
+        records.append(run_case(case, factories, config, probes))
     machine = machine_info(device)
     machine["load_average"] = [load_start, _load_average()]  # 1-minute load: others sharing the machine skew timings
     return {
@@ -184,4 +192,5 @@ def run_benchmark(config: RunConfig, *, progress: bool = False, command: str = "
         "backends": {"timed": [n.removeprefix("rtl:") for n in factories if n.startswith("rtl:")], "excluded": excluded},
         "approaches": list(factories),
         "cases": records,
+        "cases_planned": len(cases),
     }

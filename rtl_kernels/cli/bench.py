@@ -95,6 +95,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     t.add_argument("--copy-mib", type=int, default=256, help="size of the bandwidth probe's copy (MiB)")
     t.add_argument("--matmul-size", type=int, default=None, help="side of the matmul probe (default 2048 on CPU, 8192 on GPU)")
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="stop starting new cases after this many seconds and report the ones that ran (default: run every case)",
+    )
     p.add_argument("--out", type=Path, default=Path("bench/results"), help="directory for the result files")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots (they need matplotlib)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -122,6 +129,8 @@ def _command(args: argparse.Namespace) -> str:
         parts.append(f"--clock {args.clock}")
     if args.cpu_flush_mib:
         parts.append(f"--cpu-flush-mib {args.cpu_flush_mib}")
+    if args.time_budget is not None:
+        parts.append(f"--time-budget {args.time_budget:g}")
     return " ".join(parts)
 
 
@@ -160,6 +169,7 @@ def run(args: argparse.Namespace) -> int:
         matmul_size=args.matmul_size or (8192 if device.type == "cuda" else 2048),
         tile=args.tile,
         conv_shape=args.conv_shape,
+        time_budget_s=args.time_budget,
     )
     if args.list:
         factories, excluded = approach_factories(device, compile_mode=args.compile_mode)
