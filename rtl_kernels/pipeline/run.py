@@ -48,6 +48,7 @@ from .training import concat, predict
 
 logger = logging.getLogger(__name__)
 STAGES = ("tickets", "retrain", "eval", "report")
+NUM_CLASSES = {"digits": 10, "mnist": 10, "cifar10": 10}  # plug-in datasets: from their targets
 METHOD_NAMES = {
     "rtl": "RTL (router)",
     "rtl_oracle": "RTL, oracle (routes from labels)",
@@ -154,7 +155,7 @@ class Run:
             self.train = torch.utils.data.TensorDataset(*(t[: r.max_train] for t in self.train.tensors))
         x_train, y_train = self.train.tensors
         x_test, y_test = self.test.tensors
-        self.num_classes = int(max(int(y_train.max()), int(y_test.max()))) + 1
+        self.num_classes = NUM_CLASSES.get(r.dataset) or int(max(int(y_train.max()), int(y_test.max()))) + 1
         self.partition = Partition(r.partition, r.num_tickets, seed=r.seed).fit(x_train, y_train)
         self.train_ids = self.partition.assign(x_train, y_train)
         self.subsets = split(self.train, self.train_ids, r.num_tickets)
