@@ -1,15 +1,19 @@
 """Test configuration shared by every test module.
 
 Without a GPU, Triton kernels run in the interpreter: the variable must be set before Triton is
-first imported, so it is set here, at collection time.
+first imported, so it is set here, at collection time. torch.compile's on-disk caches are per
+test session: a cache shared with another checkout can replay a graph that calls an op with the
+schema it had there (the cache key does not cover custom ops' bodies or backward schemas).
 """
 
 import os
+import tempfile
 
 import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="rtl_inductor_"))
 
 from hypothesis import HealthCheck, settings
 

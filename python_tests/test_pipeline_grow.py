@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 import rtl_kernels as rtl
-from rtl_kernels.pipeline import DivergenceError, add_tickets, find_tickets, joint_retrain
+from rtl_kernels.pipeline import NonFiniteLossError, add_tickets, find_tickets, joint_retrain
 from rtl_kernels.pipeline.imp import extract_tickets
 
 
@@ -56,7 +56,7 @@ def test_find_tickets_nan_subset_names_ticket_and_round_and_leaves_model():
     model, subsets = tiny()
     find_tickets(model, subsets, sparsity=0.3, rounds=1, **ARGS)  # masks that are not all ones
     before = state(model)
-    with pytest.raises(DivergenceError, match=r"find_tickets round 0, epoch 0, ticket 1"):
+    with pytest.raises(NonFiniteLossError, match=r"find_tickets round 0, epoch 0, ticket 1"):
         find_tickets(model, with_nan_subset(subsets, 1), sparsity=0.5, rounds=2, **ARGS)
     assert_same(state(model), before)
 
@@ -66,7 +66,7 @@ def test_joint_retrain_divergence_restores_weights_and_masks(mode):
     model, subsets = tiny()
     find_tickets(model, subsets, sparsity=0.5, rounds=1, **ARGS)
     before = state(model)
-    with pytest.raises(DivergenceError, match=r"joint_retrain epoch \d+, tickets? \[?2"):
+    with pytest.raises(NonFiniteLossError, match=r"joint_retrain epoch \d+, tickets? \[?2"):
         joint_retrain(
             model, with_nan_subset(subsets, 2), epochs=2, loss_fn=F.cross_entropy, lr=1e-2, batch_size=8, mode=mode, progress=False
         )

@@ -10,7 +10,9 @@ from ..dispatch.plan import RoutingPlan
 from ..dispatch.routes import plan_for_rows
 from ..masks.packed import PackedMasks
 from .checks import as_packed_masks, check_bias, check_device, check_float, check_tensor
-from .library import conv_output_size, routed_conv2d_call
+from .define import autocast_inputs
+from .library import conv_output_size
+from .library import routed_conv2d as routed_conv2d_op
 
 
 def _pair(name: str, value: int | tuple[int, ...] | list[int], minimum: int) -> tuple[int, int]:
@@ -64,6 +66,7 @@ def routed_conv2d(
     """
     x = check_tensor("x", x, (3, 4))
     weight = check_tensor("weight", weight, 4)
+    x, weight, bias = autocast_inputs(x, weight, bias)
     check_float("x", x)
     check_float("weight", weight, x)
     check_device("weight", weight, x.device)
@@ -93,7 +96,7 @@ def routed_conv2d(
         )
     plan = plan_for_rows(routes, packed.num_tickets, x.shape[:1], x.device, check=check_routes, what="[B] (the batch size)")
     check_backend_name(backend)
-    y = routed_conv2d_call(
+    y = routed_conv2d_op(
         x, weight.contiguous(), packed.bits, plan.routes, plan.perm, plan.offsets, bias,
         list(stride_p), list(padding_p), list(dilation_p), groups, backend,
     )  # fmt: skip

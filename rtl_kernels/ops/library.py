@@ -1,9 +1,9 @@
 """``torch.library`` custom ops: the boundary that ``torch.compile`` and CUDA graphs see.
 
-Each op takes only tensors and static scalars (the routing plan travels as its three tensors),
-has a fake implementation for tracing, and dispatches to the backend named by the caller
-(``"auto"`` is resolved inside the op, at run time, so tracing never touches kernel loading).
-Autograd is registered on the forward ops; the backward ops are custom ops themselves.
+Each op is one :func:`~rtl_kernels.ops.define.define_routed_op` declaration: a forward body on
+checked tensors and static scalars (the routing plan travels as its three tensors), its fake, and
+a backward body. The bodies dispatch to the backend named by the caller (``"auto"`` is resolved
+inside the op, at run time, so tracing never touches kernel loading).
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import torch
 from ..backends.registry import Call, ConvParams, conv_output_format, resolve_backend
 from ..dispatch.plan import RoutingPlan
 from ..masks.packed import PackedMasks
+from .define import define_routed_op
 
 Tensor = torch.Tensor
-_EMPTY = (0,)
 
 
 def check_route_values(routes: Tensor, num_tickets: int, *, copy: bool = True) -> Tensor:
@@ -62,106 +62,39 @@ def _backend(name: str, op: str, x: Tensor, weight: Tensor, bits: Tensor):
     return resolve_backend(name, Call(op, x.device, x.dtype, int(x.shape[0]), tuple(weight.shape), int(bits.shape[0])))
 
 
-def _wants_grad(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
-    return torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
-
-
-def _or_empty(t: Tensor | None, like: Tensor) -> Tensor:
-    return like.new_empty(_EMPTY) if t is None else t
-
-
-# ----------------------------------------------------------------------------- linear
-
-
-def _linear_forward(x, weight, bits, routes, perm, offsets, bias, backend):
-    masks = PackedMasks.trusted(bits, weight.shape)
-    return _backend(backend, "linear", x, weight, bits).linear_forward(x, weight, masks, _plan(routes, perm, offsets), bias)
-
-
-@torch.library.custom_op("rtl_kernels::routed_linear", mutates_args=())
-def routed_linear_op(
-    x: Tensor, weight: Tensor, bits: Tensor, routes: Tensor, perm: Tensor, offsets: Tensor, bias: Tensor | None, backend: str
-) -> Tensor:
-    return _linear_forward(x, weight, bits, routes, perm, offsets, bias, backend)
-
-
-@routed_linear_op.register_fake
-def _(x, weight, bits, routes, perm, offsets, bias, backend):
-    return x.new_empty((x.shape[0], weight.shape[0]))
-
-
-@torch.library.custom_op("rtl_kernels::routed_linear_backward", mutates_args=())
-def routed_linear_backward_op(
-    dy: Tensor,
-    x: Tensor,
-    weight: Tensor,
-    bits: Tensor,
-    routes: Tensor,
-    perm: Tensor,
-    offsets: Tensor,
-    backend: str,
-    need_dx: bool,
-    need_dw: bool,
-) -> tuple[Tensor, Tensor]:
-    masks = PackedMasks.trusted(bits, weight.shape)
-    chosen = _backend(backend, "linear", x, weight, bits)
-    dx, dw = chosen.linear_backward(dy, x, weight, masks, _plan(routes, perm, offsets), need_dx, need_dw)
-    return _or_empty(dx, x), _or_empty(dw, weight)
-
-
-@routed_linear_backward_op.register_fake
-def _(dy, x, weight, bits, routes, perm, offsets, backend, need_dx, need_dw):
-    dx = torch.empty_like(x) if need_dx else x.new_empty(_EMPTY)
-    dw = torch.empty_like(weight) if need_dw else weight.new_empty(_EMPTY)
-    return dx, dw
-
-
-def _linear_setup(ctx, inputs, output):
-    x, weight, bits, routes, perm, offsets, _bias, backend = inputs
-    ctx.save_for_backward(x, weight, bits, routes, perm, offsets)
-    ctx.backend = backend
-
-
 def _bias_grad(dy: Tensor, dims: tuple[int, ...], dtype: torch.dtype) -> Tensor:
     acc = torch.float64 if dy.dtype == torch.float64 else torch.float32
     return dy.sum(dims, dtype=acc).to(dtype)
 
 
-def _linear_backward(ctx, dy):
-    x, weight, bits, routes, perm, offsets = ctx.saved_tensors
-    need_dx, need_dw, need_db = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[6]
-    dx = dw = db = None
-    if need_dx or need_dw:
-        dx, dw = routed_linear_backward_op(dy.contiguous(), x, weight, bits, routes, perm, offsets, ctx.backend, need_dx, need_dw)
-    if need_db:
-        db = _bias_grad(dy, (0,), weight.dtype)
-    return (dx if need_dx else None), (dw if need_dw else None), None, None, None, None, db, None
+# ----------------------------------------------------------------------------- linear
 
 
-routed_linear_op.register_autograd(_linear_backward, setup_context=_linear_setup)
-
-
-class _LinearFunction(torch.autograd.Function):
-    """Eager fast path: the op's forward and backward without the custom-op dispatch overhead."""
-
-    @staticmethod
-    def forward(ctx, *inputs):
-        _linear_setup(ctx, inputs, None)
-        return _linear_forward(*inputs)
-
-    backward = staticmethod(_linear_backward)
-
-
-def routed_linear_call(
+def _linear_forward(
     x: Tensor, weight: Tensor, bits: Tensor, routes: Tensor, perm: Tensor, offsets: Tensor, bias: Tensor | None, backend: str
 ) -> Tensor:
-    """The custom op when ``torch.compile`` traces; in eager mode the same computation as an
-    autograd.Function, or called directly when no gradient is wanted (inference)."""
-    if torch.compiler.is_compiling():
-        return routed_linear_op(x, weight, bits, routes, perm, offsets, bias, backend)
-    if not _wants_grad(x, weight, bias):
-        return _linear_forward(x, weight, bits, routes, perm, offsets, bias, backend)
-    return _LinearFunction.apply(x, weight, bits, routes, perm, offsets, bias, backend)
+    masks = PackedMasks.trusted(bits, weight.shape)
+    return _backend(backend, "linear", x, weight, bits).linear_forward(x, weight, masks, _plan(routes, perm, offsets), bias)
+
+
+def _linear_fake(x, weight, bits, routes, perm, offsets, bias, backend):
+    return x.new_empty((x.shape[0], weight.shape[0]))
+
+
+def _linear_backward(dy, x, weight, bits, routes, perm, offsets, bias, backend, *, needs):
+    need_dx, need_dw, need_db = needs
+    dx = dw = None
+    if need_dx or need_dw:
+        masks = PackedMasks.trusted(bits, weight.shape)
+        chosen = _backend(backend, "linear", x, weight, bits)
+        dx, dw = chosen.linear_backward(dy.contiguous(), x, weight, masks, _plan(routes, perm, offsets), need_dx, need_dw)
+    return dx, dw, (_bias_grad(dy, (0,), weight.dtype) if need_db else None)
+
+
+routed_linear = define_routed_op(
+    "routed_linear", _linear_forward, fake=_linear_fake, backward=_linear_backward, differentiable=("x", "weight", "bias")
+)
+"""``routed_linear(x[M, Kin], weight, bits, routes, perm, offsets, bias, backend)`` on checked inputs."""
 
 
 # ----------------------------------------------------------------------------- conv2d
@@ -175,14 +108,7 @@ def _conv_params(stride: list[int], padding: list[int], dilation: list[int], gro
     return ConvParams(tuple(stride), tuple(padding), tuple(dilation), groups)
 
 
-def _conv_forward(x, weight, bits, routes, perm, offsets, bias, stride, padding, dilation, groups, backend):
-    masks = PackedMasks.trusted(bits, weight.shape)
-    params = _conv_params(stride, padding, dilation, groups)
-    return _backend(backend, "conv2d", x, weight, bits).conv2d_forward(x, weight, masks, _plan(routes, perm, offsets), bias, params)
-
-
-@torch.library.custom_op("rtl_kernels::routed_conv2d", mutates_args=())
-def routed_conv2d_op(
+def _conv_forward(
     x: Tensor,
     weight: Tensor,
     bits: Tensor,
@@ -196,84 +122,39 @@ def routed_conv2d_op(
     groups: int,
     backend: str,
 ) -> Tensor:
-    return _conv_forward(x, weight, bits, routes, perm, offsets, bias, stride, padding, dilation, groups, backend)
+    masks = PackedMasks.trusted(bits, weight.shape)
+    params = _conv_params(stride, padding, dilation, groups)
+    return _backend(backend, "conv2d", x, weight, bits).conv2d_forward(x, weight, masks, _plan(routes, perm, offsets), bias, params)
 
 
-@routed_conv2d_op.register_fake
-def _(x, weight, bits, routes, perm, offsets, bias, stride, padding, dilation, groups, backend):
+def _conv_fake(x, weight, bits, routes, perm, offsets, bias, stride, padding, dilation, groups, backend):
     h, w = (conv_output_size(x.shape[2 + i], weight.shape[2 + i], stride[i], padding[i], dilation[i]) for i in range(2))
     return x.new_empty((x.shape[0], weight.shape[0], h, w)).contiguous(memory_format=conv_output_format(x))
 
 
-@torch.library.custom_op("rtl_kernels::routed_conv2d_backward", mutates_args=())
-def routed_conv2d_backward_op(
-    dy: Tensor,
-    x: Tensor,
-    weight: Tensor,
-    bits: Tensor,
-    routes: Tensor,
-    perm: Tensor,
-    offsets: Tensor,
-    stride: list[int],
-    padding: list[int],
-    dilation: list[int],
-    groups: int,
-    backend: str,
-    need_dx: bool,
-    need_dw: bool,
-) -> tuple[Tensor, Tensor]:
-    masks = PackedMasks.trusted(bits, weight.shape)
-    params = _conv_params(stride, padding, dilation, groups)
-    plan = _plan(routes, perm, offsets)
-    dx, dw = _backend(backend, "conv2d", x, weight, bits).conv2d_backward(dy, x, weight, masks, plan, params, need_dx, need_dw)
-    return _or_empty(dx, x), _or_empty(dw, weight)
-
-
-@routed_conv2d_backward_op.register_fake
-def _(dy, x, weight, bits, routes, perm, offsets, stride, padding, dilation, groups, backend, need_dx, need_dw):
-    dx = torch.empty_like(x).contiguous(memory_format=conv_output_format(x)) if need_dx else x.new_empty(_EMPTY)
-    dw = torch.empty_like(weight) if need_dw else weight.new_empty(_EMPTY)
-    return dx, dw
-
-
-def _conv_setup(ctx, inputs, output):
-    x, weight, bits, routes, perm, offsets, _bias, stride, padding, dilation, groups, backend = inputs
-    ctx.save_for_backward(x, weight, bits, routes, perm, offsets)
-    ctx.static = (stride, padding, dilation, groups, backend)
-
-
-def _conv_backward(ctx, dy):
-    x, weight, bits, routes, perm, offsets = ctx.saved_tensors
-    need_dx, need_dw, need_db = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[6]
-    dx = dw = db = None
+def _conv_backward(dy, x, weight, bits, routes, perm, offsets, bias, stride, padding, dilation, groups, backend, *, needs):
+    need_dx, need_dw, need_db = needs
+    dx = dw = None
     if need_dx or need_dw:
+        masks = PackedMasks.trusted(bits, weight.shape)
+        params = _conv_params(stride, padding, dilation, groups)
+        chosen = _backend(backend, "conv2d", x, weight, bits)
         dy_c = dy.contiguous(memory_format=conv_output_format(x))
-        dx, dw = routed_conv2d_backward_op(dy_c, x, weight, bits, routes, perm, offsets, *ctx.static, need_dx, need_dw)
-    if need_db:
-        db = _bias_grad(dy, (0, 2, 3), weight.dtype)
-    return (dx if need_dx else None), (dw if need_dw else None), None, None, None, None, db, None, None, None, None, None
+        dx, dw = chosen.conv2d_backward(dy_c, x, weight, masks, _plan(routes, perm, offsets), params, need_dx, need_dw)
+    return dx, dw, (_bias_grad(dy, (0, 2, 3), weight.dtype) if need_db else None)
 
 
-routed_conv2d_op.register_autograd(_conv_backward, setup_context=_conv_setup)
+def _conv_grad_fake(dy, x, weight, bits, routes, perm, offsets, bias, *rest, needs):
+    dx = torch.empty_like(x).contiguous(memory_format=conv_output_format(x))
+    return dx, torch.empty_like(weight), (torch.empty_like(bias) if bias is not None else None)
 
 
-class _Conv2dFunction(torch.autograd.Function):
-    """Eager fast path: the op's forward and backward without the custom-op dispatch overhead."""
-
-    @staticmethod
-    def forward(ctx, *inputs):
-        _conv_setup(ctx, inputs, None)
-        return _conv_forward(*inputs)
-
-    backward = staticmethod(_conv_backward)
-
-
-def routed_conv2d_call(*inputs: object) -> Tensor:
-    """The custom op when ``torch.compile`` traces; in eager mode the same computation as an
-    autograd.Function, or called directly when no gradient is wanted (arguments as for ``routed_conv2d_op``)."""
-    if torch.compiler.is_compiling():
-        return routed_conv2d_op(*inputs)
-    x, weight, bias = inputs[0], inputs[1], inputs[6]
-    if not _wants_grad(x, weight, bias):
-        return _conv_forward(*inputs)
-    return _Conv2dFunction.apply(*inputs)
+routed_conv2d = define_routed_op(
+    "routed_conv2d",
+    _conv_forward,
+    fake=_conv_fake,
+    backward=_conv_backward,
+    differentiable=("x", "weight", "bias"),
+    grad_fake=_conv_grad_fake,
+)
+"""``routed_conv2d(x[B, C, H, W], weight, bits, routes, perm, offsets, bias, stride, padding, dilation, groups, backend)``."""

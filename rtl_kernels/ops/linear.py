@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..backends.registry import check_backend_name
@@ -9,7 +11,8 @@ from ..dispatch.plan import RoutingPlan
 from ..dispatch.routes import plan_for_rows
 from ..masks.packed import PackedMasks
 from .checks import as_packed_masks, check_bias, check_device, check_float, check_tensor
-from .library import routed_linear_call
+from .define import autocast_inputs
+from .library import routed_linear as routed_linear_op
 
 
 def routed_linear(
@@ -37,6 +40,7 @@ def routed_linear(
         raise ValueError(
             f"x: expected last dimension in_features = {weight.shape[1]} (weight is {list(weight.shape)}), got x of shape {list(x.shape)}"
         )
+    x, weight, bias = autocast_inputs(x, weight, bias)
     check_float("x", x)
     check_float("weight", weight, x)
     check_device("weight", weight, x.device)
@@ -44,7 +48,7 @@ def routed_linear(
     packed = as_packed_masks(masks, weight)
     lead = x.shape[:-1]
     plan = plan_for_rows(routes, packed.num_tickets, lead, x.device, check=check_routes)
-    x2 = x.reshape(-1, x.shape[-1]).contiguous()
+    x2 = x.reshape(math.prod(lead), x.shape[-1]).contiguous()  # explicit rows: -1 is ambiguous when in_features = 0
     check_backend_name(backend)
-    y = routed_linear_call(x2, weight.contiguous(), packed.bits, plan.routes, plan.perm, plan.offsets, bias, backend)
+    y = routed_linear_op(x2, weight.contiguous(), packed.bits, plan.routes, plan.perm, plan.offsets, bias, backend)
     return y.reshape(*lead, weight.shape[0])

@@ -299,7 +299,7 @@ def find_tickets(
     are not read and may be None) and keeps every other ticket's mask as it is in the model.
     ``layer_sparsity`` (with ``scope="layer"``) gives named layers their own final sparsity, reached
     on the same schedule: Frankle & Carbin prune the output layer at half the hidden layers' rate.
-    A non-finite loss raises :class:`DivergenceError` naming the ticket, round and epoch; the
+    A non-finite loss raises :class:`NonFiniteLossError` naming the ticket, round and epoch; the
     model is then untouched.
     """
     if schedule not in SCHEDULES:

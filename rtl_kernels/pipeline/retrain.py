@@ -21,8 +21,8 @@ from torch import nn
 from ..models.state import named_rtl_layers
 from .progress import bar
 from .training import (
-    DivergenceError,
     LossFn,
+    NonFiniteLossError,
     OptimizerFactory,
     check_positive,
     check_subsets,
@@ -95,7 +95,7 @@ def joint_retrain(
     A weight outside ticket k's mask never moves on ticket k's steps, and a weight outside the
     union of masks never moves at all; masks are not changed. Adam at ``lr`` (:class:`MaskedAdam`,
     update and moments masked per ticket) unless ``optimizer`` gives a factory ``params -> optimizer``.
-    A non-finite loss raises :class:`DivergenceError` naming the ticket(s) and the epoch, after
+    A non-finite loss raises :class:`NonFiniteLossError` naming the ticket(s) and the epoch, after
     restoring every weight, mask and BatchNorm statistic to its value before the call.
     """
     subsets = check_subsets(subsets)
@@ -118,7 +118,7 @@ def joint_retrain(
         steps = _sequential(subsets, batch_size, gen, masks) if mode == "sequential" else _fused(subsets, batch_size, gen, masks)
         try:
             loss = train_steps(model, opt, steps, loss_fn, f"joint_retrain epoch {epoch}")
-        except DivergenceError:
+        except NonFiniteLossError:
             with torch.no_grad():
                 model.load_state_dict(before)
             model.train(was_training)

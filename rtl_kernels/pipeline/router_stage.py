@@ -11,10 +11,9 @@ import logging
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from ..routers import CentroidRouter, LinearRouter
-from .store import atomic_save
+from .store import atomic_save, read_json, read_tensors
 
 logger = logging.getLogger(__name__)
 CANDIDATES = ("centroid", "linear", "mlp")
@@ -81,10 +80,9 @@ def save_fitted(router: torch.nn.Module, kind: str, info: dict, directory: Path)
 
 def load_fitted(directory: Path) -> tuple[torch.nn.Module, dict] | None:
     """The router saved by :func:`save_fitted` in ``directory``, with its selection record; None when there is none."""
-    config_path, state_path = directory / "router.json", directory / "router.safetensors"
-    if not (config_path.is_file() and state_path.is_file()):
+    config, state = read_json(directory / "router.json"), read_tensors(directory / "router.safetensors")
+    if config is None or state is None:
         return None
-    config = json.loads(config_path.read_text())
     router = build_router(config["kind"], config["num_tickets"], config["in_features"])
-    router.load_state_dict(load_file(str(state_path)))
+    router.load_state_dict(state)
     return router, config["fit"]

@@ -16,7 +16,7 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
 
-class DivergenceError(RuntimeError):
+class NonFiniteLossError(RuntimeError):
     """A non-finite training loss: the message names the stage, the ticket(s) and the round or epoch."""
 
 
@@ -124,7 +124,7 @@ def train_steps(
 ) -> float:
     """Run (batch, routes, update masks) steps; returns the mean loss.
 
-    A non-finite loss raises :class:`DivergenceError` (naming ``where``, the ticket(s) and the
+    A non-finite loss raises :class:`NonFiniteLossError` (naming ``where``, the ticket(s) and the
     step) before its gradient reaches the weights.
     """
     device = next(model.parameters()).device
@@ -134,7 +134,7 @@ def train_steps(
         loss, out = routed_loss(model, batch, routes, loss_fn, device)
         value = float(loss.detach())
         if not math.isfinite(value):
-            raise DivergenceError(
+            raise NonFiniteLossError(
                 f"loss: expected a finite training loss, got {value} in {where}, {_culprits(routes, out)}, step {n} of the epoch "
                 "(NaN/Inf inputs or a learning rate that is too high?); the model was restored to its state before the call"
             )
