@@ -48,6 +48,7 @@ CPU_SPEC = ExtensionSpec(
         "cpu/routed_gemm_avx512.cpp",
         "cpu/routed_conv_generic.cpp",
         "cpu/routed_conv_avx512.cpp",
+        "cpu/masked_delta_binding.cpp",
     ),
 )
 CUDA_SPEC = ExtensionSpec(

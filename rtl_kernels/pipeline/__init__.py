@@ -6,6 +6,7 @@ partitioners, baselines and metrics.
 """
 
 from .baselines import param_counts, with_num_tickets
+from .grow import add_tickets
 from .imp import TicketSearch, TicketStore, extract_tickets, find_tickets
 from .metrics import binary_scores, classification_report, one_vs_rest, psnr, si_snr, si_snr_improvement
 from .optim import MaskedAdam, masked_step
@@ -16,11 +17,14 @@ from .run import Run, default_run_dir, format_table
 from .schedule import level_schedule, parse_rewind, round_sparsities
 from .similarity import CollapseController, collapse_point, similarity
 from .store import DirStore
+from .strong import NonFiniteLossError, find_strong_tickets
 
 __all__ = [
+    "add_tickets",
     "CollapseController",
     "DirStore",
     "MaskedAdam",
+    "NonFiniteLossError",
     "Partition",
     "Recipe",
     "Run",
@@ -32,6 +36,7 @@ __all__ = [
     "collapse_point",
     "default_run_dir",
     "extract_tickets",
+    "find_strong_tickets",
     "find_tickets",
     "format_table",
     "joint_retrain",
