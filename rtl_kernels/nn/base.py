@@ -7,6 +7,7 @@ from torch import nn
 
 from ..dispatch.plan import RoutingPlan
 from ..masks.packed import PackedMasks, ones_bits, pack_masks
+from .scope import current_routes
 
 
 def check_num_tickets(num_tickets: object) -> int:
@@ -29,7 +30,6 @@ class RTLLayer(nn.Module):
     def _init_masks(self, num_tickets: int) -> None:
         check_num_tickets(num_tickets)
         self.register_buffer("mask_bits", ones_bits(num_tickets, self.weight.shape, device=self.weight.device))
-        self._rtl_routes: RoutingPlan | torch.Tensor | int | None = None
 
     @property
     def num_tickets(self) -> int:
@@ -66,8 +66,9 @@ class RTLLayer(nn.Module):
     def _resolve_routes(self, routes: int | torch.Tensor | RoutingPlan | None) -> int | torch.Tensor | RoutingPlan:
         if routes is not None:
             return routes
-        if self._rtl_routes is not None:
-            return self._rtl_routes
+        scoped = current_routes(self)
+        if scoped is not None:
+            return scoped
         if self.num_tickets == 1:
             return 0
         raise ValueError(
