@@ -2,6 +2,7 @@
 // the __mmask16 of a masked load, so masking costs nothing beyond the load itself.
 #include <immintrin.h>
 
+#include "masked_delta_cpu.h"
 #include "routed_cpu.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -25,7 +26,7 @@ struct V {
   static inline vec zero() { return _mm512_setzero_ps(); }
   static inline vec bcast(float f) { return _mm512_set1_ps(f); }
   static inline vec fmadd(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
-  static inline vec mask_fmadd(vec acc, mask m, vec a, vec b) { return _mm512_mask3_fmadd_ps(a, b, acc, m); }
+  static inline vec mask_fmadd(vec acc, mask m, vec a, vec b) { return _mm512_fmadd_ps(a, _mm512_maskz_mov_ps(m, b), acc); }
   static inline vec load(const float* p) { return _mm512_loadu_ps(p); }
   static inline vec load(const uint16_t* p) { return from_bf16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
   static inline vec load_masked(const float* p, uint32_t m) { return _mm512_maskz_loadu_ps(static_cast<__mmask16>(m), p); }
@@ -48,9 +49,11 @@ struct V {
 
 #define RTL_ISA_NS rtl_cpu::avx512
 #include "routed_cpu_impl.h"
+#include "masked_delta_impl.h"
 #undef RTL_ISA_NS
 
 const rtl_cpu::Ops rtl_cpu::kOpsAvx512 = {"avx512", avx512::forward, avx512::grad_x, avx512::grad_w, avx512::materialize, avx512::masked_add};
+const rtl_cpu::DeltaOps rtl_cpu::kDeltaOpsAvx512 = {"avx512", avx512::delta_forward, avx512::delta_materialize, avx512::delta_masked_axpy, avx512::delta_masked_dot};
 
 RTL_TARGET_END
 

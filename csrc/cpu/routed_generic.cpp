@@ -1,5 +1,6 @@
 // Portable instance of the routed kernels (plain C++ on 8-lane arrays that the compiler may
 // vectorise): used on CPUs without AVX2 and as a cross-check of the SIMD instances in tests.
+#include "masked_delta_cpu.h"
 #include "routed_cpu.h"
 
 namespace rtl_cpu::generic {
@@ -33,7 +34,7 @@ struct V {
   }
   static inline vec mask_fmadd(vec acc, uint32_t m, vec a, vec b) {
     for (int i = 0; i < 8; ++i)
-      if ((m >> i) & 1u) acc.v[i] += a.v[i] * b.v[i];
+      acc.v[i] += a.v[i] * (((m >> i) & 1u) ? b.v[i] : 0.0f);
     return acc;
   }
   template <typename T>
@@ -79,6 +80,8 @@ struct V {
 
 #define RTL_ISA_NS rtl_cpu::generic
 #include "routed_cpu_impl.h"
+#include "masked_delta_impl.h"
 #undef RTL_ISA_NS
 
 const rtl_cpu::Ops rtl_cpu::kOpsGeneric = {"generic", generic::forward, generic::grad_x, generic::grad_w, generic::materialize, generic::masked_add};
+const rtl_cpu::DeltaOps rtl_cpu::kDeltaOpsGeneric = {"generic", generic::delta_forward, generic::delta_materialize, generic::delta_masked_axpy, generic::delta_masked_dot};

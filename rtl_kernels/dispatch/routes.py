@@ -13,9 +13,11 @@ from collections.abc import Sequence
 
 import torch
 
-from .plan import RoutingPlan, make_plan
+from .plan import RoutingPlan, check_plan, make_plan
 
+# uint16/32/64 are left out on purpose: torch supports few ops on them (no sort on every device)
 _INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+_INT_NAMES = "uint8, int8, int16, int32 or int64"
 _CHECKS = {"enabled": os.environ.get("RTL_KERNELS_CHECK_ROUTES", "1") != "0"}
 
 
@@ -48,7 +50,7 @@ def validate_route_tensor(routes: object, device: torch.device, name: str = "rou
     if not isinstance(routes, torch.Tensor):
         raise TypeError(f"{name}: expected an int, an integer tensor or a RoutingPlan, got {type(routes).__name__}")
     if routes.dtype not in _INT_DTYPES:
-        raise TypeError(f"{name}: expected an integer tensor (ticket ids), got dtype {routes.dtype}")
+        raise TypeError(f"{name}: expected an integer tensor of dtype {_INT_NAMES} (ticket ids), got dtype {routes.dtype}")
     if routes.device != device:
         raise ValueError(f"{name}: expected a tensor on {device} (the input's device), got one on {routes.device}")
     return routes
@@ -106,6 +108,8 @@ def _expand_plan(plan: RoutingPlan, num_tickets: int, lead_shape: tuple[int, ...
         raise ValueError(f"routes: the RoutingPlan was built for {plan.num_tickets} tickets, this layer has {num_tickets}")
     if plan.routes.device != device:
         raise ValueError(f"routes: expected a RoutingPlan on {device} (the input's device), got one on {plan.routes.device}")
+    if not plan._consistent and not torch.compiler.is_compiling():
+        check_plan(plan, num_tickets)
     n = plan.num_rows
     for prefix in range(len(lead_shape) + 1):
         if math.prod(lead_shape[:prefix]) == n:

@@ -37,7 +37,7 @@ class RTLLayer(nn.Module):
 
     @property
     def packed_masks(self) -> PackedMasks:
-        return PackedMasks(self.mask_bits, self.weight.shape)
+        return PackedMasks.trusted(self.mask_bits, self.weight.shape)
 
     def get_masks(self) -> torch.Tensor:
         """Bool masks ``[K, *weight.shape]``."""
@@ -79,4 +79,5 @@ class RTLLayer(nn.Module):
     def _masked_weight(self, ticket: int) -> torch.Tensor:
         if not 0 <= ticket < self.num_tickets:
             raise ValueError(f"ticket: expected an int in [0, {self.num_tickets}), got {ticket}")
-        return self.weight.detach() * self.packed_masks.select([ticket]).unpack()[0]
+        w = self.weight.detach()
+        return torch.where(self.packed_masks.select([ticket]).unpack()[0], w, torch.zeros((), dtype=w.dtype, device=w.device))

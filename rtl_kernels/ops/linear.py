@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..backends.registry import check_backend_name
@@ -46,7 +48,7 @@ def routed_linear(
     packed = as_packed_masks(masks, weight)
     lead = x.shape[:-1]
     plan = plan_for_rows(routes, packed.num_tickets, lead, x.device, check=check_routes)
-    x2 = x.reshape(-1, x.shape[-1]).contiguous()
+    x2 = x.reshape(math.prod(lead), x.shape[-1]).contiguous()  # explicit rows: -1 is ambiguous when in_features = 0
     check_backend_name(backend)
     y = routed_linear_op(x2, weight.contiguous(), packed.bits, plan.routes, plan.perm, plan.offsets, bias, backend)
     return y.reshape(*lead, weight.shape[0])
