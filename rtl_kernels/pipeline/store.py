@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-    atomic_write(path, lambda tmp: save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata))
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -44,7 +44,7 @@ def read_json(path: Path) -> object | None:
 def atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
     """Write a safetensors file under a temporary name and rename it, so a kill never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-from collections.abc import Sequence
+    atomic_write(path, lambda tmp: save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata))
 
 
 class DirStore:
