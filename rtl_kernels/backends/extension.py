@@ -49,6 +49,9 @@ CPU_SPEC = ExtensionSpec(
         "cpu/routed_conv_generic.cpp",
         "cpu/routed_conv_avx512.cpp",
         "cpu/masked_delta_binding.cpp",
+        "cpu/seeded_generic.cpp",
+        "cpu/seeded_avx2.cpp",
+        "cpu/seeded_avx512.cpp",
     ),
 )
 CUDA_SPEC = ExtensionSpec(
