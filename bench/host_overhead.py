@@ -82,10 +82,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: host overhead, shared machine)")
     parser.add_argument("--seconds", type=float, default=1.0, help="measured seconds per approach (split over 4 rounds)")
+    parser.add_argument(
+        "--clock",
+        choices=("cpu", "wall"),
+        default="cpu",
+        help="cpu: process CPU time (default; one thread, leaves out time descheduled on a loaded machine)",
+    )
     parser.add_argument("--label", default="", help="free text stored with the result (e.g. the commit)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    config = TimerConfig(warmup_s=0.2, min_time_s=args.seconds, min_repeats=50, max_repeats=200_000, rounds=4)
+    config = TimerConfig(warmup_s=0.2, min_time_s=args.seconds, min_repeats=50, max_repeats=200_000, rounds=4, clock=args.clock)
     results = {}
     with torch.inference_mode():
         for cases in (tiny_layer_cases(), decode_cases()):
@@ -102,6 +108,7 @@ def main() -> None:
         "label": args.label,
         "cpu": cpu_model(),
         "threads": args.threads,
+        "clock": args.clock,
         "loadavg_before": os.getloadavg(),
         "torch": torch.__version__,
         "results": results,

@@ -15,9 +15,10 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
+from ..conv_params import ConvParams, conv_output_format
 from ..dispatch.plan import RoutingPlan, block_schedule, make_plan
 from ..masks.packed import PackedMasks, ones_bits
-from .registry import Backend, Call, ConvParams, conv_output_format, register_backend
+from .registry import Backend, Call, register_backend
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ plan is deterministic and dropless (every row appears exactly once).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -18,12 +18,15 @@ class RoutingPlan:
     """Rows grouped by ticket.
 
     ``routes[i]`` is row i's ticket; ``perm`` lists row indices sorted by ticket (stable);
-    ``offsets[k]:offsets[k+1]`` is ticket k's slice of ``perm``.
+    ``offsets[k]:offsets[k+1]`` is ticket k's slice of ``perm``. ``checked`` is True for plans
+    built by :func:`make_plan` (consistent by construction); a hand-built plan is validated once
+    where it enters a routed op or a model.
     """
 
     routes: torch.Tensor  # int64 [M]
     perm: torch.Tensor  # int64 [M]
     offsets: torch.Tensor  # int64 [K + 1]
+    checked: bool = field(default=False, compare=False)
 
     @property
     def num_tickets(self) -> int:
@@ -50,10 +53,11 @@ class RoutingPlan:
             routes=self.routes.repeat_interleave(factor),
             perm=(self.perm.unsqueeze(1) * factor + step).reshape(-1),
             offsets=self.offsets * factor,
+            checked=self.checked,
         )
 
     def to(self, device: torch.device | str) -> RoutingPlan:
-        return RoutingPlan(self.routes.to(device), self.perm.to(device), self.offsets.to(device))
+        return RoutingPlan(self.routes.to(device), self.perm.to(device), self.offsets.to(device), self.checked)
 
 
 # up to this many rows, an eager CPU plan is built with numpy: a few calls instead of a chain of
@@ -70,7 +74,7 @@ def make_plan(routes: torch.Tensor, num_tickets: int) -> RoutingPlan:
     counts.scatter_add_(0, routes, torch.ones_like(routes))
     offsets = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
     perm = torch.argsort(routes, stable=True)
-    return RoutingPlan(routes=routes, perm=perm, offsets=offsets)
+    return RoutingPlan(routes=routes, perm=perm, offsets=offsets, checked=True)
 
 
 def _make_plan_numpy(routes: torch.Tensor, num_tickets: int) -> RoutingPlan:
@@ -78,7 +82,7 @@ def _make_plan_numpy(routes: torch.Tensor, num_tickets: int) -> RoutingPlan:
     offsets = np.zeros(num_tickets + 1, dtype=np.int64)
     np.cumsum(np.bincount(r, minlength=num_tickets), out=offsets[1:])
     perm = np.argsort(r, kind="stable")
-    return RoutingPlan(routes=routes, perm=torch.from_numpy(perm), offsets=torch.from_numpy(offsets))
+    return RoutingPlan(routes=routes, perm=torch.from_numpy(perm), offsets=torch.from_numpy(offsets), checked=True)
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,10 @@ def plan_for_rows(
     what: str = "x.shape[:-1]",
 ) -> RoutingPlan:
     """The plan for ``prod(lead_shape)`` rows, broadcasting ``routes`` over trailing row dims."""
+    if type(routes) is RoutingPlan and routes.checked and len(lead_shape) == 1:  # the per-layer fast path
+        plan = routes
+        if plan.routes.shape[0] == lead_shape[0] and plan.offsets.shape[0] == num_tickets + 1 and plan.routes.device == device:
+            return plan
     lead_shape = tuple(int(s) for s in lead_shape)
     rows = math.prod(lead_shape)
     if isinstance(routes, RoutingPlan):
@@ -106,6 +110,8 @@ def _expand_plan(plan: RoutingPlan, num_tickets: int, lead_shape: tuple[int, ...
         raise ValueError(f"routes: the RoutingPlan was built for {plan.num_tickets} tickets, this layer has {num_tickets}")
     if plan.routes.device != device:
         raise ValueError(f"routes: expected a RoutingPlan on {device} (the input's device), got one on {plan.routes.device}")
+    if not plan.checked:
+        plan = checked_plan(plan)
     n = plan.num_rows
     for prefix in range(len(lead_shape) + 1):
         if math.prod(lead_shape[:prefix]) == n:
@@ -114,3 +120,28 @@ def _expand_plan(plan: RoutingPlan, num_tickets: int, lead_shape: tuple[int, ...
         f"routes: the RoutingPlan covers {n} rows, which is not the size of a prefix of {what} = {list(lead_shape)} "
         "(was it built for a batch of a different size?)"
     )
+
+
+def checked_plan(plan: RoutingPlan) -> RoutingPlan:
+    """A hand-built plan, validated (int64 1-D tensors on one device, offsets partitioning the rows,
+    ``perm`` a permutation whose segments hold each ticket's rows) and marked checked."""
+    routes, perm, offsets = plan.routes, plan.perm, plan.offsets
+    for name, t in (("routes", routes), ("perm", perm), ("offsets", offsets)):
+        if not isinstance(t, torch.Tensor) or t.dtype != torch.int64 or t.dim() != 1:
+            raise TypeError(f"routes: expected a RoutingPlan of 1-D int64 tensors, got {name} {getattr(t, 'dtype', type(t).__name__)}")
+        if t.device != routes.device:
+            raise ValueError(f"routes: expected a RoutingPlan on one device, got {name} on {t.device} and routes on {routes.device}")
+    m, k = routes.shape[0], offsets.shape[0] - 1
+    if k < 1 or perm.shape[0] != m:
+        raise ValueError(
+            f"routes: expected a RoutingPlan with perm of {m} rows and offsets of K + 1 >= 2 entries, got {perm.shape[0]} and {k + 1}"
+        )
+    counts = offsets[1:] - offsets[:-1]
+    if int(offsets[0]) != 0 or int(offsets[-1]) != m or bool((counts < 0).any()):
+        raise ValueError(f"routes: expected RoutingPlan offsets rising from 0 to {m} (rows), got {offsets.tolist()}")
+    if not torch.equal(torch.sort(perm).values, torch.arange(m, device=perm.device)):
+        raise ValueError("routes: expected RoutingPlan.perm to be a permutation of the row ids (each row exactly once)")
+    tickets = torch.repeat_interleave(torch.arange(k, device=routes.device), counts)
+    if not torch.equal(routes[perm], tickets):
+        raise ValueError("routes: expected RoutingPlan.routes to agree with perm and offsets (row perm[i] on the ticket of segment i)")
+    return RoutingPlan(routes, perm, offsets, checked=True)

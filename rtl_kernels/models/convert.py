@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from ..nn.attention import RTLMultiheadAttention
-from ..nn.base import RTLLayer, check_num_tickets
+from ..nn.base import RTLLayer
 from ..nn.conv import RTLConv2d
 from ..nn.hf_conv1d import RTLConv1DLinear, is_hf_conv1d, is_hf_conv1d_class
 from ..nn.linear import RTLLinear
+from ..ops.checks import check_num_tickets
 
 logger = logging.getLogger(__name__)
 

@@ -65,7 +65,7 @@ class RTLMultiheadAttention(RTLLayer):
     def _project(self, x: torch.Tensor, part: slice, routes: Routes) -> torch.Tensor:
         e = self.embed_dim
         rows = slice(part.start * e, part.stop * e)
-        masks = PackedMasks(self.mask_bits[:, rows].contiguous(), (rows.stop - rows.start, e))
+        masks = PackedMasks.trusted(self.mask_bits[:, rows].contiguous(), (rows.stop - rows.start, e))
         bias = None if self.in_proj_bias is None else self.in_proj_bias[rows]
         return routed_linear(x, self.in_proj_weight[rows], masks, routes, bias, backend=self.backend)
 

@@ -7,12 +7,7 @@ from torch import nn
 
 from ..dispatch.plan import RoutingPlan
 from ..masks.packed import PackedMasks, ones_bits, pack_masks
-
-
-def check_num_tickets(num_tickets: object) -> int:
-    if isinstance(num_tickets, bool) or not isinstance(num_tickets, int) or num_tickets < 1:
-        raise ValueError(f"num_tickets: expected a positive int, got {num_tickets!r}")
-    return num_tickets
+from ..ops.checks import check_num_tickets
 
 
 class RTLLayer(nn.Module):
@@ -37,7 +32,7 @@ class RTLLayer(nn.Module):
 
     @property
     def packed_masks(self) -> PackedMasks:
-        return PackedMasks(self.mask_bits, self.weight.shape)
+        return PackedMasks.trusted(self.mask_bits, self.weight.shape)
 
     def get_masks(self) -> torch.Tensor:
         """Bool masks ``[K, *weight.shape]``."""
