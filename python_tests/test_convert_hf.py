@@ -185,6 +185,25 @@ def test_conv1d_layer_matches_masked_addmm_and_grads() -> None:
     assert isinstance(back, Conv1D) and torch.count_nonzero(back.weight) == 0
 
 
+def test_conv1d_layer_sees_mask_writes_that_bypass_the_version_counter() -> None:
+    """Pruning through ``.data`` (or in inference mode) does not bump ``_version``: the next forward must still use it."""
+    torch.manual_seed(7)
+    layer = RTLConv1DLinear.from_dense(Conv1D(6, 4), K)
+    x = torch.randn(3, 4)
+    routes = torch.tensor([0, 1, 2])
+    layer(x, routes)  # fills the transposed-mask cache
+    masks = torch.rand(K, 4, 6) < 0.5
+    version = layer.mask_bits._version
+    layer.mask_bits.data.copy_(rtl.pack_masks(masks).bits)
+    assert layer.mask_bits._version == version  # the write is invisible to a version-keyed cache
+    w, b = layer.weight.detach(), layer.bias.detach()
+    ref = torch.stack([x[i] @ (w * masks[r]) + b for i, r in enumerate(routes.tolist())])
+    torch.testing.assert_close(layer(x, routes).detach(), ref)
+    with torch.inference_mode():
+        layer.mask_bits.data.zero_()
+        torch.testing.assert_close(layer(x, routes), b.expand(3, 6))
+
+
 def test_gpt2_save_load_round_trip(tmp_path) -> None:
     model = rtl.convert(_gpt2(7).eval(), K)
     masks = _random_masks(model, 8)

@@ -190,14 +190,18 @@ def test_multihead_attention_with_separate_kv_dims_is_skipped_with_warning() -> 
     assert "skipped attn.out_proj" in str(summary)
 
 
-def test_transformer_encoder_layer_fast_path_weights_are_skipped() -> None:
+def test_transformer_encoder_layer_converts_unless_ignored_then_its_children_are_skipped() -> None:
     torch.manual_seed(3)
-    model = nn.Sequential(nn.Linear(4, 16), nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True)).eval()
+    dense = nn.Sequential(nn.Linear(4, 16), nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True)).eval()
     x = torch.randn(2, 5, 4)
     with torch.no_grad():
-        ref = model(x)
+        ref = dense(x)
+    converted = rtl.convert(copy.deepcopy(dense), K)
+    assert {"1.linear1", "1.linear2", "1.self_attn", "1.self_attn.out_proj"} <= set(converted.rtl_conversion_summary.converted)
+    with torch.no_grad(), rtl.routing(converted, torch.tensor([1, 2])):
+        torch.testing.assert_close(converted(x), ref, rtol=1e-5, atol=1e-5)
     with pytest.warns(UserWarning, match="parent uses their weights directly"):
-        model = rtl.convert(model, K)
+        model = rtl.convert(dense, K, ignore=["1"])  # the fused fast path reads the children's weights
     summary = model.rtl_conversion_summary
     assert summary.converted == ["0"]
     assert {"1.linear1", "1.linear2", "1.self_attn", "1.self_attn.out_proj"} <= set(summary.skipped)

@@ -33,7 +33,7 @@ ROUTES = torch.tensor([0, 1, 2, 1])
         ),
         ({"x": torch.randn(4, 7)}, ValueError, r"x: expected last dimension in_features = 6.*\[4, 7\]"),
         ({"x": torch.randn(4, 6, dtype=torch.float64), "weight": W}, TypeError, "weight: expected dtype torch.float64"),
-        ({"x": torch.randint(0, 3, (4, 6))}, TypeError, "x: expected dtype float32, float16 or bfloat16, got torch.int64"),
+        ({"x": torch.randint(0, 3, (4, 6))}, TypeError, "x: expected dtype float32, float16, bfloat16 or float64, got torch.int64"),
         ({"weight": torch.randn(5, 6, 1)}, ValueError, r"weight: expected a 2-D tensor, got shape \[5, 6, 1\]"),
         ({"bias": torch.randn(4)}, ValueError, r"bias: expected shape \[5\]"),
         ({"backend": "fastest"}, ValueError, "backend: expected one of"),

@@ -82,6 +82,23 @@ def test_conv_empty_batch_and_single_ticket():
     assert y.shape == (0, 4, 3, 3)
 
 
+@pytest.mark.parametrize("kernel", [(1, 1), (3, 3)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_empty_batch_forward_and_backward_for_pointwise_and_spatial_convs(kernel, channels_last):
+    """An empty batch through a 1×1 conv crashed at the pixel-rows view (pointwise convs take the linear path)."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(0, 3, 5, 5, device=DEVICE).contiguous(memory_format=fmt).requires_grad_()
+    w = torch.randn(4, 3, *kernel, device=DEVICE, requires_grad=True)
+    b = torch.randn(4, device=DEVICE, requires_grad=True)
+    masks = torch.rand(2, *w.shape, device=DEVICE) < 0.5
+    routes = torch.zeros(0, dtype=torch.long, device=DEVICE)
+    y = rtl.routed_conv2d(x, w, masks, routes, b, backend="triton")
+    ref = torch.nn.functional.conv2d(x.detach(), w.detach(), b.detach())
+    assert y.shape == ref.shape and y.dtype == ref.dtype
+    y.sum().backward()
+    assert x.grad.shape == x.shape and torch.equal(w.grad, torch.zeros_like(w)) and torch.equal(b.grad, torch.zeros_like(b))
+
+
 def test_public_conv_autograd_matches_reference_backend():
     gen = torch.Generator().manual_seed(2)
     x = torch.randn(3, 4, 5, 5, generator=gen).to(DEVICE)

@@ -16,39 +16,28 @@ from rtl_kernels.masks.packed import PackedMasks
 routing_mod = importlib.import_module("rtl_kernels.models.routing")  # the package exports a function of that name
 
 
-def test_plans_from_plan_routes_are_checked_and_stay_checked():
+def test_plans_from_plan_routes_are_consistent_and_stay_so():
     plan = rtl.plan_routes(torch.tensor([1, 0, 1]), 2)
-    assert plan.checked
-    assert plan.repeat_rows(3).checked and plan.to("cpu").checked
-    assert not RoutingPlan(plan.routes, plan.perm, plan.offsets).checked
+    assert plan._consistent
+    assert plan.repeat_rows(3)._consistent and plan.to("cpu")._consistent
+    assert not RoutingPlan(plan.routes, plan.perm, plan.offsets)._consistent
 
 
-def test_a_valid_hand_built_plan_is_accepted_and_gives_the_same_output():
+def test_a_hand_built_plan_is_checked_once_per_model_call(monkeypatch):
     torch.manual_seed(0)
-    x, w = torch.randn(4, 6), torch.randn(3, 6)
-    masks = torch.rand(2, 3, 6) < 0.5
-    routes = torch.tensor([1, 0, 1, 0])
-    built = make_plan(routes, 2)
+    model = rtl.convert(nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)), 2)
+    x = torch.randn(4, 6)
+    built = make_plan(torch.tensor([1, 0, 1, 0]), 2)
+    want = rtl.RoutedModel(model)(x, routes=built)
+    calls = []
+    real = routing_mod.check_plan
+    monkeypatch.setattr(routing_mod, "check_plan", lambda plan, k: calls.append(k) or real(plan, k))
     by_hand = RoutingPlan(built.routes.clone(), built.perm.clone(), built.offsets.clone())
-    torch.testing.assert_close(rtl.routed_linear(x, w, masks, by_hand), rtl.routed_linear(x, w, masks, routes))
-
-
-@pytest.mark.parametrize(
-    "perm, offsets, match",
-    [
-        ([0, 0, 1, 3], [0, 2, 4], "permutation"),  # row 0 twice, row 2 never: would silently zero a row
-        ([1, 3, 0, 2], [0, 1, 4], "agree"),  # segments do not hold each ticket's rows
-        ([1, 3, 0, 2], [0, 2, 5], "offsets rising"),
-    ],
-)
-def test_an_inconsistent_hand_built_plan_is_rejected(perm, offsets, match):
-    x, w, masks = torch.randn(4, 6), torch.randn(3, 6), torch.ones(2, 3, 6, dtype=torch.bool)
-    plan = RoutingPlan(torch.tensor([1, 0, 1, 0]), torch.tensor(perm), torch.tensor(offsets))
-    with pytest.raises(ValueError, match=f"routes: .*{match}"):
-        rtl.routed_linear(x, w, masks, plan)
-    model = rtl.convert(nn.Sequential(nn.Linear(6, 3)), 2)
-    with pytest.raises(ValueError, match=f"routes: .*{match}"):
-        rtl.RoutedModel(model)(x, routes=plan)
+    torch.testing.assert_close(rtl.RoutedModel(model)(x, routes=by_hand), want)
+    assert calls == [2]
+    bad = RoutingPlan(built.routes, torch.tensor([0, 0, 1, 3]), built.offsets)  # row 0 twice, row 2 never
+    with pytest.raises(ValueError, match="routes: RoutingPlan.perm: expected a permutation"):
+        rtl.RoutedModel(model)(x, routes=bad)
 
 
 def test_layer_masks_are_trusted_on_the_call_path(monkeypatch):

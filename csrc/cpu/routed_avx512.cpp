@@ -25,7 +25,7 @@ struct V {
   static inline vec zero() { return _mm512_setzero_ps(); }
   static inline vec bcast(float f) { return _mm512_set1_ps(f); }
   static inline vec fmadd(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
-  static inline vec mask_fmadd(vec acc, mask m, vec a, vec b) { return _mm512_mask3_fmadd_ps(a, b, acc, m); }
+  static inline vec mask_fmadd(vec acc, mask m, vec a, vec b) { return _mm512_fmadd_ps(a, _mm512_maskz_mov_ps(m, b), acc); }
   static inline vec load(const float* p) { return _mm512_loadu_ps(p); }
   static inline vec load(const uint16_t* p) { return from_bf16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
   static inline vec load_masked(const float* p, uint32_t m) { return _mm512_maskz_loadu_ps(static_cast<__mmask16>(m), p); }

@@ -5,7 +5,9 @@
 //
 // Traits `V` provide: L (lanes), RT (forward rows per register tile), GR / GCB (grad x: rows x
 // column vectors), WRN / WCB (grad w: weight rows x column vectors), vec, mask (lane mask type), mask_at (mask bits of the L columns at c of a mask row),
-// to_mask (from uint32 bits), zero, bcast, fmadd, mask_fmadd (acc + (m ? a * b : 0)), load (L readable lanes), load_keep (L readable lanes,
+// to_mask (from uint32 bits), zero, bcast, fmadd, mask_fmadd (acc + a * (m ? b : 0): b is selected, so
+// a NaN in b outside m is never read, while a NaN in a propagates as in the dense product with the
+// masked weight, the same on every path: direct, gemm, grouped), load (L readable lanes), load_keep (L readable lanes,
 // zero outside a `mask`), load_masked (only lanes in `m` are read), mask_add (acc + (m ? s : 0)),
 // reduce (horizontal sum), store, store_masked, store_stream (aligned, bypassing the cache) and
 // store_fence (orders streaming stores), copy_keep (raw copy of L lanes, zero outside

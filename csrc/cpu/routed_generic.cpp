@@ -33,7 +33,7 @@ struct V {
   }
   static inline vec mask_fmadd(vec acc, uint32_t m, vec a, vec b) {
     for (int i = 0; i < 8; ++i)
-      if ((m >> i) & 1u) acc.v[i] += a.v[i] * b.v[i];
+      acc.v[i] += a.v[i] * (((m >> i) & 1u) ? b.v[i] : 0.0f);
     return acc;
   }
   template <typename T>

@@ -26,9 +26,19 @@ def active_segments(plan: RoutingPlan) -> list[tuple[int, torch.Tensor]]:
     return [(k, plan.perm[lo:hi]) for k, (lo, hi) in enumerate(zip(offsets[:-1], offsets[1:])) if hi > lo]
 
 
+def ticket_mask(masks: PackedMasks, ticket: int) -> torch.Tensor:
+    return masks.select([ticket]).unpack()[0]
+
+
 def masked_weight(weight: torch.Tensor, masks: PackedMasks, ticket: int, dtype: torch.dtype) -> torch.Tensor:
-    mask = masks.select([ticket]).unpack()[0]
-    return weight.to(dtype) * mask
+    """The ticket's weight, pruned entries selected away (a NaN/Inf stored there is never read, unlike ``weight * mask``)."""
+    w = weight.to(dtype)
+    return torch.where(ticket_mask(masks, ticket), w, torch.zeros((), dtype=dtype, device=w.device))
+
+
+def masked_grad(grad: torch.Tensor, masks: PackedMasks, ticket: int) -> torch.Tensor:
+    """A ticket's weight gradient with pruned entries exactly zero (selected, so NaN from x or dy stays out)."""
+    return torch.where(ticket_mask(masks, ticket), grad, torch.zeros((), dtype=grad.dtype, device=grad.device))
 
 
 def linear_forward(x, weight, masks, plan, bias):
@@ -51,8 +61,7 @@ def linear_backward(dy, x, weight, masks, plan, need_dx, need_dw):
         if need_dx:
             dx[rows] = dy_k @ wk
         if need_dw:
-            mask = masks.select([ticket]).unpack()[0]
-            dw += (dy_k.T @ x[rows].to(acc)) * mask
+            dw += masked_grad(dy_k.T @ x[rows].to(acc), masks, ticket)
     return (dx.to(x.dtype) if need_dx else None), (dw.to(weight.dtype) if need_dw else None)
 
 
@@ -85,8 +94,7 @@ def conv2d_backward(dy, x, weight, masks, plan, params: ConvParams, need_dx, nee
             wk = masked_weight(weight, masks, ticket, acc)
             dx[rows] = torch.nn.grad.conv2d_input(x_k.shape, wk, dy_k, *args)
         if need_dw:
-            mask = masks.select([ticket]).unpack()[0]
-            dw += torch.nn.grad.conv2d_weight(x_k, weight.shape, dy_k, *args) * mask
+            dw += masked_grad(torch.nn.grad.conv2d_weight(x_k, weight.shape, dy_k, *args), masks, ticket)
     if need_dx:
         dx = dx.to(x.dtype).contiguous(memory_format=conv_output_format(x))
     return dx, (dw.to(weight.dtype) if need_dw else None)

@@ -9,6 +9,7 @@ priority for that device.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -62,9 +63,11 @@ _BACKENDS: dict[str, Backend] = {}
 BACKEND_NAMES = ("auto", "triton", "cuda", "cpu", "reference")
 
 
-# resolve_backend's answers: (name, call) -> backend; cleared whenever the set of backends changes
+# resolve_backend's answers: (name, call) -> backend; cleared whenever the set of backends changes.
+# ``_GENERATION`` counts the clears, so an answer computed before a clear is never stored after it.
 _RESOLVED: dict[tuple[str, Call], Backend] = {}
 _RESOLVED_MAX = 4096
+_GENERATION = [0]
 
 
 def register_backend(backend: Backend) -> None:
@@ -75,6 +78,7 @@ def register_backend(backend: Backend) -> None:
 
 def forget_resolved() -> None:
     """Drop remembered backend choices (called when a backend or a compiled extension comes or goes)."""
+    _GENERATION[0] += 1
     _RESOLVED.clear()
 
 
@@ -123,10 +127,12 @@ def resolve_backend(name: str, call: Call) -> Backend:
     cached = _RESOLVED.get((name, call))
     if cached is not None:
         return cached
+    generation = _GENERATION[0]
     backend = _resolve(name, call)
     if len(_RESOLVED) >= _RESOLVED_MAX:
         _RESOLVED.clear()
-    _RESOLVED[(name, call)] = backend
+    if generation == _GENERATION[0]:  # no backend or extension came or went meanwhile (another thread)
+        _RESOLVED[(name, call)] = backend
     return backend
 
 
@@ -151,14 +157,32 @@ def _resolve(name: str, call: Call) -> Backend:
 
 
 _LOADED = False
+_LOAD_LOCK = threading.Lock()
+_IMPORTER: list[int | None] = [None]  # the thread importing the backends right now
 
 
 def _load_builtin_backends() -> None:
-    """Import the backend modules once; each registers itself (optional ones may be absent)."""
+    """Import the backend modules once; each registers itself (optional ones may be absent).
+
+    Thread-safe: a thread that arrives while another is importing waits until every backend is
+    registered (``_LOADED`` turns True only then); a backend module that calls back into the
+    registry while it is imported (same thread) finds the import in progress and returns.
+    """
     global _LOADED
-    if _LOADED:
+    if _LOADED or _IMPORTER[0] == threading.get_ident():
         return
-    _LOADED = True
+    with _LOAD_LOCK:
+        if _LOADED:
+            return
+        _IMPORTER[0] = threading.get_ident()
+        try:
+            _import_builtin_backends()
+        finally:
+            _IMPORTER[0] = None
+        _LOADED = True
+
+
+def _import_builtin_backends() -> None:
     import importlib
 
     for module in ("reference", "triton_backend", "cuda_backend", "cpu_backend"):

@@ -143,7 +143,7 @@ def linear_ticket_grads(dy: torch.Tensor, x: torch.Tensor, plan: RoutingPlan, nu
     kin = x.shape[1]
     if m == 0 or n == 0 or kin == 0:
         return torch.zeros((num_tickets, n, kin), dtype=torch.float32, device=x.device)
-    masks = PackedMasks(ones_bits(num_tickets, (n, kin), x.device), (n, kin))
+    masks = PackedMasks.trusted(ones_bits(num_tickets, (n, kin), x.device), (n, kin))
     return _weight_grad(dy, x, masks, plan, linear_geometry(m, kin, n), torch.float32, per_ticket=True)
 
 
@@ -155,17 +155,18 @@ def _is_pointwise(weight: torch.Tensor, params: ConvParams) -> bool:
 
 
 def _pixels(t: torch.Tensor) -> torch.Tensor:
-    """``[B, C, H, W]`` as ``[B·H·W, C]`` rows (a view for channels_last input)."""
-    return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
+    """``[B, C, H, W]`` as ``[B·H·W, C]`` rows (a view for channels_last input; sizes explicit, as -1 is ambiguous when empty)."""
+    b, c, h, w = t.shape
+    return t.permute(0, 2, 3, 1).reshape(b * h * w, c)
 
 
 def _images(rows: torch.Tensor, like_shape: Sequence[int], fmt: torch.memory_format) -> torch.Tensor:
     b, _, h, w = like_shape
-    return rows.view(b, h, w, -1).permute(0, 3, 1, 2).contiguous(memory_format=fmt)
+    return rows.view(b, h, w, rows.shape[1]).permute(0, 3, 1, 2).contiguous(memory_format=fmt)
 
 
 def _flat_masks(masks: PackedMasks, weight: torch.Tensor) -> PackedMasks:
-    return PackedMasks(masks.bits, (weight.shape[0], weight[0].numel()))
+    return PackedMasks.trusted(masks.bits, (weight.shape[0], weight[0].numel()))
 
 
 def conv2d_forward(
@@ -264,7 +265,7 @@ def warmup(
             has_bias = bool(shape[3]) if len(shape) > 3 else True
             w = torch.randn(n, kin, device=dev, dtype=dtype)
             bias = torch.zeros(n, device=dev, dtype=dtype) if has_bias else None
-            masks = PackedMasks(ones_bits(k, (n, kin), dev), (n, kin))
+            masks = PackedMasks.trusted(ones_bits(k, (n, kin), dev), (n, kin))
             for m in row_list:
                 x = torch.randn(m, kin, device=dev, dtype=dtype)
                 plan = _warm_routes(m, k, dev)
@@ -292,7 +293,7 @@ def _warm_conv(spec: dict, dtype: torch.dtype, row_list: list[int], dev: torch.d
     h, w_ = _pair(spec["input_size"])
     weight = torch.randn(co, ci // groups, kh, kw, device=dev, dtype=dtype)
     bias = torch.zeros(co, device=dev, dtype=dtype) if spec.get("bias", True) else None
-    masks = PackedMasks(ones_bits(k, weight.shape, dev), weight.shape)
+    masks = PackedMasks.trusted(ones_bits(k, weight.shape, dev), weight.shape)
     fmt = torch.channels_last if spec.get("channels_last", True) else torch.contiguous_format
     for b in row_list:
         x = torch.randn(b, ci, h, w_, device=dev, dtype=dtype).contiguous(memory_format=fmt)

@@ -18,15 +18,15 @@ class RoutingPlan:
     """Rows grouped by ticket.
 
     ``routes[i]`` is row i's ticket; ``perm`` lists row indices sorted by ticket (stable);
-    ``offsets[k]:offsets[k+1]`` is ticket k's slice of ``perm``. ``checked`` is True for plans
-    built by :func:`make_plan` (consistent by construction); a hand-built plan is validated once
-    where it enters a routed op or a model.
+    ``offsets[k]:offsets[k+1]`` is ticket k's slice of ``perm``. Plans from :func:`make_plan` (and
+    so ``rtl.plan_routes``) are consistent by construction; a hand-built one is checked once by
+    :func:`check_plan` when first used by an op (a repeated row in ``perm`` would overwrite another).
     """
 
     routes: torch.Tensor  # int64 [M]
     perm: torch.Tensor  # int64 [M]
     offsets: torch.Tensor  # int64 [K + 1]
-    checked: bool = field(default=False, compare=False)
+    _consistent: bool = field(default=False, repr=False, compare=False)  # built by make_plan, or checked
 
     @property
     def num_tickets(self) -> int:
@@ -53,11 +53,11 @@ class RoutingPlan:
             routes=self.routes.repeat_interleave(factor),
             perm=(self.perm.unsqueeze(1) * factor + step).reshape(-1),
             offsets=self.offsets * factor,
-            checked=self.checked,
+            _consistent=self._consistent,
         )
 
     def to(self, device: torch.device | str) -> RoutingPlan:
-        return RoutingPlan(self.routes.to(device), self.perm.to(device), self.offsets.to(device), self.checked)
+        return RoutingPlan(self.routes.to(device), self.perm.to(device), self.offsets.to(device), self._consistent)
 
 
 # up to this many rows, an eager CPU plan is built with numpy: a few calls instead of a chain of
@@ -74,7 +74,7 @@ def make_plan(routes: torch.Tensor, num_tickets: int) -> RoutingPlan:
     counts.scatter_add_(0, routes, torch.ones_like(routes))
     offsets = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
     perm = torch.argsort(routes, stable=True)
-    return RoutingPlan(routes=routes, perm=perm, offsets=offsets, checked=True)
+    return RoutingPlan(routes=routes, perm=perm, offsets=offsets, _consistent=True)
 
 
 def _make_plan_numpy(routes: torch.Tensor, num_tickets: int) -> RoutingPlan:
@@ -82,7 +82,33 @@ def _make_plan_numpy(routes: torch.Tensor, num_tickets: int) -> RoutingPlan:
     offsets = np.zeros(num_tickets + 1, dtype=np.int64)
     np.cumsum(np.bincount(r, minlength=num_tickets), out=offsets[1:])
     perm = np.argsort(r, kind="stable")
-    return RoutingPlan(routes=routes, perm=torch.from_numpy(perm), offsets=torch.from_numpy(offsets), checked=True)
+    return RoutingPlan(routes=routes, perm=torch.from_numpy(perm), offsets=torch.from_numpy(offsets), _consistent=True)
+
+
+def check_plan(plan: RoutingPlan, num_tickets: int) -> None:
+    """Check a hand-built plan (once; reads it on the host): int64 vectors, ``offsets`` rising from 0 to M,
+    ``perm`` a permutation of the rows, and ``routes[perm]`` equal to the tickets the offsets say."""
+    for name in ("routes", "perm", "offsets"):
+        t = getattr(plan, name)
+        if not isinstance(t, torch.Tensor) or t.dtype != torch.int64 or t.dim() != 1:
+            got = f"{t.dtype} of shape {list(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
+            raise TypeError(f"routes: RoutingPlan.{name}: expected a 1-D int64 tensor, got {got}")
+    m = plan.routes.shape[0]
+    if plan.perm.shape[0] != m:
+        raise ValueError(f"routes: RoutingPlan.perm: expected {m} entries (one per row of routes), got {plan.perm.shape[0]}")
+    counts = plan.offsets[1:] - plan.offsets[:-1]
+    if plan.offsets.shape[0] != num_tickets + 1 or int(plan.offsets[0]) != 0 or int(plan.offsets[-1]) != m or bool((counts < 0).any()):
+        raise ValueError(
+            f"routes: RoutingPlan.offsets: expected {num_tickets + 1} values rising from 0 to {m}, got {plan.offsets.tolist()}"
+        )
+    if not torch.equal(torch.sort(plan.perm).values, torch.arange(m, device=plan.perm.device)):
+        raise ValueError("routes: RoutingPlan.perm: expected a permutation of the rows 0..M-1 (each row exactly once), got repeats or gaps")
+    expected = torch.repeat_interleave(torch.arange(num_tickets, device=counts.device), counts)
+    if not torch.equal(plan.routes[plan.perm], expected):
+        raise ValueError(
+            "routes: RoutingPlan.routes: expected routes[perm] to be the tickets the offsets give, got a row on another ticket"
+        )
+    object.__setattr__(plan, "_consistent", True)
 
 
 @dataclass(frozen=True)

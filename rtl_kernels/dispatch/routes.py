@@ -13,9 +13,11 @@ from collections.abc import Sequence
 
 import torch
 
-from .plan import RoutingPlan, make_plan
+from .plan import RoutingPlan, check_plan, make_plan
 
+# uint16/32/64 are left out on purpose: torch supports few ops on them (no sort on every device)
 _INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+_INT_NAMES = "uint8, int8, int16, int32 or int64"
 _CHECKS = {"enabled": os.environ.get("RTL_KERNELS_CHECK_ROUTES", "1") != "0"}
 
 
@@ -48,7 +50,7 @@ def validate_route_tensor(routes: object, device: torch.device, name: str = "rou
     if not isinstance(routes, torch.Tensor):
         raise TypeError(f"{name}: expected an int, an integer tensor or a RoutingPlan, got {type(routes).__name__}")
     if routes.dtype not in _INT_DTYPES:
-        raise TypeError(f"{name}: expected an integer tensor (ticket ids), got dtype {routes.dtype}")
+        raise TypeError(f"{name}: expected an integer tensor of dtype {_INT_NAMES} (ticket ids), got dtype {routes.dtype}")
     if routes.device != device:
         raise ValueError(f"{name}: expected a tensor on {device} (the input's device), got one on {routes.device}")
     return routes
@@ -87,7 +89,7 @@ def plan_for_rows(
     what: str = "x.shape[:-1]",
 ) -> RoutingPlan:
     """The plan for ``prod(lead_shape)`` rows, broadcasting ``routes`` over trailing row dims."""
-    if type(routes) is RoutingPlan and routes.checked and len(lead_shape) == 1:  # the per-layer fast path
+    if type(routes) is RoutingPlan and routes._consistent and len(lead_shape) == 1:  # the per-layer fast path
         plan = routes
         if plan.routes.shape[0] == lead_shape[0] and plan.offsets.shape[0] == num_tickets + 1 and plan.routes.device == device:
             return plan
@@ -110,8 +112,8 @@ def _expand_plan(plan: RoutingPlan, num_tickets: int, lead_shape: tuple[int, ...
         raise ValueError(f"routes: the RoutingPlan was built for {plan.num_tickets} tickets, this layer has {num_tickets}")
     if plan.routes.device != device:
         raise ValueError(f"routes: expected a RoutingPlan on {device} (the input's device), got one on {plan.routes.device}")
-    if not plan.checked:
-        plan = checked_plan(plan)
+    if not plan._consistent and not torch.compiler.is_compiling():
+        check_plan(plan, num_tickets)
     n = plan.num_rows
     for prefix in range(len(lead_shape) + 1):
         if math.prod(lead_shape[:prefix]) == n:
@@ -120,28 +122,3 @@ def _expand_plan(plan: RoutingPlan, num_tickets: int, lead_shape: tuple[int, ...
         f"routes: the RoutingPlan covers {n} rows, which is not the size of a prefix of {what} = {list(lead_shape)} "
         "(was it built for a batch of a different size?)"
     )
-
-
-def checked_plan(plan: RoutingPlan) -> RoutingPlan:
-    """A hand-built plan, validated (int64 1-D tensors on one device, offsets partitioning the rows,
-    ``perm`` a permutation whose segments hold each ticket's rows) and marked checked."""
-    routes, perm, offsets = plan.routes, plan.perm, plan.offsets
-    for name, t in (("routes", routes), ("perm", perm), ("offsets", offsets)):
-        if not isinstance(t, torch.Tensor) or t.dtype != torch.int64 or t.dim() != 1:
-            raise TypeError(f"routes: expected a RoutingPlan of 1-D int64 tensors, got {name} {getattr(t, 'dtype', type(t).__name__)}")
-        if t.device != routes.device:
-            raise ValueError(f"routes: expected a RoutingPlan on one device, got {name} on {t.device} and routes on {routes.device}")
-    m, k = routes.shape[0], offsets.shape[0] - 1
-    if k < 1 or perm.shape[0] != m:
-        raise ValueError(
-            f"routes: expected a RoutingPlan with perm of {m} rows and offsets of K + 1 >= 2 entries, got {perm.shape[0]} and {k + 1}"
-        )
-    counts = offsets[1:] - offsets[:-1]
-    if int(offsets[0]) != 0 or int(offsets[-1]) != m or bool((counts < 0).any()):
-        raise ValueError(f"routes: expected RoutingPlan offsets rising from 0 to {m} (rows), got {offsets.tolist()}")
-    if not torch.equal(torch.sort(perm).values, torch.arange(m, device=perm.device)):
-        raise ValueError("routes: expected RoutingPlan.perm to be a permutation of the row ids (each row exactly once)")
-    tickets = torch.repeat_interleave(torch.arange(k, device=routes.device), counts)
-    if not torch.equal(routes[perm], tickets):
-        raise ValueError("routes: expected RoutingPlan.routes to agree with perm and offsets (row perm[i] on the ticket of segment i)")
-    return RoutingPlan(routes, perm, offsets, checked=True)

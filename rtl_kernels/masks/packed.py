@@ -54,6 +54,12 @@ class PackedMasks:
             )
         if bits.shape[0] < 1:
             raise ValueError("bits: expected at least one ticket (K >= 1), got K = 0")
+        set_padding = padding_bits_set(bits, cols)
+        if set_padding:
+            raise ValueError(
+                f"bits: expected zero padding bits past column {cols} of each row, got {set_padding} set "
+                "(a corrupt or hand-built mask; padding bits would count as kept weights)"
+            )
         self.bits = bits
         self.weight_shape = shape
 
@@ -91,12 +97,12 @@ class PackedMasks:
         return self.count().to(torch.float32) / numel
 
     def to(self, device: torch.device | str) -> PackedMasks:
-        return PackedMasks(self.bits.to(device), self.weight_shape)
+        return PackedMasks.trusted(self.bits.to(device), self.weight_shape)
 
     def select(self, tickets: Sequence[int] | torch.Tensor) -> PackedMasks:
         """The masks of the given tickets, in that order."""
         index = torch.as_tensor(tickets, dtype=torch.long, device=self.bits.device)
-        return PackedMasks(self.bits.index_select(0, index), self.weight_shape)
+        return PackedMasks.trusted(self.bits.index_select(0, index), self.weight_shape)
 
     def nbytes(self) -> int:
         return self.bits.numel() * self.bits.element_size()
@@ -121,6 +127,21 @@ def popcount(words: torch.Tensor) -> torch.Tensor:
     return ((v * 0x01010101) & 0xFFFFFFFF) >> 24
 
 
+def padding_word(cols: int) -> int:
+    """The int32 value whose set bits are the padding bits of a row's last word (0 when ``cols`` fills it)."""
+    tail = cols % WORD_BITS
+    # bits tail..31 set; bit 31 makes it negative as an int32
+    return 0 if tail == 0 else -(1 << tail)
+
+
+def padding_bits_set(bits: torch.Tensor, cols: int) -> int:
+    """How many padding bits (past column ``cols``) are set in ``bits`` ``[K, rows, words]``; 0 for valid masks."""
+    pad = padding_word(cols)
+    if pad == 0 or bits.numel() == 0:
+        return 0
+    return int(popcount(bits[:, :, -1] & pad).sum())
+
+
 def pack_masks(masks: torch.Tensor) -> PackedMasks:
     """Pack a bool tensor ``[K, *weight_shape]`` into :class:`PackedMasks` (on the same device)."""
     if isinstance(masks, PackedMasks):
@@ -140,7 +161,7 @@ def pack_masks(masks: torch.Tensor) -> PackedMasks:
     if pad:
         flat = torch.nn.functional.pad(flat, (0, pad))
     words = (flat.reshape(k, rows, n_words, WORD_BITS) * _bit_weights(masks.device)).sum(dim=-1, dtype=torch.int32)
-    return PackedMasks(words.contiguous(), weight_shape)
+    return PackedMasks.trusted(words.contiguous(), weight_shape)
 
 
 def ones_bits(num_tickets: int, weight_shape: Sequence[int], device: torch.device | str | None = None) -> torch.Tensor:

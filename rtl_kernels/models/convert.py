@@ -8,13 +8,16 @@ import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
+from torch.nn.utils import prune
 
 from ..nn.attention import RTLMultiheadAttention
 from ..nn.base import RTLLayer
 from ..nn.conv import RTLConv2d
 from ..nn.hf_conv1d import RTLConv1DLinear, is_hf_conv1d, is_hf_conv1d_class
 from ..nn.linear import RTLLinear
+from ..nn.transformer import RTLTransformerDecoderLayer, RTLTransformerEncoderLayer
 from ..ops.checks import check_num_tickets
 
 logger = logging.getLogger(__name__)
@@ -37,6 +40,7 @@ class ConversionSummary:
     total_params: int = 0
     layer_types: dict[str, str] = field(default_factory=dict)  # converted name -> RTL class name
     tied: dict[str, str] = field(default_factory=dict)  # converted name -> where its weight is also used
+    pruned: dict[str, str] = field(default_factory=dict)  # converted name -> what became of its torch prune mask
 
     @property
     def coverage(self) -> float:
@@ -52,6 +56,7 @@ class ConversionSummary:
             "total_params": self.total_params,
             "layer_types": dict(self.layer_types),
             "tied": dict(self.tied),
+            "pruned": dict(self.pruned),
         }
 
     def __str__(self) -> str:
@@ -61,8 +66,16 @@ class ConversionSummary:
         ]
         lines += [f"  skipped {name}: {why}" for name, why in self.skipped.items()]
         lines += [f"  tied {name}: {where}" for name, where in self.tied.items()]
+        lines += [f"  pruned {name}: {what}" for name, what in self.pruned.items()]
         return "\n".join(lines)
 
+
+# containers swapped for RTL versions that hold the same children and always compute through them;
+# the children are then converted like any other layer
+WRAPPERS: dict[type[nn.Module], Callable[[nn.Module], nn.Module]] = {
+    nn.TransformerEncoderLayer: RTLTransformerEncoderLayer.from_dense,
+    nn.TransformerDecoderLayer: RTLTransformerDecoderLayer.from_dense,
+}
 
 # Parents that read their children's weights directly (not through the child's forward): converting
 # those children would leave the masks unused. parent type -> why
@@ -78,21 +91,29 @@ MHA_BLOCKED = (
 )
 
 
-def _name_matcher(ignore: Iterable[str]) -> Callable[[str], bool]:
-    if isinstance(ignore, str):
-        ignore = (ignore,)
-    exact, patterns = set(), []
-    for item in ignore:
-        if not isinstance(item, str):
-            raise TypeError(f"ignore: expected module names or 're:' patterns (str), got {type(item).__name__}")
-        if item.startswith("re:"):
+class _NameMatcher:
+    """``ignore`` entries (module names or ``re:`` patterns, full match), remembering which ever matched."""
+
+    def __init__(self, ignore: Iterable[str]) -> None:
+        if isinstance(ignore, str):
+            ignore = (ignore,)
+        self.entries: dict[str, re.Pattern | None] = {}
+        for item in ignore:
+            if not isinstance(item, str):
+                raise TypeError(f"ignore: expected module names or 're:' patterns (str), got {type(item).__name__}")
             try:
-                patterns.append(re.compile(item[3:]))
+                self.entries[item] = re.compile(item[3:]) if item.startswith("re:") else None
             except re.error as exc:
                 raise ValueError(f"ignore: invalid regular expression {item!r}: {exc}") from None
-        else:
-            exact.add(item)
-    return lambda name: name in exact or any(p.fullmatch(name) for p in patterns)
+        self.used: set[str] = set()
+
+    def __call__(self, name: str) -> bool:
+        hits = [item for item, pattern in self.entries.items() if (name == item if pattern is None else pattern.fullmatch(name))]
+        self.used.update(hits)
+        return bool(hits)
+
+    def unused(self) -> list[str]:
+        return [item for item in self.entries if item not in self.used]
 
 
 def _converter_for(module: nn.Module) -> Callable[[nn.Module, int], RTLLayer] | None:
@@ -140,6 +161,37 @@ def _weight_users(model: nn.Module) -> dict[int, list[tuple[int, str]]]:
     return users
 
 
+def _swap_wrappers(model: nn.Module, targets: tuple[type[nn.Module], ...], ignored: Callable[[str], bool]) -> nn.Module:
+    """Swap every transformer layer (see WRAPPERS) not in ``ignore`` for its RTL version, in place; returns the root.
+
+    Only when ``targets`` reach its linear children. An ``nn.TransformerEncoder`` above a swapped layer
+    stops converting its input to a nested tensor (an inference fast path that only dense layers take).
+    """
+    if not any(issubclass(nn.Linear, t) for t in targets):
+        return model
+    swapped = {id(m): WRAPPERS[type(m)](m) for name, m in model.named_modules() if type(m) in WRAPPERS and not ignored(name)}
+    for parent in list(model.modules()):
+        for child_name, child in list(parent._modules.items()):
+            if child is not None and id(child) in swapped:
+                parent._modules[child_name] = swapped[id(child)]
+        if isinstance(parent, nn.TransformerEncoder) and any(id(m) in swapped for m in parent.layers):
+            parent.use_nested_tensor = False
+    return swapped.get(id(model), model)
+
+
+def _check_existing_tickets(model: nn.Module, num_tickets: int) -> None:
+    """A model that already holds RTL layers can only be converted further with the same K."""
+    other = {
+        name or "<root>": m.num_tickets for name, m in model.named_modules() if isinstance(m, RTLLayer) and m.num_tickets != num_tickets
+    }
+    if other:
+        first = next(iter(other))
+        raise ValueError(
+            f"num_tickets: expected {next(iter(other.values()))} (the K of the RTL layers already in the model, e.g. {first!r}), "
+            f"got {num_tickets}; convert a fresh copy of the dense model for a different K"
+        )
+
+
 def _skip_reason(
     module: nn.Module, name: str, opaque: dict[str, str], ignored: Callable[[str], bool], filter_fn: Callable[[nn.Module, str], bool] | None
 ) -> str | None:
@@ -152,9 +204,32 @@ def _skip_reason(
         return "filter_fn returned False"
     if _converter_for(module) is None:
         return f"no RTL layer for {type(module).__name__}"
+    if pruned_tensors(module) - {"weight"}:
+        return f"torch.nn.utils.prune reparametrizes {sorted(pruned_tensors(module) - {'weight'})}; RTL masks cover only the weight"
     if isinstance(module, nn.MultiheadAttention) and not module._qkv_same_embed_dim:
         return "nn.MultiheadAttention with kdim/vdim != embed_dim (separate q/k/v weights) has no RTL layer"
     return None
+
+
+def pruned_tensors(module: nn.Module) -> set[str]:
+    """Names of the tensors ``torch.nn.utils.prune`` reparametrizes on ``module`` (``weight`` -> ``weight_orig * weight_mask``)."""
+    return {hook._tensor_name for hook in module._forward_pre_hooks.values() if isinstance(hook, prune.BasePruningMethod)}
+
+
+def absorb_weight_pruning(module: nn.Module) -> torch.Tensor | None:
+    """Undo ``torch.nn.utils.prune`` on ``module.weight`` without baking it in: ``weight_orig`` (the same
+    Parameter) becomes ``weight`` again and the bool mask is returned (None when the weight is not pruned)."""
+    if "weight" not in pruned_tensors(module):
+        return None
+    mask = module.weight_mask.detach().to(torch.bool)
+    orig = module.weight_orig
+    for key, hook in list(module._forward_pre_hooks.items()):
+        if isinstance(hook, prune.BasePruningMethod) and hook._tensor_name == "weight":
+            del module._forward_pre_hooks[key]
+    del module._parameters["weight_orig"], module._buffers["weight_mask"]
+    delattr(module, "weight")  # the plain tensor the hook computed
+    module.weight = orig
+    return mask
 
 
 def convert(
@@ -175,6 +250,12 @@ def convert(
     Parameters, so optimizers built before stay valid. The :class:`ConversionSummary` (layers
     converted, parameters covered, layers skipped and why, tied weights) is logged and kept as
     ``model.rtl_conversion_summary``.
+
+    With all-ones masks the converted model computes what the original did up to float rounding
+    (kernels may sum in another order). A model that already holds RTL layers may be converted
+    further only with the same K (``ValueError`` otherwise); an ``ignore`` entry that matches no
+    module warns; a weight pruned with ``torch.nn.utils.prune`` keeps its Parameter (``weight_orig``)
+    and its prune mask becomes every ticket's mask (see ``summary.pruned``).
     """
     check_num_tickets(num_tickets)
     if not isinstance(model, nn.Module):
@@ -182,7 +263,9 @@ def convert(
     targets = tuple(targets) if isinstance(targets, Iterable) else (targets,)
     if not all(isinstance(t, type) and issubclass(t, nn.Module) for t in targets):
         raise TypeError(f"targets: expected nn.Module classes, got {targets!r}")
-    ignored = _name_matcher(ignore)
+    ignored = _NameMatcher(ignore)
+    _check_existing_tickets(model, num_tickets)
+    model = _swap_wrappers(model, targets, ignored)
     summary = ConversionSummary(total_params=sum(p.numel() for p in model.parameters()))
     opaque = _opaque_children(model)
     users = _weight_users(model)
@@ -206,7 +289,13 @@ def convert(
             if isinstance(module, nn.MultiheadAttention):
                 blocked[name] = f"{MHA_BLOCKED} ({name or '<root>'!r}: {reason})"
             continue
+        prune_mask = absorb_weight_pruning(module)
         layer = replaced[id(module)] = _converter_for(module)(module, num_tickets)
+        if prune_mask is not None:
+            layer.set_masks(prune_mask.expand(num_tickets, *prune_mask.shape))
+            summary.pruned[name or "<root>"] = (
+                f"torch.nn.utils.prune mask (density {float(prune_mask.float().mean()):.3f}) became every ticket's mask"
+            )
         label = name or "<root>"
         for sub_name, sub in layer.named_modules():  # the layer and RTL children it made (out_proj)
             if not isinstance(sub, RTLLayer):
@@ -235,6 +324,8 @@ def convert(
         for child_name, child in list(parent._modules.items()):
             if child is not None and id(child) in replaced:
                 parent._modules[child_name] = replaced[id(child)]
+    for item in ignored.unused():
+        warnings.warn(f"rtl.convert: ignore entry {item!r} matched no module (check the name or pattern)", stacklevel=2)
     if not summary.converted:
         existing = sum(isinstance(m, RTLLayer) for m in root.modules())
         note = f"; {existing} RTL layers already in it" if existing else ""

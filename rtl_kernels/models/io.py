@@ -76,6 +76,9 @@ def save(model: nn.Module, path: str | os.PathLike, *, metadata: dict | None = N
         raise ValueError(f"path: expected a directory (or a new path), got an existing file {out}")
     out.mkdir(parents=True, exist_ok=True)
     tensors, aliases = _weights_state(model)
+    from ..init.seeded import seeded_entries  # seeded weights are stored as their seed, not their values
+
+    seeded = seeded_entries(model, tensors, aliases)
     masks = {name: layer.mask_bits.detach().to("cpu").contiguous() for name, layer in layers.items()}
     meta = {
         "format": FORMAT,
@@ -88,6 +91,7 @@ def save(model: nn.Module, path: str | os.PathLike, *, metadata: dict | None = N
             for name, layer in layers.items()
         },
         "aliases": aliases,
+        "seeded": seeded,
         "metadata": metadata or {},
     }
     _atomic_write(out / WEIGHTS, lambda p: save_file(tensors, p, metadata={"format": FORMAT}))
@@ -124,12 +128,36 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
 def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
     """Load a save into ``model`` (converted the same way, same K); returns the model.
 
-    Everything is checked before anything is copied, so a mismatch leaves the model untouched.
+    Two phases: :func:`_checked_state` reads and checks everything (files, layer map, K of every
+    layer, every shape, mask padding bits) and builds the full state to copy; only then does
+    :func:`_copy_state` write it. Any problem raises :class:`LoadError` and leaves the model untouched.
     """
+    from ..init.seeded import mark_seeded
+
     base = Path(path)
-    meta = read_metadata(base)
+    state, seeded_specs = _checked_state(base, read_metadata(base), model)
+    _copy_state(model, state)
+    mark_seeded(named_rtl_layers(model), seeded_specs)
+    return model
+
+
+def _checked_state(base: Path, meta: dict, model: nn.Module) -> tuple[dict[str, torch.Tensor], dict]:
+    """Everything ``load`` will copy, by state-dict key, after every check passed (nothing is copied here),
+    and the seeds of the layers whose weights were regenerated rather than stored."""
+    from ..init.seeded import regenerate_entries
+
     layers = named_rtl_layers(model)
-    saved_layers: dict = meta["layers"]
+    _check_layer_map(meta["layers"], layers)
+    weights = _load_tensors(base / WEIGHTS)
+    masks = _load_tensors(base / MASKS)
+    seeded, seeded_specs = regenerate_entries(meta.get("seeded", {}), layers)
+    state = _checked_weights(meta, weights, seeded, model)
+    state.update(_checked_masks(masks, layers))
+    return state, seeded_specs
+
+
+def _check_layer_map(saved_layers: dict, layers: dict) -> None:
+    """The model's RTL layers are the saved ones, with the same K and weight shapes."""
     missing, unexpected = sorted(set(saved_layers) - set(layers)), sorted(set(layers) - set(saved_layers))
     if missing or unexpected:
         raise LoadError(
@@ -138,38 +166,66 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
         )
     for name, info in saved_layers.items():
         layer = layers[name]
+        if not isinstance(info, dict):
+            raise LoadError(f"path: {META} entry for layer {name!r} is not an object; the save is corrupt")
         if info.get("num_tickets") != layer.num_tickets:
             raise LoadError(f"model: layer {name!r} has {layer.num_tickets} tickets, the save has {info.get('num_tickets')}")
         if list(info.get("weight_shape", [])) != list(layer.weight.shape):
             raise LoadError(f"model: layer {name!r} has weight shape {list(layer.weight.shape)}, the save has {info.get('weight_shape')}")
-    weights = _load_tensors(base / WEIGHTS)
-    masks = _load_tensors(base / MASKS)
-    for alias, target in meta.get("aliases", {}).items():
+
+
+def _checked_weights(
+    meta: dict, weights: dict[str, torch.Tensor], seeded: dict[str, torch.Tensor], model: nn.Module
+) -> dict[str, torch.Tensor]:
+    """The saved weights (aliases resolved, seeded ones regenerated) by key, checked against the model's keys and shapes."""
+    aliases = meta.get("aliases", {})
+    if not isinstance(aliases, dict):
+        raise LoadError(f"path: 'aliases' in {META} is not an object; the save is corrupt")
+    for alias, target in aliases.items():
         if target not in weights:
             raise LoadError(f"path: alias {alias!r} points to {target!r}, which is not in {WEIGHTS}; the save is corrupt")
         weights[alias] = weights[target]
-    packed: dict[str, PackedMasks] = {}
-    for name, layer in layers.items():
-        if name not in masks:
-            raise LoadError(f"path: {MASKS} has no masks for layer {name!r}; the save is corrupt")
-        try:
-            packed[name] = PackedMasks(masks[name], layer.weight.shape)
-        except (TypeError, ValueError) as exc:
-            raise LoadError(f"path: masks for layer {name!r} are malformed: {exc}") from None
-    expected = {k for k in model.state_dict() if not k.endswith(_MASK_SUFFIX)}
-    if set(weights) != expected:
+    weights.update(seeded)
+    state = {k: v for k, v in model.state_dict().items() if not k.endswith(_MASK_SUFFIX)}
+    if set(weights) != set(state):
         raise LoadError(
-            f"model: state dict keys do not match the save (in the save only: {sorted(set(weights) - expected)[:8]}; "
-            f"in the model only: {sorted(expected - set(weights))[:8]})"
+            f"model: state dict keys do not match the save (in the save only: {sorted(set(weights) - set(state))[:8]}; "
+            f"in the model only: {sorted(set(state) - set(weights))[:8]})"
         )
-    state = model.state_dict()
     for key, value in weights.items():
         if tuple(state[key].shape) != tuple(value.shape):
             raise LoadError(f"model: {key!r} has shape {list(state[key].shape)}, the save has {list(value.shape)}")
-    for name, masks_k in packed.items():
-        weights[f"{name}{_MASK_SUFFIX}" if name else _MASK_SUFFIX[1:]] = masks_k.bits
-    model.load_state_dict(weights, strict=True)
-    return model
+        if state[key].is_floating_point() != value.is_floating_point():
+            raise LoadError(f"model: {key!r} has dtype {state[key].dtype}, the save has {value.dtype}")
+    return weights
+
+
+def _checked_masks(masks: dict[str, torch.Tensor], layers: dict) -> dict[str, torch.Tensor]:
+    """The saved mask bits by buffer key, checked: one entry per layer, the layer's K, shape and zero padding bits."""
+    unknown = sorted(set(masks) - set(layers))
+    if unknown:
+        raise LoadError(f"path: {MASKS} holds masks for {unknown[:8]}, which are not RTL layers of the save; the save is corrupt")
+    out: dict[str, torch.Tensor] = {}
+    for name, layer in layers.items():
+        if name not in masks:
+            raise LoadError(f"path: {MASKS} has no masks for layer {name!r}; the save is corrupt")
+        bits = masks[name]
+        if bits.dim() >= 1 and bits.shape[0] != layer.num_tickets:
+            raise LoadError(
+                f"path: {MASKS} holds {bits.shape[0]} tickets for layer {name!r}, the model and {META} have "
+                f"{layer.num_tickets}; the save is corrupt (masks from another save?)"
+            )
+        try:
+            PackedMasks(bits, layer.weight.shape)
+        except (TypeError, ValueError) as exc:
+            raise LoadError(f"path: masks for layer {name!r} in {MASKS} are malformed: {exc}") from None
+        out[f"{name}{_MASK_SUFFIX}" if name else _MASK_SUFFIX[1:]] = bits
+    return out
+
+
+def _copy_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy a fully checked ``state`` into the model (in place, so Parameter objects stay the same)."""
+    model.load_state_dict(state, strict=True)
 
 
 def _library_version() -> str:

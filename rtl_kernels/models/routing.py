@@ -12,9 +12,10 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from ..dispatch.plan import RoutingPlan
-from ..dispatch.routes import checked_plan, plan_routes
+from ..dispatch.plan import RoutingPlan, check_plan
+from ..dispatch.routes import plan_routes
 from ..nn.base import RTLLayer
+from ..nn.scope import route_scope
 
 
 def rtl_layers(model: nn.Module) -> list[RTLLayer]:
@@ -32,14 +33,11 @@ def rtl_layers(model: nn.Module) -> list[RTLLayer]:
 
 def _model_plan(layers: list[RTLLayer], routes: int | torch.Tensor | RoutingPlan, check: bool | None) -> RoutingPlan:
     if isinstance(routes, RoutingPlan):
-        return routes if routes.checked else checked_plan(routes)
+        if not routes._consistent:
+            check_plan(routes, layers[0].num_tickets)  # once here, not in every layer
+        return routes
     device = routes.device if isinstance(routes, torch.Tensor) else layers[0].weight.device
     return plan_routes(routes, layers[0].num_tickets, device=device, check=check)
-
-
-def _set_routes(layers: list[RTLLayer], plans: list[RoutingPlan | None]) -> None:
-    for layer, plan in zip(layers, plans):
-        layer._rtl_routes = plan
 
 
 @contextmanager
@@ -47,23 +45,21 @@ def routing(model: nn.Module, routes: int | torch.Tensor | RoutingPlan, *, check
     """Inside the block, every RTL layer of ``model`` uses ``routes`` when called without routes.
 
     ``routes`` is an int, an integer tensor (one ticket per sample, ``[B]``, or per row) or a plan;
-    the plan is built once here and yielded.
+    the plan is built once here and yielded. The routes belong to this thread or asyncio task
+    only, and the enclosing routes come back when the block ends.
     """
     layers = rtl_layers(model)
     plan = _model_plan(layers, routes, check)
-    previous = [layer._rtl_routes for layer in layers]
-    _set_routes(layers, [plan] * len(layers))
-    try:
+    with route_scope(layers, plan):
         yield plan
-    finally:
-        _set_routes(layers, previous)
 
 
 class RoutedModel(nn.Module):
     """A converted model plus a router: ``forward(*args, routes=None, **kwargs)``.
 
     When ``routes`` is None the router computes them from the first positional argument. The
-    routing plan is built once per call and shared by every RTL layer.
+    routing plan is built once per call and shared by every RTL layer; it belongs to this call,
+    so one model may serve many threads or asyncio tasks at once.
     """
 
     def __init__(self, model: nn.Module, router: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
@@ -102,11 +98,8 @@ class RoutedModel(nn.Module):
             if isinstance(routes, torch.Tensor) and args:
                 _check_batch(routes, args[0], "routes")
             plan = _model_plan(layers, routes, None)
-        _set_routes(layers, [plan] * len(layers))
-        try:
+        with route_scope(layers, plan):
             return self.model(*args, **kwargs)
-        finally:
-            _set_routes(layers, [None] * len(layers))
 
 
 def _check_batch(routes: torch.Tensor, x: object, name: str) -> None:

@@ -5,5 +5,14 @@ from .base import RTLLayer
 from .conv import RTLConv2d
 from .hf_conv1d import RTLConv1DLinear
 from .linear import RTLLinear
+from .transformer import RTLTransformerDecoderLayer, RTLTransformerEncoderLayer
 
-__all__ = ["RTLConv1DLinear", "RTLConv2d", "RTLLayer", "RTLLinear", "RTLMultiheadAttention"]
+__all__ = [
+    "RTLConv1DLinear",
+    "RTLConv2d",
+    "RTLLayer",
+    "RTLLinear",
+    "RTLMultiheadAttention",
+    "RTLTransformerDecoderLayer",
+    "RTLTransformerEncoderLayer",
+]

@@ -14,13 +14,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..dispatch.plan import RoutingPlan
+from ..dispatch.plan import RoutingPlan, check_plan, make_plan
 from ..masks.packed import PackedMasks
 from ..ops.linear import routed_linear
 from .base import RTLLayer, check_num_tickets
 from .linear import RTLLinear
 
 Routes = int | torch.Tensor | RoutingPlan
+
+
+def sequence_first_routes(routes: Routes | None, x: torch.Tensor, batch_first: bool) -> Routes | None:
+    """``routes`` for a layer input ``x``: per-sample routes (a ``[B]`` tensor or a plan over B rows) of a
+    sequence-first ``[L, B, ...]`` input become routes for all ``L·B`` rows (row ``l·B + b`` gets sample b's
+    ticket); anything else is returned unchanged (batch-first inputs already take ``[B]`` as a prefix)."""
+    if batch_first or x.dim() < 3 or routes is None:
+        return routes
+    length, batch = x.shape[0], x.shape[1]
+    if isinstance(routes, torch.Tensor) and routes.dim() == 1 and routes.shape[0] == batch:
+        return routes.unsqueeze(0).expand(length, batch)
+    if isinstance(routes, RoutingPlan) and routes.num_rows == batch and length > 1:
+        if not routes._consistent:
+            check_plan(routes, routes.num_tickets)
+        return make_plan(routes.routes.repeat(length), routes.num_tickets)
+    return routes
 
 
 class RTLMultiheadAttention(RTLLayer):
@@ -88,14 +104,16 @@ class RTLMultiheadAttention(RTLLayer):
             )
         routes = self._resolve_routes(routes)
         # projections run in the input's own layout, so routes follow the same prefix rule as RTLLinear
-        # ([B] or [B, L] batch-first, [L, B] sequence-first, [L] or an int unbatched)
+        # ([B] or [B, L] batch-first, [L, B] sequence-first, [L] or an int unbatched), except that
+        # per-sample routes [B] of sequence-first inputs route every token of sample b
+        q_routes = sequence_first_routes(routes, query, self.batch_first)
         if query is key and key is value:
-            q, k, v = self._project(query, slice(0, 3), routes).chunk(3, dim=-1)
+            q, k, v = self._project(query, slice(0, 3), q_routes).chunk(3, dim=-1)
         else:
             q, k, v = (
-                self._project(query, slice(0, 1), routes),
-                self._project(key, slice(1, 2), routes),
-                self._project(value, slice(2, 3), routes),
+                self._project(query, slice(0, 1), q_routes),
+                self._project(key, slice(1, 2), sequence_first_routes(routes, key, self.batch_first)),
+                self._project(value, slice(2, 3), sequence_first_routes(routes, value, self.batch_first)),
             )
         unbatched = query.dim() == 2
         if unbatched and key_padding_mask is not None:
@@ -126,7 +144,7 @@ class RTLMultiheadAttention(RTLLayer):
                 weights = weights.squeeze(0)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
-        return self.out_proj(self._merge_heads(out, unbatched), routes), weights
+        return self.out_proj(self._merge_heads(out, unbatched), q_routes), weights
 
     def _heads(self, z: torch.Tensor, unbatched: bool) -> torch.Tensor:
         """[B, L, E] / [L, B, E] / [L, E] -> [B, H, L, D]."""

@@ -8,6 +8,7 @@ from torch import nn
 from ..dispatch.plan import RoutingPlan
 from ..masks.packed import PackedMasks, ones_bits, pack_masks
 from ..ops.checks import check_num_tickets
+from .scope import current_routes
 
 
 class RTLLayer(nn.Module):
@@ -24,7 +25,6 @@ class RTLLayer(nn.Module):
     def _init_masks(self, num_tickets: int) -> None:
         check_num_tickets(num_tickets)
         self.register_buffer("mask_bits", ones_bits(num_tickets, self.weight.shape, device=self.weight.device))
-        self._rtl_routes: RoutingPlan | torch.Tensor | int | None = None
 
     @property
     def num_tickets(self) -> int:
@@ -61,8 +61,9 @@ class RTLLayer(nn.Module):
     def _resolve_routes(self, routes: int | torch.Tensor | RoutingPlan | None) -> int | torch.Tensor | RoutingPlan:
         if routes is not None:
             return routes
-        if self._rtl_routes is not None:
-            return self._rtl_routes
+        scoped = current_routes(self)
+        if scoped is not None:
+            return scoped
         if self.num_tickets == 1:
             return 0
         raise ValueError(
@@ -73,4 +74,5 @@ class RTLLayer(nn.Module):
     def _masked_weight(self, ticket: int) -> torch.Tensor:
         if not 0 <= ticket < self.num_tickets:
             raise ValueError(f"ticket: expected an int in [0, {self.num_tickets}), got {ticket}")
-        return self.weight.detach() * self.packed_masks.select([ticket]).unpack()[0]
+        w = self.weight.detach()
+        return torch.where(self.packed_masks.select([ticket]).unpack()[0], w, torch.zeros((), dtype=w.dtype, device=w.device))

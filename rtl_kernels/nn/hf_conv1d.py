@@ -2,7 +2,7 @@
 
 The masks cover the Conv1D weight in its own shape ``[in, out]`` (so pruning by magnitude sees the
 same tensor as the model), and the forward is ``routed_linear`` on ``weight.T`` with the masks
-transposed once per mask change (cached; recomputed inside ``torch.compile``, where it traces).
+transposed once per mask change on the CPU (see :meth:`RTLConv1DLinear._linear_masks`).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class RTLConv1DLinear(RTLLayer):
         else:
             self.register_parameter("bias", None)
         self._init_masks(num_tickets)
-        self._t_cache: tuple[torch.Tensor, int, torch.Tensor] | None = None
+        self._t_cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def in_features(self) -> int:
@@ -83,19 +83,20 @@ class RTLConv1DLinear(RTLLayer):
         return layer
 
     def _linear_masks(self) -> PackedMasks:
-        """Masks in ``routed_linear``'s layout (over ``weight.T``), cached per buffer version."""
-        if torch.compiler.is_compiling():
-            return transpose_masks(self.packed_masks)
+        """Masks in ``routed_linear``'s layout (over ``weight.T``).
+
+        Transposing costs an unpack and a pack, so on the CPU the result is cached with a copy of the
+        bits it came from and reused while the buffer holds the same words (compared by content:
+        writes through ``.data`` do not bump ``_version``). Elsewhere it is recomputed, since the
+        comparison would wait for the device.
+        """
         bits = self.mask_bits
-        try:
-            version = bits._version
-        except RuntimeError:  # inference tensors carry no version counter
+        if torch.compiler.is_compiling() or bits.device.type != "cpu":
             return transpose_masks(self.packed_masks)
         cache = self._t_cache
-        if cache is None or cache[0] is not bits or cache[1] != version:
-            # the cache keeps the source buffer alive, so identity + version identify its contents
-            cache = self._t_cache = (bits, version, transpose_masks(self.packed_masks).bits)
-        return PackedMasks(cache[2], (self.nf, self.nx))
+        if cache is None or cache[0].shape != bits.shape or not torch.equal(cache[0], bits):
+            cache = self._t_cache = (bits.clone(), transpose_masks(self.packed_masks).bits)
+        return PackedMasks.trusted(cache[1], (self.nf, self.nx))
 
     def forward(self, x: torch.Tensor, routes: int | torch.Tensor | RoutingPlan | None = None) -> torch.Tensor:
         return routed_linear(x, self.weight.t(), self._linear_masks(), self._resolve_routes(routes), self.bias, backend=self.backend)

@@ -8,6 +8,7 @@ from torch import nn
 from ..dispatch.plan import RoutingPlan
 from ..ops.linear import routed_linear
 from .base import RTLLayer, check_num_tickets
+from .overrides import override_of
 
 
 class RTLLinear(RTLLayer):
@@ -50,7 +51,11 @@ class RTLLinear(RTLLayer):
         return layer
 
     def forward(self, x: torch.Tensor, routes: int | torch.Tensor | RoutingPlan | None = None) -> torch.Tensor:
-        return routed_linear(x, self.weight, self.packed_masks, self._resolve_routes(routes), self.bias, backend=self.backend)
+        routes = self._resolve_routes(routes)
+        special = override_of(self)
+        if special is not None:
+            return special(x, routes)
+        return routed_linear(x, self.weight, self.packed_masks, routes, self.bias, backend=self.backend)
 
     def to_dense(self, ticket: int) -> nn.Linear:
         """A plain ``nn.Linear`` with ticket ``ticket``'s mask baked into a copy of the weight."""

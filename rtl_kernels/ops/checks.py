@@ -29,7 +29,7 @@ def check_tensor(name: str, value: object, ndim: int | tuple[int, ...] | None = 
 
 def check_float(name: str, value: torch.Tensor, like: torch.Tensor | None = None) -> None:
     if value.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name}: expected dtype float32, float16 or bfloat16, got {value.dtype}")
+        raise TypeError(f"{name}: expected dtype float32, float16, bfloat16 or float64, got {value.dtype}")
     if like is not None and value.dtype != like.dtype:
         raise TypeError(f"{name}: expected dtype {like.dtype} (the dtype of x), got {value.dtype}")
 

@@ -59,6 +59,19 @@ def autocast_inputs(*args: object) -> tuple[object, ...]:
     return args
 
 
+def _no_double_backward(op: str) -> Callable[..., tuple[Tensor | None, ...]]:
+    """Autograd of a backward op: differentiating a gradient again is not supported, and says so
+    (the kernels' gradients are not themselves differentiable; a silent zero would be wrong)."""
+
+    def backward(ctx, *grads: Tensor) -> tuple[Tensor | None, ...]:
+        raise NotImplementedError(
+            f"{op}: double backward is not supported (the gradient of a gradient, e.g. torch.autograd.grad(..., "
+            "create_graph=True) followed by another backward); first-order gradients are"
+        )
+
+    return backward
+
+
 class RoutedOp:
     """A declared routed op; call it like the forward body (see :func:`define_routed_op`).
 
@@ -94,6 +107,7 @@ class RoutedOp:
         self.backward_op = None
         if self._diff:
             self.backward_op = self._define_backward(grad_fake)
+            self.backward_op.register_autograd(_no_double_backward(name))
             self.op.register_autograd(self._op_backward, setup_context=self._setup)
             self._function = type(
                 f"{name}_function",
@@ -159,6 +173,8 @@ class RoutedOp:
         needs = self._needs(ctx)
         if not any(needs):
             return (None,) * len(ctx.needs_input_grad)
+        if torch.is_grad_enabled():  # create_graph=True: the backward op's autograd says double backward is unsupported
+            return self._op_backward(ctx, dy)
         return self._full_grads(ctx, self.backward(dy, *self._restore(ctx), needs=needs), needs)
 
     def _op_backward(self, ctx, dy: Tensor) -> tuple[Tensor | None, ...]:

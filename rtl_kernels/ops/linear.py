@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..backends.registry import check_backend_name
@@ -49,6 +51,6 @@ def routed_linear(
     plan = plan_for_rows(routes, packed.num_tickets, lead, x.device, check=check_routes)
     if x.dim() == 2:  # rows already: no reshape on the common path
         return routed_linear_op(x.contiguous(), weight.contiguous(), packed.bits, plan.routes, plan.perm, plan.offsets, bias, backend)
-    x2 = x.reshape(-1, x.shape[-1]).contiguous()
+    x2 = x.reshape(math.prod(lead), x.shape[-1]).contiguous()  # explicit rows: -1 is ambiguous when in_features = 0
     y = routed_linear_op(x2, weight.contiguous(), packed.bits, plan.routes, plan.perm, plan.offsets, bias, backend)
     return y.reshape(*lead, weight.shape[0])

@@ -16,11 +16,13 @@ from .run import Run, default_run_dir, format_table
 from .schedule import level_schedule, parse_rewind, round_sparsities
 from .similarity import CollapseController, collapse_point, similarity
 from .store import DirStore
+from .strong import NonFiniteLossError, find_strong_tickets
 
 __all__ = [
     "CollapseController",
     "DirStore",
     "MaskedAdam",
+    "NonFiniteLossError",
     "Partition",
     "Recipe",
     "Run",
@@ -32,6 +34,7 @@ __all__ = [
     "collapse_point",
     "default_run_dir",
     "extract_tickets",
+    "find_strong_tickets",
     "find_tickets",
     "format_table",
     "joint_retrain",

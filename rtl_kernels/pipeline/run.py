@@ -20,11 +20,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import nn
 
 from ..models.convert import convert
-from ..models.io import load, save
+from ..models.io import LoadError, load, save
 from ..models.state import named_rtl_layers, set_masks
 from ..zoo import build_model
 from .baselines import dense_param_count, param_counts, with_num_tickets
@@ -36,7 +35,7 @@ from .recipe import Recipe
 from .retrain import joint_retrain
 from .schedule import level_schedule
 from .similarity import CollapseController, collapse_point, similarity, to_json
-from .store import DirStore, atomic_save
+from .store import DirStore, StageFileError, atomic_save, read_json, read_tensors
 from .training import concat, predict
 
 logger = logging.getLogger(__name__)
@@ -117,8 +116,9 @@ class Run:
         dense = build_model(r.model, in_features=x_train[0].numel(), num_classes=self.num_classes, hidden=r.hidden)
         self.model = convert(dense, r.num_tickets, ignore=r.ignore).to(r.device)
         init = self.directory / "init.safetensors"
-        if init.is_file():
-            self.model.load_state_dict(load_file(str(init)), strict=False)
+        theta0 = read_tensors(init)
+        if theta0 is not None:
+            self.model.load_state_dict(theta0, strict=False)
         elif world()[0] == 0:
             atomic_save(dense_state(self.model), init)
         self.theta0 = dense_state(self.model)
@@ -203,7 +203,10 @@ class Run:
     def _retrained(self, path: Path, model: nn.Module, masks: dict[str, torch.Tensor], subsets: list, meta: dict) -> nn.Module:
         """Load a finished retraining from ``path`` or do it (from θ0 with ``masks``) and save it."""
         if (path / "rtl.json").is_file():
-            return load(path, model)
+            try:
+                return load(path, model)
+            except LoadError as exc:
+                raise StageFileError(path, exc) from None
         r = self.recipe
         set_masks(model, masks)
         joint_retrain(
@@ -237,8 +240,9 @@ class Run:
     def evaluate_level(self, level: Level, models: dict) -> dict:
         """Balanced accuracy with oracle routing by subset (and the one-vs-rest protocol), parameters, similarity."""
         path = self.directory / level_name(level.target) / "eval.json"
-        if path.is_file():
-            return json.loads(path.read_text())
+        done = read_json(path)
+        if done is not None:
+            return done
         y = self.test.tensors[1]
         k_total = self.recipe.num_tickets
         counts = param_counts(level.masks)

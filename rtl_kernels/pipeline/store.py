@@ -2,12 +2,41 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+
+class StageFileError(ValueError):
+    """A file in a pipeline run directory that exists but cannot be read (truncated, edited, from another version)."""
+
+    def __init__(self, path: Path, reason: object) -> None:
+        super().__init__(f"{path}: this stage file of the run is corrupt ({reason}); delete it to recompute that stage")
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor] | None:
+    """The tensors of stage file ``path``, None when it does not exist yet; :class:`StageFileError` when unreadable."""
+    if not path.is_file():
+        return None
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise StageFileError(path, exc) from None
+
+
+def read_json(path: Path) -> object | None:
+    """The JSON value of stage file ``path``, None when it does not exist yet; :class:`StageFileError` when unreadable."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise StageFileError(path, exc) from None
 
 
 def atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
@@ -34,15 +63,14 @@ class DirStore:
         return self.root / f"round_{round_index:03d}" / f"ticket_{ticket:03d}.safetensors"
 
     def load_mask(self, round_index: int, ticket: int) -> dict[str, torch.Tensor] | None:
-        path = self._mask_path(round_index, ticket)
-        return {k: v.bool() for k, v in load_file(str(path)).items()} if path.is_file() else None
+        tensors = read_tensors(self._mask_path(round_index, ticket))
+        return None if tensors is None else {k: v.bool() for k, v in tensors.items()}
 
     def save_mask(self, round_index: int, ticket: int, masks: dict[str, torch.Tensor]) -> None:
         atomic_save({k: v.to(torch.uint8) for k, v in masks.items()}, self._mask_path(round_index, ticket))
 
     def load_rewind(self, ticket: int) -> dict[str, torch.Tensor] | None:
-        path = self.root / f"rewind_{ticket:03d}.safetensors"
-        return load_file(str(path)) if path.is_file() else None
+        return read_tensors(self.root / f"rewind_{ticket:03d}.safetensors")
 
     def save_rewind(self, ticket: int, state: dict[str, torch.Tensor]) -> None:
         atomic_save(state, self.root / f"rewind_{ticket:03d}.safetensors")

@@ -6,8 +6,9 @@ The learned ones report routing accuracy (``evaluate``) and plot a confusion mat
 """
 
 from .centroid import CentroidRouter
+from .entropy import EntropyRouter
 from .linear import LinearRouter
 from .metrics import confusion_matrix, plot_confusion, routing_report
 from .oracle import OracleRouter
 
-__all__ = ["CentroidRouter", "LinearRouter", "OracleRouter", "confusion_matrix", "plot_confusion", "routing_report"]
+__all__ = ["CentroidRouter", "EntropyRouter", "LinearRouter", "OracleRouter", "confusion_matrix", "plot_confusion", "routing_report"]

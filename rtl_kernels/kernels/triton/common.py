@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import threading
 from collections import OrderedDict
 
 import torch
@@ -81,8 +82,27 @@ def masked_weight_tile_words(w_ptr, bits_ptr, ticket, rows, cols, valid, row_ok,
     return tl.where(keep, w, tl.zeros_like(w))
 
 
-_FLAG_CACHE: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+_FLAG_CACHE: OrderedDict[tuple, tuple[torch.Tensor, object]] = OrderedDict()
 _FLAG_CACHE_SIZE = 64
+_FLAG_LOCK = threading.Lock()  # serving threads share the cache: LRU moves and evictions must not interleave
+
+
+def _cache_get(key: tuple) -> object | None:
+    with _FLAG_LOCK:
+        hit = _FLAG_CACHE.get(key)
+        if hit is None:
+            return None
+        _FLAG_CACHE.move_to_end(key)
+        return hit[1]
+
+
+def _cache_put(key: tuple, bits: torch.Tensor, value: object) -> None:
+    if bits.is_cuda and torch.cuda.is_current_stream_capturing():
+        return  # computed only at graph replay: never cache it for eager use
+    with _FLAG_LOCK:
+        _FLAG_CACHE[key] = (bits, value)
+        while len(_FLAG_CACHE) > _FLAG_CACHE_SIZE:
+            _FLAG_CACHE.popitem(last=False)
 
 
 def cached_tile_flags(masks: PackedMasks, tile: tuple[int, int]) -> torch.Tensor:
@@ -93,16 +113,11 @@ def cached_tile_flags(masks: PackedMasks, tile: tuple[int, int]) -> torch.Tensor
     """
     bits = masks.bits
     key = (bits.data_ptr(), bits._version, tuple(bits.shape), str(bits.device), tuple(masks.weight_shape), tile)
-    hit = _FLAG_CACHE.get(key)
+    hit = _cache_get(key)
     if hit is not None:
-        _FLAG_CACHE.move_to_end(key)
-        return hit[1]
+        return hit
     flags = tile_occupancy(masks, tile)
-    if bits.is_cuda and torch.cuda.is_current_stream_capturing():
-        return flags  # computed only at graph replay: never cache it for eager use
-    _FLAG_CACHE[key] = (bits, flags)
-    while len(_FLAG_CACHE) > _FLAG_CACHE_SIZE:
-        _FLAG_CACHE.popitem(last=False)
+    _cache_put(key, bits, flags)
     return flags
 
 
@@ -114,20 +129,15 @@ def cached_tile_lists(masks: PackedMasks, tile: tuple[int, int], along_rows: boo
     """
     bits = masks.bits
     key = ("lists", bits.data_ptr(), bits._version, tuple(bits.shape), str(bits.device), tuple(masks.weight_shape), tile, along_rows)
-    hit = _FLAG_CACHE.get(key)
+    hit = _cache_get(key)
     if hit is not None:
-        _FLAG_CACHE.move_to_end(key)
-        return hit[1]
+        return hit
     flags = cached_tile_flags(masks, tile)
     if along_rows:
         flags = flags.transpose(1, 2)
     order = torch.argsort(flags.to(torch.int32), dim=2, descending=True, stable=True).to(torch.int32).contiguous()
     counts = flags.to(torch.int32).sum(dim=2, dtype=torch.int32).contiguous()
-    if bits.is_cuda and torch.cuda.is_current_stream_capturing():
-        return order, counts
-    _FLAG_CACHE[key] = (bits, (order, counts))
-    while len(_FLAG_CACHE) > _FLAG_CACHE_SIZE:
-        _FLAG_CACHE.popitem(last=False)
+    _cache_put(key, bits, (order, counts))
     return order, counts
 
 
