@@ -36,7 +36,7 @@ def test_a_hand_built_plan_is_checked_once_per_model_call(monkeypatch):
     torch.testing.assert_close(rtl.RoutedModel(model)(x, routes=by_hand), want)
     assert calls == [2]
     bad = RoutingPlan(built.routes, torch.tensor([0, 0, 1, 3]), built.offsets)  # row 0 twice, row 2 never
-    with pytest.raises(ValueError, match="routes: RoutingPlan.perm: expected a permutation"):
+    with pytest.raises(ValueError, match=r"routes: RoutingPlan\.perm: expected a permutation"):
         rtl.RoutedModel(model)(x, routes=bad)
 
 
