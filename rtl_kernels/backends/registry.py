@@ -20,8 +20,6 @@ from ..conv_params import ConvParams, conv_output_format  # noqa: F401  (re-expo
 
 logger = logging.getLogger(__name__)
 
-OPS = ("linear", "conv2d")
-
 
 class Call(NamedTuple):
     """What a backend is asked to do, for ``supports`` to decide on (a tuple: cheap to build and

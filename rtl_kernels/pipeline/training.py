@@ -126,8 +126,3 @@ def predict(model: nn.Module, dataset: Dataset, routes: torch.Tensor | int, batc
             outs.append(model(x.to(device)).cpu())
     model.train(was_training)
     return torch.cat(outs) if outs else torch.empty(0)
-
-
-def targets_of(dataset: Dataset) -> torch.Tensor:
-    """All targets of a dataset, as one tensor."""
-    return fetch(dataset, torch.arange(len(dataset)))[1]
