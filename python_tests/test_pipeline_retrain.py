@@ -80,9 +80,9 @@ def test_sequential_balances_steps_per_ticket(monkeypatch):
     routes = []
     real = training.routed_loss
 
-    def spy(model, batch, r, loss_fn, device):
+    def spy(model, batch, r, loss_fn, device, *rest):
         routes.append(r)
-        return real(model, batch, r, loss_fn, device)
+        return real(model, batch, r, loss_fn, device, *rest)
 
     monkeypatch.setattr(training, "routed_loss", spy)
     joint_retrain(model, subsets, **ARGS)
