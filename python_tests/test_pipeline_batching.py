@@ -9,13 +9,7 @@ import rtl_kernels as rtl
 from rtl_kernels.pipeline import Batching, find_tickets, joint_retrain, logits_of
 from rtl_kernels.pipeline.training import predict
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class DictData(Dataset):
