@@ -78,7 +78,10 @@ def test_demo_end_to_end_tiny_and_resumes(tmp_path, capsys):
         assert main(args) == 0
         out = capsys.readouterr().out
         for text in (
-            "RTL (oracle routing)",
+            "deployable: RTL at",
+            "RTL (router)",
+            "oracle (routes from labels)",
+            "dense, all data",
             "single-mask IMP",
             "multi-model IMP",
             "similarity score",
@@ -89,7 +92,7 @@ def test_demo_end_to_end_tiny_and_resumes(tmp_path, capsys):
             assert text in out
         assert (tmp_path / "demo" / "model" / "rtl.json").is_file()
         assert main(args) == 0, "a re-run resumes from the run directory"
-        assert capsys.readouterr().out.count("RTL (oracle routing)") == 1
+        assert capsys.readouterr().out.count("deployable: RTL at") == 1
         assert main(["info", str(tmp_path / "demo")]) == 0
         assert "K = 5 tickets" in capsys.readouterr().out
     finally:

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "masked_delta_cpu.h"
 #include "routed_cpu.h"
 
 namespace {
@@ -40,6 +41,16 @@ const rtl_cpu::Ops& ops_for(int64_t isa) {
   if (isa == kAvx2) return rtl_cpu::kOpsAvx2;
 #endif
   return rtl_cpu::kOpsGeneric;
+}
+
+const rtl_cpu::DeltaOps& delta_ops_for(int64_t isa) {
+  ops_for(isa);  // validates isa
+  if (isa == kBest) isa = best_isa();
+#if defined(__x86_64__) || defined(_M_X64)
+  if (isa == kAvx512 || isa == kAvx512Bf16) return rtl_cpu::kDeltaOpsAvx512;
+  if (isa == kAvx2) return rtl_cpu::kDeltaOpsAvx2;
+#endif
+  return rtl_cpu::kDeltaOpsGeneric;
 }
 
 std::string shape_of(const at::Tensor& t) {
@@ -289,6 +300,8 @@ int64_t max_threads() {
 
 }  // namespace
 
+void register_masked_delta(pybind11::module_& m, const rtl_cpu::DeltaOps& (*ops_for)(int64_t));  // masked_delta_binding.cpp
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "rtl_kernels CPU kernels: routed masked linear (bit-packed masks, weight read once per call)";
   m.def("forward", &forward, "y = x @ (W & mask[route])^T + b, weight-stationary kernel", py::arg("x"), py::arg("weight"), py::arg("bits"), py::arg("perm"),
@@ -308,5 +321,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("supported_isas", &supported_isas, "ISA ids this CPU runs (0 generic, 1 avx2, 2 avx512, 3 avx512_bf16)");
   m.def("best_isa", &best_isa, "the ISA id used by default");
   m.def("isa_name", &isa_name, "name of an ISA id", py::arg("isa") = -1);
+  register_masked_delta(m, &delta_ops_for);
   m.def("max_threads", &max_threads, "threads the kernels run on (1 if the extension was built without OpenMP)");
 }

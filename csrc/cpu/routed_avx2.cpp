@@ -2,6 +2,7 @@
 // with one broadcast, AND and compare.
 #include <immintrin.h>
 
+#include "masked_delta_cpu.h"
 #include "routed_cpu.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -61,9 +62,11 @@ struct V {
 
 #define RTL_ISA_NS rtl_cpu::avx2
 #include "routed_cpu_impl.h"
+#include "masked_delta_impl.h"
 #undef RTL_ISA_NS
 
 const rtl_cpu::Ops rtl_cpu::kOpsAvx2 = {"avx2", avx2::forward, avx2::grad_x, avx2::grad_w, avx2::materialize, avx2::masked_add};
+const rtl_cpu::DeltaOps rtl_cpu::kDeltaOpsAvx2 = {"avx2", avx2::delta_forward, avx2::delta_materialize, avx2::delta_masked_axpy, avx2::delta_masked_dot};
 
 RTL_TARGET_END
 

@@ -2,6 +2,7 @@
 // the __mmask16 of a masked load, so masking costs nothing beyond the load itself.
 #include <immintrin.h>
 
+#include "masked_delta_cpu.h"
 #include "routed_cpu.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -48,9 +49,11 @@ struct V {
 
 #define RTL_ISA_NS rtl_cpu::avx512
 #include "routed_cpu_impl.h"
+#include "masked_delta_impl.h"
 #undef RTL_ISA_NS
 
 const rtl_cpu::Ops rtl_cpu::kOpsAvx512 = {"avx512", avx512::forward, avx512::grad_x, avx512::grad_w, avx512::materialize, avx512::masked_add};
+const rtl_cpu::DeltaOps rtl_cpu::kDeltaOpsAvx512 = {"avx512", avx512::delta_forward, avx512::delta_materialize, avx512::delta_masked_axpy, avx512::delta_masked_dot};
 
 RTL_TARGET_END
 

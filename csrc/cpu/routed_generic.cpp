@@ -1,5 +1,6 @@
 // Portable instance of the routed kernels (plain C++ on 8-lane arrays that the compiler may
 // vectorise): used on CPUs without AVX2 and as a cross-check of the SIMD instances in tests.
+#include "masked_delta_cpu.h"
 #include "routed_cpu.h"
 
 namespace rtl_cpu::generic {
@@ -79,6 +80,8 @@ struct V {
 
 #define RTL_ISA_NS rtl_cpu::generic
 #include "routed_cpu_impl.h"
+#include "masked_delta_impl.h"
 #undef RTL_ISA_NS
 
 const rtl_cpu::Ops rtl_cpu::kOpsGeneric = {"generic", generic::forward, generic::grad_x, generic::grad_w, generic::materialize, generic::masked_add};
+const rtl_cpu::DeltaOps rtl_cpu::kDeltaOpsGeneric = {"generic", generic::delta_forward, generic::delta_materialize, generic::delta_masked_axpy, generic::delta_masked_dot};

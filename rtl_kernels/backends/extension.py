@@ -46,6 +46,7 @@ CPU_SPEC = ExtensionSpec(
         "cpu/routed_avx512.cpp",
         "cpu/routed_avx512bf16.cpp",
         "cpu/routed_gemm_avx512.cpp",
+        "cpu/masked_delta_binding.cpp",
     ),
 )
 CUDA_SPEC = ExtensionSpec(

@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         "metadata": meta["metadata"],
     }
     if run_report is not None:
-        report["run"] = {key: run_report.get(key) for key in ("rows", "collapse_point", "collapse_controller", "timings_s")}
+        report["run"] = {key: run_report.get(key) for key in ("rows", "router", "collapse_point", "collapse_controller", "timings_s")}
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         from ..pipeline.run import format_table
 
         print(f"\npipeline run {args.path} (recipe in recipe.json):")
-        print(format_table(run_report["rows"], run_report["levels"][0]["params"]["dense"]))
+        print(format_table(run_report["rows"], run_report["levels"][0]["params"]["dense"], run_report.get("router")))
     return 0
 
 

@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "rtl_kernels.cli.bench",
     "rtl_kernels.cli.pipeline",
     "rtl_kernels.cli.tune",
+    "rtl_kernels.cli.merge",
 )
 
 

@@ -18,7 +18,10 @@ COMMANDS = {
     "run": ("report", "run the whole pipeline: tickets, joint retraining, baselines, evaluation, report and plots"),
     "find": ("tickets", "find the K adaptive tickets (IMP with rewinding per subset), and single-mask IMP's"),
     "retrain": ("retrain", "find tickets if needed, then joint retraining of RTL (and the baselines) per sparsity level"),
-    "eval": ("eval", "everything up to evaluation (balanced accuracy, parameters, similarity) per level"),
+    "eval": (
+        "eval",
+        "everything up to evaluation per level: accuracy with a router fit on training inputs, oracle routes, baselines, similarity",
+    ),
 }
 
 
@@ -97,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"run directory: {out}")
     if report is not None:
-        print(format_table(report["rows"], report["levels"][0]["params"]["dense"]))
-        print(json.dumps({"timings_s": report["timings_s"], "collapse_point": report["collapse_point"]}))
+        print(format_table(report["rows"], report["levels"][0]["params"]["dense"], report["router"]))
+        if "timings_s" in report:
+            print(json.dumps({"timings_s": report["timings_s"], "collapse_point": report["collapse_point"]}))
     return 0

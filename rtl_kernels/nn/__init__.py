@@ -3,6 +3,7 @@
 from .attention import RTLMultiheadAttention
 from .base import RTLLayer
 from .conv import RTLConv2d
+from .delta import RTLDeltaLinear
 from .hf_conv1d import RTLConv1DLinear
 from .linear import RTLLinear
 from .transformer import RTLTransformerDecoderLayer, RTLTransformerEncoderLayer
@@ -10,6 +11,7 @@ from .transformer import RTLTransformerDecoderLayer, RTLTransformerEncoderLayer
 __all__ = [
     "RTLConv1DLinear",
     "RTLConv2d",
+    "RTLDeltaLinear",
     "RTLLayer",
     "RTLLinear",
     "RTLMultiheadAttention",

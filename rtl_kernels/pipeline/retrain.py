@@ -22,6 +22,7 @@ from ..models.state import named_rtl_layers
 from .progress import bar
 from .training import (
     LossFn,
+    NonFiniteLossError,
     OptimizerFactory,
     check_positive,
     check_subsets,
@@ -94,6 +95,8 @@ def joint_retrain(
     A weight outside ticket k's mask never moves on ticket k's steps, and a weight outside the
     union of masks never moves at all; masks are not changed. Adam at ``lr`` (:class:`MaskedAdam`,
     update and moments masked per ticket) unless ``optimizer`` gives a factory ``params -> optimizer``.
+    A non-finite loss raises :class:`NonFiniteLossError` naming the ticket(s) and the epoch, after
+    restoring every weight, mask and BatchNorm statistic to its value before the call.
     """
     subsets = check_subsets(subsets)
     check_positive("epochs", epochs)
@@ -106,12 +109,21 @@ def joint_retrain(
     torch.manual_seed(derived_seed(seed, 7))
     gen = torch.Generator().manual_seed(derived_seed(seed, 8))
     opt = make_optimizer(model, lr, optimizer)
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    was_training = model.training
     model.train()
     losses = []
     epochs_bar = bar(epochs, f"joint retrain ({mode})", 0, progress)
     for epoch in range(epochs):
         steps = _sequential(subsets, batch_size, gen, masks) if mode == "sequential" else _fused(subsets, batch_size, gen, masks)
-        loss = train_steps(model, opt, steps, loss_fn)
+        try:
+            loss = train_steps(model, opt, steps, loss_fn, f"joint_retrain epoch {epoch}")
+        except NonFiniteLossError:
+            with torch.no_grad():
+                model.load_state_dict(before)
+            model.train(was_training)
+            epochs_bar.close()
+            raise
         losses.append(loss)
         if log is not None:
             log({"stage": "retrain", "epoch": epoch, "train_loss": loss})

@@ -1,16 +1,22 @@
-"""A resumable RTL run: tickets -> joint retraining (+ baselines) -> evaluation -> report, in one directory.
+"""A resumable RTL run: tickets -> router -> joint retraining (+ baselines) -> evaluation -> report, in one directory.
 
-The directory (default ``runs/<dataset>-<hash of the non-default recipe fields>``) holds
-``recipe.json``, ``init.safetensors`` (θ0), ``tickets/`` and ``single_tickets/`` (every round's
-mask per ticket, saved as soon as found), one ``sN/`` folder per sparsity level (retrained models
-via ``rtl.save``, ``eval.json``), ``report.json``, ``table.txt``, plots, ``model/`` (the RTL model at
-the highest sparsity) and ``metrics.jsonl``. Every finished artifact is reused on re-run, so a
-run killed at any point resumes where it stopped and gives the same result.
+Each stage has its own key (OpenLTH style), so changing a later stage's setting reuses every
+earlier result. The directory (default ``runs/<dataset>-<ticket key>``) holds the ticket stage:
+``tickets.json`` (the settings that decide the tickets), ``init.safetensors`` (θ0), ``tickets/``
+and ``single_tickets/`` (every round's mask per ticket, saved as soon as found, each stored with
+the schedule that led to it, so adding a sparsity level reuses the rounds it shares). Inside it:
+``router-<eval key>/`` (the router fit on the training inputs), ``retrain-<retrain key>/`` with
+``dense/`` (the dense baseline) and one ``sN-<schedule>/`` folder per level (retrained models
+via ``rtl.save``, ``eval-<eval key>.json``). The latest run's ``recipe.json``, ``report.json``,
+``table.txt``, plots, ``model/`` (the RTL model at the highest sparsity, with its router in
+``model/router/``) and ``metrics.jsonl`` sit at the top. A run killed at any point resumes
+where it stopped and gives the same result.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import shutil
@@ -33,6 +39,7 @@ from .metrics import classification_report, one_vs_rest
 from .partition import Partition, split, with_negatives
 from .recipe import Recipe
 from .retrain import joint_retrain
+from .router_stage import fit_router, load_fitted, save_fitted
 from .schedule import level_schedule
 from .similarity import CollapseController, collapse_point, similarity, to_json
 from .store import DirStore, StageFileError, atomic_save, read_json, read_tensors
@@ -40,16 +47,54 @@ from .training import concat, predict
 
 logger = logging.getLogger(__name__)
 STAGES = ("tickets", "retrain", "eval", "report")
-NUM_CLASSES = {"digits": 10, "cifar10": 10}
+NUM_CLASSES = {"digits": 10, "mnist": 10, "cifar10": 10}  # plug-in datasets: from their targets
+METHOD_NAMES = {
+    "rtl": "RTL (router)",
+    "rtl_oracle": "RTL, oracle (routes from labels)",
+    "single": "single-mask IMP",
+    "multi": "multi-model IMP (router)",
+    "dense": "dense, all data",
+}
 
 
 def default_run_dir(recipe: Recipe, root: str | Path = "runs", prefix: str | None = None) -> Path:
-    """``root/<prefix or dataset>-<recipe digest>``."""
-    return Path(root) / f"{prefix or recipe.dataset}-{recipe.digest()}"
+    """``root/<prefix or dataset>-<ticket key>``."""
+    name = recipe.dataset if ":" not in recipe.dataset else recipe.dataset.replace(":", "_").replace(".", "_")
+    return Path(root) / f"{prefix or name}-{recipe.digest()}"
 
 
 def level_name(sparsity: float) -> str:
     return f"s{sparsity * 100:g}"
+
+
+def schedule_key(schedule: list[float]) -> str:
+    """Short hash of a schedule prefix: which rounds led to a level's masks."""
+    return hashlib.sha256(json.dumps([round(s, 12) for s in schedule]).encode()).hexdigest()[:8]
+
+
+def load_datasets(recipe: Recipe) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:
+    """The recipe's (train, test) datasets: a built-in by name or a plug-in ``module:factory(seed=, data_dir=, max_train=)``."""
+    if recipe.dataset == "digits":
+        from ..data import load_digits
+
+        return load_digits(seed=recipe.seed)
+    if recipe.dataset == "mnist":
+        from ..data import load_mnist_5k, load_mnist_idx
+
+        return load_mnist_idx(recipe.data_dir) if recipe.data_dir else load_mnist_5k(seed=recipe.seed)
+    if recipe.dataset == "cifar10":
+        from ..data import load_cifar10
+
+        return load_cifar10(recipe.data_dir, max_train=recipe.max_train)
+    from ..plugins import load_object
+
+    factory = load_object(recipe.dataset, "dataset")
+    data = factory(seed=recipe.seed, data_dir=recipe.data_dir, max_train=recipe.max_train)
+    if not (isinstance(data, tuple) and len(data) == 2 and all(isinstance(d, torch.utils.data.TensorDataset) for d in data)):
+        raise TypeError(
+            f"dataset: expected {recipe.dataset!r} to return (train, test) TensorDatasets of (inputs, targets), got {type(data).__name__}"
+        )
+    return data
 
 
 @dataclass
@@ -62,6 +107,11 @@ class Level:
     masks: dict[str, torch.Tensor]
     single_masks: dict[str, torch.Tensor] | None = None
     relaxed: bool = False
+    key: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"{level_name(self.target)}-{self.key}"
 
 
 @dataclass
@@ -76,40 +126,42 @@ class Run:
     def __post_init__(self) -> None:
         self.directory = Path(self.directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        saved = self.directory / "recipe.json"
-        if saved.is_file():
-            previous = Recipe.from_json(saved.read_text())
-            if previous != self.recipe:
+        saved = self.directory / "tickets.json"
+        settings = self._ticket_settings()
+        previous = read_json(saved)
+        if previous is not None:
+            if previous != settings:
+                changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
                 raise ValueError(
-                    f"out: {self.directory} holds a run of a different recipe (changed: {_diff(previous, self.recipe)}); pick another directory"
+                    f"out: {self.directory} holds tickets of a different recipe (changed ticket settings: {changed}); pick another directory"
                 )
-        elif world()[0] == 0:
-            saved.write_text(self.recipe.to_json())
+        if world()[0] == 0:
+            saved.write_text(json.dumps(settings, indent=2, sort_keys=True))
+            (self.directory / "recipe.json").write_text(self.recipe.to_json())
+        self.retrain_dir = self.directory / f"retrain-{self.recipe.stage_digest('retrain')}"
+        self.eval_key = self.recipe.stage_digest("eval")
         self._setup()
+
+    def _ticket_settings(self) -> dict:
+        """The settings that decide the tickets (those that differ from the defaults, as in the directory name's hash)."""
+        return self.recipe.stage_fields("tickets")
 
     # ---------------------------------------------------------------- setup
     def _setup(self) -> None:
         r = self.recipe
-        if r.dataset == "digits":
-            from ..data import load_digits
-
-            self.train, self.test = load_digits(seed=r.seed)
-        else:
-            from ..data import load_cifar10
-
-            self.train, self.test = load_cifar10(r.data_dir, max_train=r.max_train)
+        self.train, self.test = load_datasets(r)
         if r.max_train and len(self.train) > r.max_train:
             self.train = torch.utils.data.TensorDataset(*(t[: r.max_train] for t in self.train.tensors))
         x_train, y_train = self.train.tensors
         x_test, y_test = self.test.tensors
-        self.num_classes = NUM_CLASSES[r.dataset]
+        self.num_classes = NUM_CLASSES.get(r.dataset) or int(max(int(y_train.max()), int(y_test.max()))) + 1
         self.partition = Partition(r.partition, r.num_tickets, seed=r.seed).fit(x_train, y_train)
-        train_ids = self.partition.assign(x_train, y_train)
-        self.subsets = split(self.train, train_ids, r.num_tickets)
+        self.train_ids = self.partition.assign(x_train, y_train)
+        self.subsets = split(self.train, self.train_ids, r.num_tickets)
         # what each ticket trains on (RTL and multi-model IMP); single-mask IMP trains on the whole training set
         self.ticket_data = with_negatives(self.subsets, r.seed) if r.negatives else self.subsets
         self.test_ids = self.partition.assign(x_test, y_test)
-        self.ticket_classes = self.partition.classes_of(train_ids, y_train)
+        self.ticket_classes = self.partition.classes_of(self.train_ids, y_train)
         self.loss_fn = F.cross_entropy
         self.optimizer = None if r.optimizer == "adam" else functools.partial(torch.optim.SGD, lr=r.lr, momentum=0.9)
         torch.manual_seed(r.seed)
@@ -134,7 +186,7 @@ class Run:
 
     # ---------------------------------------------------------------- stages
     def execute(self, until: str = "report") -> dict | None:
-        """Run the stages up to and including ``until``; returns the report (rank 0) or None."""
+        """Run the stages up to and including ``until``; returns the report (rank 0; for ``"eval"`` its rows and levels) or None."""
         if until not in STAGES:
             raise ValueError(f"until: expected one of {STAGES}, got {until!r}")
         start = time.perf_counter()
@@ -145,14 +197,16 @@ class Run:
         stop = STAGES.index(until)
         t = time.perf_counter()
         models = [self.retrain_level(level) for level in levels]
+        dense = self.dense_baseline() if self.recipe.baselines else None
         self.timings["retrain"] = time.perf_counter() - t
         if stop < STAGES.index("eval"):
             return None
         t = time.perf_counter()
-        evals = [self.evaluate_level(level, m) for level, m in zip(levels, models)]
+        self.router, self.router_info = self.fit_router()
+        evals = [self.evaluate_level(level, m, dense) for level, m in zip(levels, models)]
         self.timings["eval"] = time.perf_counter() - t
         if stop < STAGES.index("report"):
-            return None
+            return {"rows": table_rows(evals), "levels": evals, "router": self.router_info}
         return self.report(levels, models, evals)
 
     def find(self) -> list[Level]:
@@ -169,7 +223,7 @@ class Run:
             self.model,
             self.ticket_data,
             schedule=schedule,
-            store=DirStore(self.directory / "tickets"),
+            store=DirStore(self.directory / "tickets", schedule=schedule),
             controller=controller,
             log=self._tagged(method="rtl"),
             **common,
@@ -178,8 +232,8 @@ class Run:
         single = None
         if r.baselines:
             single = extract_tickets(
-                self.fresh(1), [concat(self.subsets)], schedule=search.sparsities, store=DirStore(self.directory / "single_tickets"),
-                log=self._tagged(method="single"), **common,
+                self.fresh(1), [concat(self.subsets)], schedule=search.sparsities,
+                store=DirStore(self.directory / "single_tickets", schedule=search.sparsities), log=self._tagged(method="single"), **common,
             )  # fmt: skip
         levels, used = [], set()
         for target, idx in zip(r.sparsities, at):
@@ -189,9 +243,10 @@ class Run:
             used.add(ridx)
             levels.append(
                 Level(
-                    target, search.sparsities[ridx], ridx, search.masks[ridx], single.masks[ridx] if single else None, relaxed=ridx != idx
+                    target, search.sparsities[ridx], ridx, search.masks[ridx], single.masks[ridx] if single else None,
+                    relaxed=ridx != idx, key=schedule_key(search.sparsities[: ridx + 1]),
                 )
-            )
+            )  # fmt: skip
         if world()[0] == 0:
             summary = {"schedule": schedule, "level_rounds": at, "history": search.history, "collapse": search.collapse}
             (self.directory / "tickets" / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -218,7 +273,7 @@ class Run:
 
     def retrain_level(self, level: Level) -> dict:
         """Joint retraining of RTL at one level, and the two baselines; each saved when done."""
-        base = self.directory / level_name(level.target)
+        base = self.retrain_dir / level.name
         tags = {"level": level.target, "sparsity": level.achieved}
         out = {"rtl": self._retrained(base / "rtl", self.fresh(), level.masks, self.ticket_data, {"method": "rtl", **tags})}
         if level.single_masks is not None:
@@ -237,9 +292,31 @@ class Run:
             ]
         return out
 
-    def evaluate_level(self, level: Level, models: dict) -> dict:
-        """Balanced accuracy with oracle routing by subset (and the one-vs-rest protocol), parameters, similarity."""
-        path = self.directory / level_name(level.target) / "eval.json"
+    def dense_baseline(self) -> nn.Module:
+        """The dense model (all weights, no router) trained on all the training data with RTL's retraining budget."""
+        ones = {n: torch.ones(1, *layer.weight.shape, dtype=torch.bool) for n, layer in named_rtl_layers(self.model).items()}
+        return self._retrained(
+            self.retrain_dir / "dense", self.fresh(1), ones, [concat(self.subsets)], {"method": "dense", "sparsity": 0.0}
+        )
+
+    def fit_router(self) -> tuple[nn.Module, dict]:
+        """The router of the deployable figure, fit on the training inputs only (``router-<eval key>/``, reused on re-run)."""
+        path = self.directory / f"router-{self.recipe.stage_digest('eval')}"
+        loaded = load_fitted(path)
+        if loaded is not None:
+            return loaded
+        router, info = fit_router(self.recipe.router, self.train.tensors[0], self.train_ids, self.recipe.num_tickets, self.recipe.seed)
+        with torch.no_grad():
+            info["test_accuracy"] = float(
+                (router(self.test.tensors[0].reshape(len(self.test), -1).float()) == self.test_ids).float().mean()
+            )
+        save_fitted(router, info["chosen"], info, path)
+        self.log({"stage": "router", **info})
+        return router, info
+
+    def evaluate_level(self, level: Level, models: dict, dense: nn.Module | None = None) -> dict:
+        """Balanced accuracy with the router's routes and with oracle routes, baselines, parameters, similarity."""
+        path = self.retrain_dir / level.name / f"eval-{self.eval_key}.json"
         done = read_json(path)
         if done is not None:
             return done
@@ -247,16 +324,22 @@ class Run:
         k_total = self.recipe.num_tickets
         counts = param_counts(level.masks)
         shared = dense_param_count(models["rtl"])
-        result = {"target": level.target, "sparsity": level.achieved, "round": level.round_index, "relaxed": level.relaxed, "methods": {}}
-        rtl_pred = predict(models["rtl"], self.test, self.test_ids).argmax(1)
+        with torch.no_grad():
+            routes = self.router(self.test.tensors[0].reshape(len(self.test), -1).float())
+        result = {
+            "target": level.target, "sparsity": level.achieved, "round": level.round_index, "relaxed": level.relaxed,
+            "router": {**self.router_info, "test_accuracy": float((routes == self.test_ids).float().mean())}, "methods": {},
+        }  # fmt: skip
+        rtl_params = {"params": counts["rtl_union"], "dense_params": shared}
         result["methods"]["rtl"] = {
-            **classification_report(rtl_pred, y, self.num_classes),
-            "params": counts["rtl_union"],
-            "dense_params": shared,
+            **classification_report(predict(models["rtl"], self.test, routes).argmax(1), y, self.num_classes),
+            **rtl_params,
         }
+        rtl_pred = predict(models["rtl"], self.test, self.test_ids).argmax(1)
+        result["methods"]["rtl_oracle"] = {**classification_report(rtl_pred, y, self.num_classes), **rtl_params}
         if self.recipe.one_vs_rest:
             per = [predict(models["rtl"], self.test, k).argmax(1) for k in range(k_total)]
-            result["methods"]["rtl"]["one_vs_rest"] = one_vs_rest(per, self.test_ids, self.ticket_classes)
+            result["methods"]["rtl_oracle"]["one_vs_rest"] = one_vs_rest(per, self.test_ids, self.ticket_classes)
         if "single" in models:
             single_pred = predict(models["single"], self.test, 0).argmax(1)
             single_params = param_counts(level.single_masks)["rtl_union"]
@@ -265,18 +348,27 @@ class Run:
                 "params": single_params,
                 "dense_params": shared,
             }
-            per_multi = [predict(m, self.test, 0).argmax(1) for m in models["multi"]]
-            multi_pred = torch.stack(per_multi)[self.test_ids, torch.arange(len(y))]
-            result["methods"]["multi"] = {
-                **classification_report(multi_pred, y, self.num_classes),
-                "params": counts["multi_model"],
-                "dense_params": shared * k_total,
+            per_multi = torch.stack([predict(m, self.test, 0).argmax(1) for m in models["multi"]])
+            multi_params = {"params": counts["multi_model"], "dense_params": shared * k_total}
+            rows = torch.arange(len(y))
+            result["methods"]["multi"] = {**classification_report(per_multi[routes, rows], y, self.num_classes), **multi_params}
+            result["methods"]["multi_oracle"] = {
+                **classification_report(per_multi[self.test_ids, rows], y, self.num_classes),
+                **multi_params,
             }
             if self.recipe.one_vs_rest:
                 result["methods"]["single"]["one_vs_rest"] = one_vs_rest([single_pred] * k_total, self.test_ids, self.ticket_classes)
-                result["methods"]["multi"]["one_vs_rest"] = one_vs_rest(per_multi, self.test_ids, self.ticket_classes)
+                result["methods"]["multi_oracle"]["one_vs_rest"] = one_vs_rest(list(per_multi), self.test_ids, self.ticket_classes)
+        if dense is not None:
+            dense_pred = predict(dense, self.test, 0).argmax(1)
+            result["methods"]["dense"] = {
+                **classification_report(dense_pred, y, self.num_classes),
+                "params": counts["dense"],
+                "dense_params": shared,
+            }
         result["params"] = counts
         result["similarity"] = to_json(similarity(level.masks))
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=2))
         for method, values in result["methods"].items():
             self.log(
@@ -291,21 +383,7 @@ class Run:
         return result
 
     def report(self, levels: list[Level], models: list[dict], evals: list[dict]) -> dict:
-        """``report.json``, ``table.txt``, plots (with matplotlib) and ``model/`` (RTL at the highest sparsity)."""
-        rows = []
-        for ev in evals:
-            for method, values in ev["methods"].items():
-                row = {
-                    "sparsity": ev["sparsity"],
-                    "method": method,
-                    "balanced_accuracy": values["balanced_accuracy"],
-                    "params": values["params"],
-                }
-                if "one_vs_rest" in values:
-                    row["ovr_balanced_accuracy"] = values["one_vs_rest"]["mean_balanced_accuracy"]
-                    row["ovr_precision"] = values["one_vs_rest"]["mean_precision"]
-                    row["ovr_recall"] = values["one_vs_rest"]["mean_recall"]
-                rows.append(row)
+        """``report.json``, ``table.txt``, plots (with matplotlib) and ``model/`` (RTL at the highest sparsity, with its router)."""
         history = self.search.history
         sparsities = [0.0] + [h["sparsity"] for h in history]  # the dense start: every ticket is all ones, score 1
         scores = [1.0] + [h["mean_score"] for h in history]
@@ -313,7 +391,9 @@ class Run:
         report = {
             "recipe": self.recipe.to_dict(),
             "directory": str(self.directory),
-            "rows": rows,
+            "stage_dirs": {"retrain": self.retrain_dir.name, "eval": f"eval-{self.eval_key}.json"},
+            "router": evals[-1]["router"],
+            "rows": table_rows(evals),
             "levels": evals,
             "similarity_history": history,
             "collapse_point": None if cp is None else {"round": cp - 1, "sparsity": sparsities[cp], "score": scores[cp]},
@@ -321,9 +401,10 @@ class Run:
             "timings_s": {k: round(v, 2) for k, v in self.timings.items()},
         }
         (self.directory / "report.json").write_text(json.dumps(report, indent=2))
-        (self.directory / "table.txt").write_text(format_table(rows, evals[0]["params"]["dense"]) + "\n")
+        (self.directory / "table.txt").write_text(format_table(report["rows"], evals[0]["params"]["dense"], report["router"]) + "\n")
         final = self.directory / "model"
-        shutil.copytree(self.directory / level_name(levels[-1].target) / "rtl", final, dirs_exist_ok=True)
+        shutil.copytree(self.retrain_dir / levels[-1].name / "rtl", final, dirs_exist_ok=True)
+        shutil.copytree(self.directory / f"router-{self.recipe.stage_digest('eval')}", final / "router", dirs_exist_ok=True)
         try:
             from .plots import plot_run
 
@@ -333,25 +414,51 @@ class Run:
         return report
 
 
-def format_table(rows: list[dict], dense_params: int) -> str:
+def table_rows(evals: list[dict]) -> list[dict]:
+    """One row per (level, method), in table order; the dense baseline once, first."""
+    rows = []
+    for i, ev in enumerate(evals):
+        for method, values in ev["methods"].items():
+            if method == "dense" and i > 0:
+                continue
+            row = {
+                "sparsity": 0.0 if method == "dense" else ev["sparsity"],
+                "method": method,
+                "balanced_accuracy": values["balanced_accuracy"],
+                "accuracy": values.get("accuracy"),
+                "params": values["params"],
+            }
+            if "one_vs_rest" in values:
+                row["ovr_balanced_accuracy"] = values["one_vs_rest"]["mean_balanced_accuracy"]
+                row["ovr_precision"] = values["one_vs_rest"]["mean_precision"]
+                row["ovr_recall"] = values["one_vs_rest"]["mean_recall"]
+            rows.append(row)
+    rows.sort(key=lambda r: r["method"] != "dense")
+    return rows
+
+
+def format_table(rows: list[dict], dense_params: int, router: dict | None = None) -> str:
     """The comparison table: sparsity, method, balanced accuracy, prunable parameters (and one-vs-rest scores)."""
-    names = {"rtl": "RTL (oracle routing)", "single": "single-mask IMP", "multi": "multi-model IMP"}
     ovr = any("ovr_balanced_accuracy" in r for r in rows)
-    head = f"{'sparsity':>8}  {'method':<22} {'bal. acc':>8}  {'params':>9}  {'of dense':>8}"
+    head = f"{'sparsity':>8}  {'method':<33} {'bal. acc':>8}  {'params':>9}  {'of dense':>8}"
     if ovr:
         head += f"  {'1-vs-rest bal.acc / prec / rec':>30}"
     lines = [head, "-" * len(head)]
     for r in rows:
-        line = f"{r['sparsity']:>8.1%}  {names.get(r['method'], r['method']):<22} {r['balanced_accuracy']:>8.4f}  {r['params']:>9,}  {r['params'] / dense_params:>8.2f}"
+        line = f"{r['sparsity']:>8.1%}  {METHOD_NAMES.get(r['method'], r['method']):<33} {r['balanced_accuracy']:>8.4f}  {r['params']:>9,}  {r['params'] / dense_params:>8.2f}"
         if "ovr_balanced_accuracy" in r:
             line += f"  {r['ovr_balanced_accuracy']:>12.3f} / {r['ovr_precision']:.3f} / {r['ovr_recall']:.3f}"
         lines.append(line)
+    if router:
+        val = router.get("validation_accuracy")
+        picked = f", picked by held-out training accuracy from {', '.join(f'{k} {v:.3f}' for k, v in val.items())}" if val else ""
+        lines.append(
+            f"router: {router['chosen']} on the inputs, fit on training inputs only{picked}; routing accuracy on test {router['test_accuracy']:.4f}"
+        )
+    lines.append(
+        "RTL (router) is what a deployment gets; the oracle row routes each test sample by its label's subset, which a deployment cannot."
+    )
     lines.append(
         f"params: prunable weights stored (dense model: {dense_params:,}); RTL counts the union of its K masks, multi-model the sum of K models."
     )
     return "\n".join(lines)
-
-
-def _diff(a: Recipe, b: Recipe) -> list[str]:
-    da, db = a.to_dict(), b.to_dict()
-    return [k for k in da if da[k] != db[k]]

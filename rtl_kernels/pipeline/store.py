@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 
@@ -39,13 +40,13 @@ def read_json(path: Path) -> object | None:
         raise StageFileError(path, exc) from None
 
 
-def atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
+def atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
     """Write a safetensors file under a temporary name and rename it, so a kill never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp)
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -56,18 +57,34 @@ def atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
 class DirStore:
     """:class:`~rtl_kernels.pipeline.imp.TicketStore` over ``root/round_RRR/ticket_KKK.safetensors``."""
 
-    def __init__(self, root: str | os.PathLike) -> None:
+    def __init__(self, root: str | os.PathLike, schedule: Sequence[float] | None = None) -> None:
         self.root = Path(root)
+        self.schedule = None if schedule is None else [float(s) for s in schedule]
 
     def _mask_path(self, round_index: int, ticket: int) -> Path:
         return self.root / f"round_{round_index:03d}" / f"ticket_{ticket:03d}.safetensors"
 
+    def _prefix(self, round_index: int) -> str | None:
+        # a round's mask depends on the sparsities of that round and every round before it
+        return None if self.schedule is None else json.dumps([round(s, 12) for s in self.schedule[: round_index + 1]])
+
     def load_mask(self, round_index: int, ticket: int) -> dict[str, torch.Tensor] | None:
-        tensors = read_tensors(self._mask_path(round_index, ticket))
-        return None if tensors is None else {k: v.bool() for k, v in tensors.items()}
+        """The saved mask, or None when there is none or (with a schedule) it was found on another schedule."""
+        path = self._mask_path(round_index, ticket)
+        tensors = read_tensors(path)
+        if tensors is None:
+            return None
+        prefix = self._prefix(round_index)
+        if prefix is not None:
+            with safe_open(str(path), "pt") as fh:
+                if (fh.metadata() or {}).get("schedule") != prefix:
+                    return None
+        return {k: v.bool() for k, v in tensors.items()}
 
     def save_mask(self, round_index: int, ticket: int, masks: dict[str, torch.Tensor]) -> None:
-        atomic_save({k: v.to(torch.uint8) for k, v in masks.items()}, self._mask_path(round_index, ticket))
+        prefix = self._prefix(round_index)
+        metadata = None if prefix is None else {"schedule": prefix}
+        atomic_save({k: v.to(torch.uint8) for k, v in masks.items()}, self._mask_path(round_index, ticket), metadata)
 
     def load_rewind(self, ticket: int) -> dict[str, torch.Tensor] | None:
         return read_tensors(self.root / f"rewind_{ticket:03d}.safetensors")

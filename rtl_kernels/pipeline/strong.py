@@ -32,14 +32,10 @@ from ..ops.library import routed_linear as routed_linear_op
 from ..ops.linear import routed_linear
 from .progress import bar
 from .pruning import SCOPES, keep_counts
-from .training import LossFn, OptimizerFactory, check_positive, check_subsets, derived_seed, epoch_batches, fetch
+from .training import LossFn, NonFiniteLossError, OptimizerFactory, check_positive, check_subsets, derived_seed, epoch_batches, fetch
 
 logger = logging.getLogger(__name__)
 _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
-
-
-class NonFiniteLossError(RuntimeError):
-    """A training loss became NaN or Inf; the message names the ticket. The model is left as it was."""
 
 
 def check_open_sparsity(value: object) -> float:

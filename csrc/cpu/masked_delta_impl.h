@@ -1,0 +1,146 @@
+// The masked-delta kernels, written once against the vector traits `V` of routed_cpu_impl.h and
+// compiled per ISA: each routed_<isa>.cpp includes this after routed_cpu_impl.h (same namespace
+// and target options). A delta value outside a ticket's mask is loaded under that mask (AVX-512:
+// not read at all; AVX2/generic: cleared bit-wise), so NaN or Inf stored there never reaches y.
+
+namespace RTL_ISA_NS {
+
+using rtl_cpu::DeltaProblem;
+
+static constexpr int64_t kDeltaColChunk = 1024;  // 4 KiB of each base and delta row per block
+static constexpr int64_t kDeltaRowBlock = 8;
+
+// rows `rows` (RT of them, one ticket with scale s) x weight rows n..n+RN-1 over columns [c0, c1)
+template <int RT, int RN>
+static void delta_tile(const DeltaProblem& p, const int64_t* rows, const uint32_t* const* mrow, float s, const float* bias, int64_t n, int64_t c0, int64_t c1,
+                       float* y) {
+  const int64_t C = p.C;
+  const float* xr[RT];
+  const float* br[RN];
+  const float* dr[RN];
+  RTL_UNROLL
+  for (int t = 0; t < RT; ++t) xr[t] = p.x + rows[t] * C;
+  RTL_UNROLL
+  for (int r = 0; r < RN; ++r) {
+    br[r] = p.base + (n + r) * C;
+    dr[r] = p.delta + (n + r) * C;
+  }
+  const vec sv = V::bcast(s);
+  vec acc[RT][RN];
+  RTL_UNROLL
+  for (int t = 0; t < RT; ++t)
+    RTL_UNROLL
+    for (int r = 0; r < RN; ++r) acc[t][r] = V::zero();
+  int64_t c = c0;
+  for (; c + L <= c1; c += L) {
+    vec xv[RT];
+    RTL_UNROLL
+    for (int t = 0; t < RT; ++t) xv[t] = V::load(xr[t] + c);
+    RTL_UNROLL
+    for (int r = 0; r < RN; ++r) {
+      const vec wv = V::fmadd(sv, V::load_keep(dr[r] + c, V::mask_at(mrow[r], c)), V::load(br[r] + c));
+      RTL_UNROLL
+      for (int t = 0; t < RT; ++t) acc[t][r] = V::fmadd(xv[t], wv, acc[t][r]);
+    }
+  }
+  if (c < c1) {  // the last block of a row only
+    const uint32_t lim = limit_mask(c, C);
+    vec xv[RT];
+    RTL_UNROLL
+    for (int t = 0; t < RT; ++t) xv[t] = V::load_masked(xr[t] + c, lim);
+    RTL_UNROLL
+    for (int r = 0; r < RN; ++r) {
+      const vec wv = V::fmadd(sv, V::load_masked(dr[r] + c, chunk_mask(mrow[r], c) & lim), V::load_masked(br[r] + c, lim));
+      RTL_UNROLL
+      for (int t = 0; t < RT; ++t) acc[t][r] = V::fmadd(xv[t], wv, acc[t][r]);
+    }
+  }
+  const bool first = c0 == 0 && bias != nullptr;  // the ticket's bias joins the first column block
+  RTL_UNROLL
+  for (int t = 0; t < RT; ++t)
+    RTL_UNROLL
+    for (int r = 0; r < RN; ++r) y[rows[t] * p.N + n + r] += V::reduce(acc[t][r]) + (first ? bias[n + r] : 0.0f);
+}
+
+template <int RT>
+static void delta_rows(const DeltaProblem& p, int64_t k, const int64_t* rows, int64_t nb, int64_t nb_end, int64_t c0, int64_t c1, float* y) {
+  const float s = p.scales[k];
+  const float* bias = p.bias != nullptr ? p.bias + k * p.bias_stride : nullptr;
+  for (int64_t n = nb; n < nb_end; n += 2) {
+    const uint32_t* mrow[2] = {p.bits + (k * p.N + n) * p.words, nullptr};
+    if (n + 1 < nb_end) {
+      mrow[1] = mrow[0] + p.words;
+      delta_tile<RT, 2>(p, rows, mrow, s, bias, n, c0, c1, y);
+    } else {
+      delta_tile<RT, 1>(p, rows, mrow, s, bias, n, c0, c1, y);
+    }
+  }
+}
+
+static void delta_forward(const DeltaProblem& p, float* y, int64_t n0, int64_t n1) {
+  for (int64_t nb = n0; nb < n1; nb += kDeltaRowBlock) {
+    const int64_t nb_end = imin(nb + kDeltaRowBlock, n1);
+    for (int64_t c0 = 0; c0 < p.C || c0 == 0; c0 += kDeltaColChunk) {
+      const int64_t c1 = imin(c0 + kDeltaColChunk, p.C);
+      for (int64_t k = 0; k < p.K; ++k) {
+        const int64_t hi = p.offsets[k + 1];
+        for (int64_t q = p.offsets[k]; q < hi;) {
+          const int rt = row_tile(hi - q);
+          if constexpr (V::RT >= 4)
+            if (rt == 4) delta_rows<4>(p, k, p.perm + q, nb, nb_end, c0, c1, y);
+          if constexpr (V::RT >= 2)
+            if (rt == 2) delta_rows<2>(p, k, p.perm + q, nb, nb_end, c0, c1, y);
+          if (rt == 1) delta_rows<1>(p, k, p.perm + q, nb, nb_end, c0, c1, y);
+          q += rt;
+        }
+      }
+      if (c1 >= p.C) break;
+    }
+  }
+}
+
+static inline bool bit_at(const uint32_t* mrow, int64_t c) { return (mrow[c >> 5] >> (c & 31)) & 1u; }
+
+static void delta_materialize(const DeltaProblem& p, int64_t k, float* out, int64_t n0, int64_t n1) {
+  const vec sv = V::bcast(p.scales[k]);
+  const float s = p.scales[k];
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint32_t* mrow = p.bits + (k * p.N + n) * p.words;
+    const float* br = p.base + n * p.C;
+    const float* dr = p.delta + n * p.C;
+    float* o = out + n * p.C;
+    int64_t c = 0;
+    for (; c + L <= p.C; c += L) V::store(o + c, V::fmadd(sv, V::load_keep(dr + c, V::mask_at(mrow, c)), V::load(br + c)));
+    for (; c < p.C; ++c) o[c] = bit_at(mrow, c) ? br[c] + s * dr[c] : br[c];
+  }
+}
+
+static void delta_masked_axpy(const DeltaProblem& p, int64_t k, float s, const float* g, float* out, int64_t n0, int64_t n1) {
+  const vec sv = V::bcast(s);
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint32_t* mrow = p.bits + (k * p.N + n) * p.words;
+    const float* gr = g + n * p.C;
+    float* o = out + n * p.C;
+    int64_t c = 0;
+    for (; c + L <= p.C; c += L) V::store(o + c, V::mask_add(V::load(o + c), V::mask_at(mrow, c), V::fmadd(sv, V::load(gr + c), V::zero())));
+    for (; c < p.C; ++c)
+      if (bit_at(mrow, c)) o[c] += s * gr[c];
+  }
+}
+
+static void delta_masked_dot(const DeltaProblem& p, int64_t k, const float* g, double* rowsum, int64_t n0, int64_t n1) {
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint32_t* mrow = p.bits + (k * p.N + n) * p.words;
+    const float* dr = p.delta + n * p.C;
+    const float* gr = g + n * p.C;
+    vec acc = V::zero();
+    int64_t c = 0;
+    for (; c + L <= p.C; c += L) acc = V::fmadd(V::load_keep(dr + c, V::mask_at(mrow, c)), V::load(gr + c), acc);
+    double sum = V::reduce(acc);
+    for (; c < p.C; ++c)
+      if (bit_at(mrow, c)) sum += static_cast<double>(dr[c]) * gr[c];
+    rowsum[n] = sum;
+  }
+}
+
+}  // namespace RTL_ISA_NS

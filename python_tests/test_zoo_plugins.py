@@ -1,0 +1,66 @@
+"""Model registry and plug-ins: built-in names (LeNet-300-100, the MNIST CNN), 'module:factory' specs, clear errors."""
+
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from rtl_kernels.pipeline import Recipe, packaged_recipe
+from rtl_kernels.zoo import MODELS, build_model, register_model
+
+
+def test_builtin_models():
+    lenet = build_model("lenet300", in_features=784, num_classes=10)
+    assert sum(m.weight.numel() for m in lenet.modules() if isinstance(m, torch.nn.Linear)) == 266_200
+    cnn = build_model("cnn", in_features=784, num_classes=10)
+    assert cnn(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    assert {"mlp", "lenet300", "cnn", "ghostnet"} <= set(MODELS)
+    recipe = packaged_recipe("mnist")
+    assert (recipe.dataset, recipe.model, recipe.lr, recipe.batch_size) == ("mnist", "lenet300", 0.0012, 60)
+
+
+@pytest.fixture
+def plugin_module(tmp_path, monkeypatch):
+    (tmp_path / "my_rtl_plugin.py").write_text(
+        textwrap.dedent(
+            """
+            import torch
+            from torch.utils.data import TensorDataset
+
+            def tiny(*, in_features, num_classes, hidden):
+                return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(in_features, num_classes))
+
+            def data(*, seed, data_dir, max_train):
+                g = torch.Generator().manual_seed(seed)
+                x = torch.randn(40, 6, generator=g)
+                y = torch.arange(40) % 4
+                return TensorDataset(x[:30], y[:30]), TensorDataset(x[30:], y[30:])
+
+            not_callable = 3
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield "my_rtl_plugin"
+    sys.modules.pop("my_rtl_plugin", None)
+
+
+def test_plugin_model_and_errors(plugin_module):
+    model = build_model(f"{plugin_module}:tiny", in_features=6, num_classes=4)
+    assert model(torch.randn(3, 6)).shape == (3, 4)
+    with pytest.raises(ValueError, match="model: expected one of"):
+        build_model("resnet", in_features=6, num_classes=4)
+    with pytest.raises(ValueError, match="cannot import module 'no_such_mod'"):
+        build_model("no_such_mod:f", in_features=6, num_classes=4)
+    with pytest.raises(ValueError, match="has no attribute 'missing'"):
+        build_model(f"{plugin_module}:missing", in_features=6, num_classes=4)
+    with pytest.raises(TypeError, match="to be callable"):
+        build_model(f"{plugin_module}:not_callable", in_features=6, num_classes=4)
+    with pytest.raises(ValueError, match=r"recipe.model: expected one of .* or a plug-in 'module:factory'"):
+        Recipe(model="resnet")
+    register_model("tiny2", lambda **kw: torch.nn.Linear(kw["in_features"], kw["num_classes"]))
+    try:
+        assert isinstance(build_model("tiny2", in_features=6, num_classes=4), torch.nn.Linear)
+    finally:
+        MODELS.pop("tiny2")

@@ -1,0 +1,34 @@
+"""Adding tickets to a converted model later (a new data cluster gets its own ticket, the others stay as they are)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..masks.packed import ones_bits
+from ..models.state import named_rtl_layers
+
+
+def add_tickets(model: nn.Module, count: int = 1) -> list[int]:
+    """Grow K by ``count`` in place: existing masks are kept bit for bit, new tickets start all ones; returns the new ids.
+
+    Search masks for the new tickets with ``find_tickets(model, subsets, tickets=new_ids, ...)``;
+    ticket ``k < K`` computes exactly what it computed before.
+    """
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"count: expected a positive int, got {count!r}")
+    layers = named_rtl_layers(model)
+    if not layers:
+        raise ValueError("model: expected a converted model (rtl.convert(model, K)), found no RTL layers")
+    ks = {layer.num_tickets for layer in layers.values()}
+    if len(ks) != 1:
+        raise ValueError(f"model: expected every RTL layer to have the same K, got {sorted(ks)}")
+    k_old = ks.pop()
+    for layer in layers.values():
+        extra = ones_bits(count, layer.weight.shape, device=layer.mask_bits.device)
+        layer.mask_bits = torch.cat([layer.mask_bits, extra])
+    for module in model.modules():  # per-ticket state outside the masks (routed BatchNorm statistics)
+        grow = getattr(module, "grow_tickets", None)
+        if callable(grow) and module not in layers.values():
+            grow(count)
+    return list(range(k_old, k_old + count))
