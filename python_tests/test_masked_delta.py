@@ -186,3 +186,26 @@ def test_the_op_passes_torch_library_opcheck():
         "reference",
     )
     torch.library.opcheck(torch.ops.rtl_kernels.masked_delta_linear.default, args)
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "cpu"])  # the CPU kernel is float32-only; "auto" falls back
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_within_the_contract_tolerance(backend, dtype):
+    if backend == "triton" and dtype == torch.bfloat16:
+        pytest.skip("the Triton CPU interpreter computes bfloat16 wrongly (as for the routed kernels)")
+    x, base, delta, masks, scales, routes, bias = _case(10, 12, 40, 3, 0.5, dtype, 4)
+    y = masked_delta_linear(x, base, delta, masks, scales, routes, bias, backend=backend)
+    assert y.dtype == dtype
+    assert rel_error(y, oracle(x, base, delta, masks, scales, routes, bias)) <= TOLERANCE[dtype]
+    auto = masked_delta_linear(x, base, delta, masks, scales, routes, bias)
+    assert rel_error(auto, oracle(x, base, delta, masks, scales, routes, bias)) <= TOLERANCE[dtype]
+
+
+def test_layer_checks_its_input_once_and_names_it():
+    layer = rtl.nn.RTLDeltaLinear(10, 4, 2)
+    with pytest.raises(ValueError, match=r"x: expected shape \[..., 10\]"):
+        layer(torch.randn(3, 5), 0)
+    with pytest.raises(TypeError, match="x: expected dtype"):
+        layer(torch.randn(3, 10, dtype=torch.float64).to(torch.int64), 0)
+    with pytest.raises(ValueError, match="routes: expected ticket ids"):
+        layer(torch.randn(3, 10), torch.tensor([0, 1, 2]))

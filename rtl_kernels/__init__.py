@@ -48,7 +48,7 @@ def __getattr__(name: str):
     # heavy or optional parts load on first use
     import importlib
 
-    if name in ("routers", "pipeline", "init", "merge"):
+    if name in ("routers", "pipeline", "init", "merge", "serve"):
         return importlib.import_module(f".{name}", __name__)
     if name == "warmup":  # needs Triton: pre-compiles every kernel a deployment uses
         return importlib.import_module(".backends.triton_backend", __name__).warmup

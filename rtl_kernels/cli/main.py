@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "rtl_kernels.cli.pipeline",
     "rtl_kernels.cli.tune",
     "rtl_kernels.cli.merge",
+    "rtl_kernels.cli.serve",
 )
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -18,7 +17,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..atomic import atomic_write
 from ..masks.packed import PackedMasks
+from .routing import RoutedModel
 from .state import named_rtl_layers
 
 FORMAT = "rtl_kernels"
@@ -49,20 +50,17 @@ def _weights_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str,
     return tensors, aliases
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save(model: nn.Module, path: str | os.PathLike, *, metadata: dict | None = None) -> Path:
-    """Write the converted ``model`` (weights, masks, layer map, ``metadata``) to directory ``path``."""
+    """Write the converted ``model`` (weights, masks, layer map, ``metadata``) to directory ``path``.
+
+    For a :class:`RoutedModel` the inner model is saved (keys as in the dense model) and its router
+    next to it (``router.safetensors`` + ``router.json``, see :func:`rtl_kernels.routers.save_router`).
+    """
+    router = None
+    if isinstance(model, RoutedModel):
+        model, router = model.model, model.router
+        if router is not None and not callable(getattr(router, "router_state", None)):
+            raise TypeError(f"model: its router {type(router).__name__} has no router_state(), so it cannot be saved")
     layers = named_rtl_layers(model)
     if not layers:
         raise ValueError("model: expected a converted model with RTL layers (use rtl.convert first), found none")
@@ -94,9 +92,13 @@ def save(model: nn.Module, path: str | os.PathLike, *, metadata: dict | None = N
         "seeded": seeded,
         "metadata": metadata or {},
     }
-    _atomic_write(out / WEIGHTS, lambda p: save_file(tensors, p, metadata={"format": FORMAT}))
-    _atomic_write(out / MASKS, lambda p: save_file(masks, p, metadata={"format": FORMAT}))
-    _atomic_write(out / META, lambda p: Path(p).write_text(json.dumps(meta, indent=2, sort_keys=True)))
+    atomic_write(out / WEIGHTS, lambda p: save_file(tensors, p, metadata={"format": FORMAT}))
+    atomic_write(out / MASKS, lambda p: save_file(masks, p, metadata={"format": FORMAT}))
+    atomic_write(out / META, lambda p: Path(p).write_text(json.dumps(meta, indent=2, sort_keys=True)))
+    if router is not None:
+        from ..routers.store import save_router
+
+        save_router(router, out)
     return out
 
 
@@ -131,7 +133,20 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
     Two phases: :func:`_checked_state` reads and checks everything (files, layer map, K of every
     layer, every shape, mask padding bits) and builds the full state to copy; only then does
     :func:`_copy_state` write it. Any problem raises :class:`LoadError` and leaves the model untouched.
+    A :class:`RoutedModel` also gets the saved router, when the save holds one (functions such as
+    a ``feature_fn`` are taken from its current router of the same class).
     """
+    if isinstance(model, RoutedModel):
+        from ..routers.store import load_router, saved_router_class
+
+        current, options = model.router, {}
+        if current is not None and type(current).__name__ == saved_router_class(path):
+            options = {name: getattr(current, name) for name in ("feature_fn", "key") if getattr(current, name, None) is not None}
+        router = load_router(path, model.model, **options)  # built aside: nothing changes if the model does not load
+        load(path, model.model)
+        if router is not None:
+            model.router = router
+        return model
     from ..init.seeded import mark_seeded
 
     base = Path(path)

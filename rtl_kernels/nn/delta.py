@@ -12,7 +12,7 @@ from torch import nn
 
 from ..dispatch.plan import RoutingPlan
 from ..masks.packed import PackedMasks, ones_bits, pack_masks
-from ..ops.masked_delta import masked_delta_linear
+from ..ops.masked_delta import apply_checked, masked_delta_linear
 from .base import RTLLayer, check_num_tickets
 
 
@@ -97,10 +97,13 @@ class RTLDeltaLinear(RTLLayer):
         return out
 
     def forward(self, x: torch.Tensor, routes: int | torch.Tensor | RoutingPlan | None = None) -> torch.Tensor:
-        masks = PackedMasks.trusted(self.mask_bits, self.weight.shape)
-        return masked_delta_linear(
-            x, self.weight, self.delta, masks, self.scales, self._resolve_routes(routes), self.ticket_bias(), backend=self.backend
-        )
+        w = self.weight
+        # the layer's own tensors agree by construction: only x is checked against them (one boundary)
+        if not isinstance(x, torch.Tensor) or x.dim() < 1 or x.shape[-1] != self.in_features or x.dtype != w.dtype or x.device != w.device:
+            return masked_delta_linear(
+                x, w, self.delta, self.packed_masks, self.scales, self._resolve_routes(routes), self.ticket_bias(), backend=self.backend
+            )  # the full checks name what is wrong
+        return apply_checked(x, w, self.delta, self.mask_bits, self.scales, self._resolve_routes(routes), self.ticket_bias(), self.backend)
 
     def ticket_weight(self, ticket: int) -> torch.Tensor:
         """Ticket ``ticket``'s dense weight ``weight + scale · (delta ⊙ M)``."""

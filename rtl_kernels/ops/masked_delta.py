@@ -119,8 +119,24 @@ def masked_delta_linear(
     scales = _check_scales(scales, k, x)
     bias = _check_bias(bias, k, base.shape[0], x)
     backends.check_name(backend)
+    return apply_checked(x, base, delta, packed.bits, scales, routes, bias, backend, check_routes)
+
+
+def apply_checked(
+    x: Tensor,
+    base: Tensor,
+    delta: Tensor,
+    bits: Tensor,
+    scales: Tensor,
+    routes: int | Tensor | RoutingPlan,
+    bias: Tensor | None,
+    backend: str,
+    check_routes: bool | None = None,
+) -> Tensor:
+    """The op on arguments already checked against each other (a layer's own parameters); only
+    ``routes`` are checked and planned here."""
     lead = x.shape[:-1]
-    plan = plan_for_rows(routes, k, lead, x.device, check=check_routes)
+    plan = plan_for_rows(routes, int(bits.shape[0]), lead, x.device, check=check_routes)
     x2 = x.reshape(-1, x.shape[-1]).contiguous()
-    y = masked_delta_op(x2, base.contiguous(), delta.contiguous(), packed.bits, scales, plan.routes, plan.perm, plan.offsets, bias, backend)
+    y = masked_delta_op(x2, base.contiguous(), delta.contiguous(), bits, scales, plan.routes, plan.perm, plan.offsets, bias, backend)
     return y.reshape(*lead, base.shape[0])

@@ -57,6 +57,7 @@ METHOD_NAMES = {
     "multi": "multi-model IMP (router)",
     "multi_oracle": "multi-model IMP, oracle",
     "dense": "dense, all data",
+    "strong": "strong tickets (frozen random weights; the model is a seed + masks)",
 }
 
 
@@ -296,7 +297,26 @@ class Run:
                 )
                 for k, s in enumerate(self.ticket_data)
             ]
+        if self.recipe.strong:
+            out["strong"] = self._strong(base / "strong", level.target, {"method": "strong", **tags})
         return out
+
+    def _strong(self, path: Path, sparsity: float, meta: dict) -> nn.Module:
+        """Strong tickets at ``sparsity``: seeded frozen weights, edge-popup masks; loaded from ``path`` when done."""
+        from ..init import seeded_
+        from .strong import find_strong_tickets
+
+        model = self.fresh()
+        if (path / "rtl.json").is_file():
+            return load(path, model)
+        r = self.recipe
+        seeded_(model, r.seed)
+        find_strong_tickets(
+            model, self.ticket_data, sparsity=sparsity, epochs=r.strong_epochs, loss_fn=self.loss_fn, lr=r.strong_lr,
+            batch_size=r.batch_size, seed=r.seed, progress=self.progress, log=self._tagged(**meta),
+        )  # fmt: skip
+        save(model, path, metadata={**meta, "recipe": r.to_dict()})
+        return model
 
     def dense_baseline(self) -> nn.Module:
         """The dense model (all weights, no router) trained on all the training data with RTL's retraining budget."""
@@ -371,6 +391,15 @@ class Run:
             if self.recipe.one_vs_rest:
                 result["methods"]["single"]["one_vs_rest"] = one_vs_rest([single_pred] * k_total, self.test_ids, self.ticket_classes)
                 result["methods"]["multi_oracle"]["one_vs_rest"] = one_vs_rest(list(per_multi), self.test_ids, self.ticket_classes)
+        if "strong" in models:  # oracle routes, as the SupSup setting gives task ids
+            saved = self.retrain_dir / level.name / "strong"
+            result["methods"]["strong"] = {
+                **classification_report(predict(models["strong"], self.test, self.test_ids).argmax(1), y, self.num_classes),
+                "params": 0,  # no weight is stored: it is regenerated from the seed
+                "dense_params": shared,
+                "bytes": sum(p.stat().st_size for p in saved.iterdir() if p.is_file()),
+                "dense_fp32_bytes": 4 * sum(p.numel() for p in models["strong"].parameters()),
+            }
         if dense is not None:
             dense_pred = predict(dense, self.test, 0).argmax(1)
             result["methods"]["dense"] = {
@@ -451,6 +480,8 @@ def table_rows(evals: list[dict]) -> list[dict]:
                 "accuracy": values.get("accuracy"),
                 "params": values["params"],
             }
+            if "bytes" in values:
+                row["bytes"], row["dense_fp32_bytes"] = values["bytes"], values["dense_fp32_bytes"]
             if "one_vs_rest" in values:
                 row["ovr_balanced_accuracy"] = values["one_vs_rest"]["mean_balanced_accuracy"]
                 row["ovr_precision"] = values["one_vs_rest"]["mean_precision"]
@@ -484,4 +515,10 @@ def format_table(rows: list[dict], dense_params: int, router: dict | None = None
     lines.append(
         f"params: prunable weights stored (dense model: {dense_params:,}); RTL counts the union of its K masks, multi-model the sum of K models."
     )
+    for r in rows:
+        if "bytes" in r:
+            lines.append(
+                f"strong tickets at {r['sparsity']:.0%} (oracle routes): {r['bytes']:,} bytes saved (seed + K bit-packed masks + biases + "
+                f"metadata) vs {r['dense_fp32_bytes']:,} bytes of one dense fp32 model"
+            )
     return "\n".join(lines)

@@ -69,6 +69,16 @@ class FeatureRouter(nn.Module):
             return self.features(x)
         return torch.cat([self.features(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
 
+    @staticmethod
+    def saved_feature_fn(config: dict, feature_fn: FeatureFn | None, name: str) -> FeatureFn | None:
+        """``feature_fn`` for a router loaded from ``config``: required when the saved one routed on features."""
+        if config.get("feature_fn") and feature_fn is None:
+            raise ValueError(
+                f"feature_fn: the saved {name} routed on feature_fn(x), and functions are not saved; "
+                "pass the same feature_fn= when loading, got None"
+            )
+        return feature_fn
+
     def _require_fitted(self) -> int:
         if self.num_tickets is None or not self.is_fitted:
             raise ValueError(f"router: this {type(self).__name__} is not fitted yet; call fit(features, subset_ids) first")

@@ -6,10 +6,12 @@ import torch
 
 from ..nn.base import check_num_tickets
 from .base import FeatureFn, FeatureRouter, check_subset_ids
+from .store import register_router_class
 
 _METRICS = ("euclidean", "cosine")
 
 
+@register_router_class
 class CentroidRouter(FeatureRouter):
     """Nearest centroid on ``feature_fn(x)``; centroids from known subset ids or from k-means.
 
@@ -85,6 +87,23 @@ class CentroidRouter(FeatureRouter):
         dist = (feats.unsqueeze(1) - centroids.unsqueeze(0)).pow(2).sum(-1)
         routes = dist.argmin(dim=1)
         return routes.to(x.device) if isinstance(x, torch.Tensor) else routes
+
+    def router_state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """The centroids, and the metric and K as config (see :func:`rtl_kernels.routers.save_router`)."""
+        config = {"num_tickets": self.num_tickets, "metric": self.metric, "feature_fn": self.feature_fn is not None}
+        return {"centroids": self.centroids}, config
+
+    @classmethod
+    def from_router_state(
+        cls, tensors: dict[str, torch.Tensor], config: dict, model: object = None, *, feature_fn: FeatureFn | None = None
+    ) -> CentroidRouter:
+        """A router with the saved centroids (``feature_fn`` again when the saved one had one)."""
+        router = cls(config["num_tickets"], feature_fn=cls.saved_feature_fn(config, feature_fn, cls.__name__), metric=config["metric"])
+        centroids = tensors["centroids"]
+        if centroids.numel() and (centroids.dim() != 2 or centroids.shape[0] != router.num_tickets):
+            raise ValueError(f"centroids: expected [{router.num_tickets}, D], got {list(centroids.shape)}")
+        router.centroids = centroids.to(torch.float32)
+        return router
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         # centroids are sized by fit; take the saved size when loading into a fresh router

@@ -18,6 +18,7 @@ from ..models.state import named_rtl_layers
 from ..nn.linear import RTLLinear
 from ..nn.overrides import forward_overrides
 from ..ops.linear import routed_linear
+from .store import register_router_class
 
 METHODS = ("exact", "one_shot")
 
@@ -29,6 +30,7 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
     return h.reshape(h.shape[0], -1).mean(1) if h.dim() > 1 else h
 
 
+@register_router_class
 class EntropyRouter(nn.Module):
     """``router(x) -> LongTensor [B]``: each sample to the ticket with the lowest output entropy (SupSup)."""
 

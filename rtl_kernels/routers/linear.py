@@ -9,10 +9,12 @@ from torch import nn
 
 from ..nn.base import check_num_tickets
 from .base import FeatureFn, FeatureRouter, check_subset_ids
+from .store import register_router_class
 
 logger = logging.getLogger(__name__)
 
 
+@register_router_class
 class LinearRouter(FeatureRouter):
     """Softmax gate on standardised ``feature_fn(x)``; routes to the most likely ticket.
 
@@ -109,6 +111,34 @@ class LinearRouter(FeatureRouter):
             self.history.append(total / normed.shape[0])
         logger.info("LinearRouter.fit: final loss %.4f after %d epochs", self.history[-1], epochs)
         return self
+
+    def router_state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """Gate weights and the feature standardisation (mean, std) as tensors; sizes as config."""
+        config = {
+            "in_features": self.in_features,
+            "num_tickets": self.num_tickets,
+            "hidden": self.hidden,
+            "feature_fn": self.feature_fn is not None,
+            "history": self.history,
+        }
+        return ({} if self.gate is None else dict(self.state_dict())), config
+
+    @classmethod
+    def from_router_state(
+        cls, tensors: dict[str, torch.Tensor], config: dict, model: object = None, *, feature_fn: FeatureFn | None = None
+    ) -> LinearRouter:
+        """A router with the saved gate and standardisation (``feature_fn`` again when the saved one had one)."""
+        fn = cls.saved_feature_fn(config, feature_fn, cls.__name__)
+        router = cls(config["in_features"], config["num_tickets"], hidden=config["hidden"], feature_fn=fn)
+        if router.gate is not None:
+            try:
+                router.load_state_dict(tensors, strict=True)
+            except RuntimeError as exc:
+                raise ValueError(
+                    f"tensors: expected the gate of a LinearRouter({config['in_features']}, {config['num_tickets']}), {exc}"
+                ) from None
+        router.history = [float(v) for v in config.get("history", [])]
+        return router
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..nn.base import check_num_tickets
+from .store import register_router_class
 
 Labels = torch.Tensor | Sequence[int]
 
@@ -34,6 +35,7 @@ def _lookup_table(mapping: Mapping[int, int] | Sequence[int] | torch.Tensor) -> 
     return table.to(torch.int64).clone()
 
 
+@register_router_class
 class OracleRouter(nn.Module):
     """Routes from known labels: ``ticket = mapping[label]``.
 
@@ -117,6 +119,23 @@ class OracleRouter(nn.Module):
             raise TypeError(f"x: expected integer labels, a key function or the given(labels) context, got {type(x).__name__}")
         routes = self.route(labels)
         return routes.to(x.device) if isinstance(x, torch.Tensor) else routes
+
+    def router_state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """The label -> ticket table (-1: unmapped) as a tensor; K and whether a key function was set as config."""
+        config = {"num_tickets": self.num_tickets, "identity": self._identity, "key": self.key is not None}
+        return ({} if self._identity else {"table": self.table}), config
+
+    @classmethod
+    def from_router_state(
+        cls, tensors: dict[str, torch.Tensor], config: dict, model: object = None, *, key: Callable[[object], Labels] | None = None
+    ) -> OracleRouter:
+        """A router with the saved mapping (``key`` again when the saved one routed through a key function)."""
+        if config.get("key") and key is None:
+            raise ValueError(
+                "key: the saved OracleRouter took labels from key(x), and functions are not saved; pass the same key= when loading, got None"
+            )
+        mapping = None if config["identity"] else tensors["table"]
+        return cls(mapping, num_tickets=config["num_tickets"], key=key)
 
     def extra_repr(self) -> str:
         return f"num_tickets={self.num_tickets}, labels={'identity' if self._identity else self.table.numel()}"

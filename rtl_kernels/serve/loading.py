@@ -1,0 +1,89 @@
+"""What ``rtl-kernels serve PATH`` serves: a run directory of ``rtl-kernels run``, or an ``rtl.save``
+directory plus a ``module:factory`` that builds its architecture."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from torch import nn
+
+from ..models.convert import convert
+from ..models.io import LoadError, load, read_metadata
+from ..models.routing import RoutedModel
+from ..models.state import named_rtl_layers
+from ..routers.store import load_router
+
+
+def import_factory(spec: str) -> Callable[[], nn.Module]:
+    """``"package.module:name"`` -> the callable ``name`` of that module."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"model: expected 'module:factory' (e.g. 'mypkg.models:build'), got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"model: cannot import module {module_name!r} ({exc})") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ValueError(f"model: {module_name!r} has no callable {attr!r}")
+    return factory
+
+
+def _converted(model: object, save_dir: Path) -> nn.Module:
+    """``model`` converted like the save (only the layers the save names), unless it already is."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: the factory must return an nn.Module, got {type(model).__name__}")
+    if named_rtl_layers(model):
+        return model
+    meta = read_metadata(save_dir)
+    saved = set(meta["layers"])
+    return convert(model, int(meta["num_tickets"]), filter_fn=lambda module, name: name in saved)
+
+
+def _zoo_model(run_dir: Path, save_dir: Path) -> nn.Module:
+    """The architecture of a run directory, rebuilt from its ``recipe.json`` (zoo model, same conversion)."""
+    from ..pipeline.recipe import Recipe
+    from ..pipeline.run import NUM_CLASSES
+    from ..zoo import build_model
+
+    recipe = Recipe.from_json((run_dir / "recipe.json").read_text())
+    layers = read_metadata(save_dir)["layers"]
+
+    def build(in_features: int) -> nn.Module:
+        dense = build_model(recipe.model, in_features=in_features, num_classes=NUM_CLASSES.get(recipe.dataset, 10), hidden=recipe.hidden)
+        return convert(dense, recipe.num_tickets, ignore=recipe.ignore)
+
+    # the input size is not in the recipe: take it from the saved first layer (a flat-input MLP's)
+    first = next(iter(named_rtl_layers(build(1))))
+    shape = layers.get(first, {}).get("weight_shape", [0, 1])
+    return build(int(shape[1]) if len(shape) == 2 else 1)
+
+
+def load_served_model(path: str | os.PathLike, model: str | Callable[[], nn.Module] | None = None) -> RoutedModel:
+    """The model at ``path`` as an eval-mode :class:`RoutedModel`, with its saved router when there is one.
+
+    ``path`` is a run directory (``recipe.json`` + ``model/``) or an ``rtl.save`` directory; ``model``
+    (a ``module:factory`` string or a callable) builds the architecture, and is needed for the latter.
+    """
+    base = Path(path)
+    if (base / "rtl.json").is_file():
+        save_dir, run_dir = base, None
+    elif (base / "recipe.json").is_file() and (base / "model" / "rtl.json").is_file():
+        save_dir, run_dir = base / "model", base
+    else:
+        raise LoadError(f"path: expected a run directory (recipe.json + model/) or an rtl.save directory (rtl.json), got {base}")
+    if model is not None:
+        factory = import_factory(model) if isinstance(model, str) else model
+        net = _converted(factory(), save_dir)
+    elif run_dir is not None:
+        net = _zoo_model(run_dir, save_dir)
+    else:
+        raise ValueError(f"model: {base} is an rtl.save directory; pass --model module:factory to build its architecture")
+    router = load_router(save_dir, net)
+    if router is None and run_dir is not None:
+        router = load_router(run_dir, net)
+    load(save_dir, net)
+    return RoutedModel(net.eval(), router).eval()
