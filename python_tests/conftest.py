@@ -10,6 +10,7 @@ Likewise tuned launch-config tables go to a per-session directory.
 import os
 import tempfile
 
+import pytest
 import torch
 
 if not torch.cuda.is_available():
@@ -25,3 +26,12 @@ settings.register_profile(
 )
 settings.register_profile("thorough", deadline=None, max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture
+def one_thread():
+    """Run the test with one torch thread (small pipeline models train fastest so, and the cores are shared)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -73,6 +73,8 @@ def test_demo_end_to_end_tiny_and_resumes(tmp_path, capsys):
         "0.5",
         "--prune-fraction",
         "0.5",
+        "--strong-epochs",
+        "1",
     ]
     try:
         assert main(args) == 0
@@ -84,6 +86,7 @@ def test_demo_end_to_end_tiny_and_resumes(tmp_path, capsys):
             "dense, all data",
             "single-mask IMP",
             "multi-model IMP",
+            "strong tickets (frozen random weights; the model is a seed + masks)",
             "similarity score",
             "routed inference",
             "dense model",

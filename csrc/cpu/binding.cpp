@@ -10,6 +10,7 @@
 
 #include "masked_delta_cpu.h"
 #include "routed_cpu.h"
+#include "seeded_cpu.h"
 
 namespace {
 
@@ -292,6 +293,91 @@ std::tuple<at::Tensor, at::Tensor> backward_grouped(const at::Tensor& dy, const 
   return {dx, need_dw ? dw.to(x.scalar_type()) : dw};
 }
 
+// ------------------------------------------------------------------------------- seeded weights (never read)
+
+const rtl_seeded::Ops& seeded_ops_for(int64_t isa) {
+  ops_for(isa);  // validates isa
+  if (isa == kBest) isa = best_isa();
+#if defined(__x86_64__) || defined(_M_X64)
+  if (isa == kAvx512 || isa == kAvx512Bf16) return rtl_seeded::kOpsAvx512;
+  if (isa == kAvx2) return rtl_seeded::kOpsAvx2;
+#endif
+  return rtl_seeded::kOpsGeneric;
+}
+
+rtl_seeded::Problem seeded_problem(const at::Tensor& row_scale, int64_t in_features, int64_t seed, int64_t layer, int64_t dist) {
+  check_float(row_scale, "row_scale", 1, at::kFloat);
+  TORCH_CHECK_VALUE(in_features >= 0, "in_features: expected a non-negative int, got ", in_features);
+  TORCH_CHECK_VALUE(seed >= 0 && seed <= 0xFFFFFFFFLL, "seed: expected an int in [0, 2**32 - 1], got ", seed);
+  TORCH_CHECK_VALUE(layer >= 0 && layer <= 0xFFFFFFFFLL, "layer: expected an int in [0, 2**32 - 1], got ", layer);
+  TORCH_CHECK_VALUE(dist == rtl_seeded::kSignedConstant || dist == rtl_seeded::kUniform, "dist: expected 0 (signed_constant) or 1 (uniform), got ", dist);
+  rtl_seeded::Problem p{};
+  p.N = row_scale.size(0);
+  p.C = in_features;
+  p.words = (p.C + 31) / 32;
+  p.dist = static_cast<int>(dist);
+  p.key_lo = static_cast<uint32_t>(seed);
+  p.key_hi = static_cast<uint32_t>(layer);
+  p.row_scale = row_scale.data_ptr<float>();
+  return p;
+}
+
+void add_seeded_masks(rtl_seeded::Problem& p, int64_t M, const at::Tensor& bits, const at::Tensor& perm, const at::Tensor& offsets) {
+  check_common(bits, "bits", 3);
+  TORCH_CHECK_TYPE(bits.scalar_type() == at::kInt, "bits: expected dtype int32, got ", bits.scalar_type());
+  p.K = bits.size(0);
+  TORCH_CHECK_VALUE(p.K >= 1, "bits: expected at least one ticket, got shape ", shape_of(bits));
+  check_shape(bits, "bits", {p.K, p.N, p.words});
+  rtl_cpu::Problem plan{};
+  plan.K = p.K;
+  add_plan(plan, M, perm, offsets);
+  p.M = M;
+  p.perm = plan.perm;
+  p.offsets = plan.offsets;
+  p.bits = reinterpret_cast<const uint32_t*>(bits.data_ptr<int32_t>());
+}
+
+at::Tensor seeded_forward(const at::Tensor& x, const at::Tensor& bits, const at::Tensor& perm, const at::Tensor& offsets, const at::Tensor& row_scale,
+                          const c10::optional<at::Tensor>& bias, int64_t seed, int64_t layer, int64_t dist, int64_t isa) {
+  const rtl_seeded::Ops& ops = seeded_ops_for(isa);
+  check_float(x, "x", 2, at::kFloat);
+  rtl_seeded::Problem p = seeded_problem(row_scale, x.size(1), seed, layer, dist);
+  add_seeded_masks(p, x.size(0), bits, perm, offsets);
+  p.x = x.data_ptr<float>();
+  at::Tensor y = at::zeros({p.M, p.N}, x.options());
+  float* yp = y.data_ptr<float>();
+  if (p.M > 0) parallel_blocks(p.N, 4, p.M * p.C, [&](int64_t n0, int64_t n1) { ops.forward(p, yp, n0, n1); });
+  if (bias.has_value() && bias->defined()) {
+    check_float(*bias, "bias", 1, at::kFloat);
+    check_shape(*bias, "bias", {p.N});
+    y.add_(*bias);
+  }
+  return y;
+}
+
+at::Tensor seeded_grad_input(const at::Tensor& dy, const at::Tensor& bits, const at::Tensor& perm, const at::Tensor& offsets, const at::Tensor& row_scale,
+                             int64_t in_features, int64_t seed, int64_t layer, int64_t dist, int64_t isa) {
+  const rtl_seeded::Ops& ops = seeded_ops_for(isa);
+  check_float(dy, "dy", 2, at::kFloat);
+  rtl_seeded::Problem p = seeded_problem(row_scale, in_features, seed, layer, dist);
+  check_shape(dy, "dy", {dy.size(0), p.N});
+  add_seeded_masks(p, dy.size(0), bits, perm, offsets);
+  p.dy = dy.data_ptr<float>();
+  at::Tensor dx = at::zeros({p.M, p.C}, dy.options());
+  float* dxp = dx.data_ptr<float>();
+  if (p.M > 0) parallel_blocks(p.C, rtl_cpu::kColBlock, p.M * p.N, [&](int64_t c0, int64_t c1) { ops.grad_x(p, dxp, c0, c1); });
+  return dx;
+}
+
+at::Tensor seeded_generate(const at::Tensor& row_scale, int64_t in_features, int64_t seed, int64_t layer, int64_t dist, int64_t isa) {
+  const rtl_seeded::Ops& ops = seeded_ops_for(isa);
+  rtl_seeded::Problem p = seeded_problem(row_scale, in_features, seed, layer, dist);
+  at::Tensor out = at::empty({p.N, p.C}, row_scale.options());
+  float* op = out.data_ptr<float>();
+  parallel_blocks(p.N, 1, p.C, [&](int64_t n0, int64_t n1) { ops.generate(p, op, n0, n1); });
+  return out;
+}
+
 std::vector<int64_t> supported_isas() {
   std::vector<int64_t> out;
   for (int64_t isa : {kGeneric, kAvx2, kAvx512, kAvx512Bf16})
@@ -314,22 +400,31 @@ int64_t max_threads() {
 
 void register_masked_delta(pybind11::module_& m, const rtl_cpu::DeltaOps& (*ops_for)(int64_t));  // masked_delta_binding.cpp
 
+// the compute entry points release the GIL (as torch's own ops do), so other Python threads (a
+// server's event loop accepting requests while a batch runs) keep running during a kernel
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "rtl_kernels CPU kernels: routed masked linear (bit-packed masks, weight read once per call)";
-  m.def("forward", &forward, "y = x @ (W & mask[route])^T + b, weight-stationary kernel", py::arg("x"), py::arg("weight"), py::arg("bits"), py::arg("perm"),
+  m.def("forward", &forward, "y = x @ (W & mask[route])^T + b, weight-stationary kernel", py::call_guard<py::gil_scoped_release>(), py::arg("x"), py::arg("weight"), py::arg("bits"), py::arg("perm"),
         py::arg("offsets"), py::arg("bias") = py::none(), py::arg("isa") = -1);
-  m.def("grad_input", &grad_input, "dx = dy @ (W & mask[route])", py::arg("dy"), py::arg("weight"), py::arg("bits"), py::arg("perm"), py::arg("offsets"),
+  m.def("grad_input", &grad_input, "dx = dy @ (W & mask[route])", py::call_guard<py::gil_scoped_release>(), py::arg("dy"), py::arg("weight"), py::arg("bits"), py::arg("perm"), py::arg("offsets"),
         py::arg("isa") = -1);
-  m.def("grad_weight", &grad_weight, "dW = sum_k mask_k * (dY_k^T X_k)", py::arg("dy"), py::arg("x"), py::arg("weight"), py::arg("bits"), py::arg("perm"),
+  m.def("grad_weight", &grad_weight, "dW = sum_k mask_k * (dY_k^T X_k)", py::call_guard<py::gil_scoped_release>(), py::arg("dy"), py::arg("x"), py::arg("weight"), py::arg("bits"), py::arg("perm"),
         py::arg("offsets"), py::arg("isa") = -1);
-  m.def("masked_weight", &masked_weight, "W & mask[ticket] as a dense tensor", py::arg("weight"), py::arg("bits"), py::arg("ticket"), py::arg("isa") = -1);
-  m.def("forward_gemm", &forward_gemm, "forward via a fused GEMM that masks weight panels while packing them (AVX-512, float32)", py::arg("x"),
+  m.def("masked_weight", &masked_weight, "W & mask[ticket] as a dense tensor", py::call_guard<py::gil_scoped_release>(), py::arg("weight"), py::arg("bits"), py::arg("ticket"), py::arg("isa") = -1);
+  m.def("forward_gemm", &forward_gemm, "forward via a fused GEMM that masks weight panels while packing them (AVX-512, float32)", py::call_guard<py::gil_scoped_release>(), py::arg("x"),
         py::arg("weight"), py::arg("bits"), py::arg("perm"), py::arg("offsets"), py::arg("bias") = py::none(), py::arg("isa") = -1);
   m.def("gemm_supported", &gemm_supported, "whether forward_gemm runs with this ISA id (float32 only)", py::arg("isa") = -1);
-  m.def("forward_grouped", &forward_grouped, "forward via per-ticket masked weight and torch.mm (large batches)", py::arg("x"), py::arg("weight"),
+  m.def("forward_grouped", &forward_grouped, "forward via per-ticket masked weight and torch.mm (large batches)", py::call_guard<py::gil_scoped_release>(), py::arg("x"), py::arg("weight"),
         py::arg("bits"), py::arg("perm"), py::arg("offsets"), py::arg("bias") = py::none(), py::arg("isa") = -1);
-  m.def("backward_grouped", &backward_grouped, "(dx, dW) via per-ticket masked weight and torch.mm (large batches)", py::arg("dy"), py::arg("x"),
+  m.def("backward_grouped", &backward_grouped, "(dx, dW) via per-ticket masked weight and torch.mm (large batches)", py::call_guard<py::gil_scoped_release>(), py::arg("dy"), py::arg("x"),
         py::arg("weight"), py::arg("bits"), py::arg("perm"), py::arg("offsets"), py::arg("need_dx"), py::arg("need_dw"), py::arg("isa") = -1);
+  m.def("seeded_forward", &seeded_forward, "y = x @ (W(seed) & mask[route])^T + b with W regenerated in L1, never read", py::arg("x"), py::arg("bits"),
+        py::arg("perm"), py::arg("offsets"), py::arg("row_scale"), py::arg("bias") = py::none(), py::arg("seed"), py::arg("layer"), py::arg("dist"),
+        py::arg("isa") = -1);
+  m.def("seeded_grad_input", &seeded_grad_input, "dx = dy @ (W(seed) & mask[route]) with W regenerated", py::arg("dy"), py::arg("bits"), py::arg("perm"),
+        py::arg("offsets"), py::arg("row_scale"), py::arg("in_features"), py::arg("seed"), py::arg("layer"), py::arg("dist"), py::arg("isa") = -1);
+  m.def("seeded_generate", &seeded_generate, "the seeded weight W(seed) [N, in_features] (float32)", py::arg("row_scale"), py::arg("in_features"),
+        py::arg("seed"), py::arg("layer"), py::arg("dist"), py::arg("isa") = -1);
   m.def("supported_isas", &supported_isas, "ISA ids this CPU runs (0 generic, 1 avx2, 2 avx512, 3 avx512_bf16)");
   m.def("best_isa", &best_isa, "the ISA id used by default");
   m.def("isa_name", &isa_name, "name of an ISA id", py::arg("isa") = -1);

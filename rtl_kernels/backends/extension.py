@@ -47,6 +47,9 @@ CPU_SPEC = ExtensionSpec(
         "cpu/routed_avx512bf16.cpp",
         "cpu/routed_gemm_avx512.cpp",
         "cpu/masked_delta_binding.cpp",
+        "cpu/seeded_generic.cpp",
+        "cpu/seeded_avx2.cpp",
+        "cpu/seeded_avx512.cpp",
     ),
 )
 CUDA_SPEC = ExtensionSpec(

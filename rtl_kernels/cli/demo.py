@@ -71,6 +71,8 @@ def _headline(report: dict) -> str:
         f"deployable: RTL at {last['sparsity']:.0%} sparsity, routes from a {report['router']['chosen']} router fit on training inputs: "
         f"balanced accuracy {methods['rtl']['balanced_accuracy']:.4f} (router accuracy {report['router']['test_accuracy']:.4f})"
     )
+    if "rtl_entropy" in methods:
+        text += f"; with the entropy router (no fitting): {methods['rtl_entropy']['balanced_accuracy']:.4f}"
     if "dense" in methods:
         text += f"; dense model on all data, same budget: {methods['dense']['balanced_accuracy']:.4f}"
     return text + f"; oracle (routes from labels): {methods['rtl_oracle']['balanced_accuracy']:.4f}"

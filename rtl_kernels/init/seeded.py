@@ -119,6 +119,24 @@ def spec_of(layer: nn.Module) -> SeedSpec | None:
     return spec
 
 
+def seeded_forward_args(layer: nn.Module, x: torch.Tensor) -> tuple[SeedSpec, torch.Tensor] | None:
+    """``(spec, row_scale)`` when ``layer`` may run the seeded kernel on ``x``: float32, seeded weight
+    unchanged and not being trained, not under ``torch.compile``; else None (use the stored weight)."""
+    if torch.compiler.is_compiling() or getattr(layer, _ATTR, None) is None or x.dtype != torch.float32:
+        return None
+    w = layer.weight
+    if w.dtype != torch.float32 or (w.requires_grad and torch.is_grad_enabled()):
+        return None
+    spec = spec_of(layer)
+    if spec is None or spec.axis != 0:
+        return None
+    cache = layer.__dict__.get("_rtl_row_scale")
+    if cache is None or cache[0] is not spec or cache[1].device != x.device:
+        cache = (spec, spec.row_scales(w.shape[0], x.device))
+        layer.__dict__["_rtl_row_scale"] = cache
+    return spec, cache[1]
+
+
 def recorded_spec(layer: nn.Module) -> SeedSpec | None:
     """The spec recorded at seeding, whether or not the weight changed since (``save`` checks the checksum)."""
     entry = getattr(layer, _ATTR, None)

@@ -27,9 +27,12 @@ DATASETS = ("digits", "mnist", "cifar10")
 MODEL_NAMES = ("mlp", "lenet300", "cnn", "ghostnet")
 ROUTERS = ("best", "centroid", "linear", "mlp")
 # fields of the stages after ticket search (each stage has its own key); every other field decides the tickets
-STAGE_FIELDS = {"retrain": frozenset({"retrain_epochs", "mode"}), "eval": frozenset({"one_vs_rest", "router"})}
+STAGE_FIELDS = {
+    "retrain": frozenset({"retrain_epochs", "mode", "strong", "strong_epochs", "strong_lr"}),
+    "eval": frozenset({"one_vs_rest", "router"}),
+}
 # in no key: where it runs, which levels are reported (rounds are checked by schedule), and whether baselines run
-UNKEYED_FIELDS = frozenset({"device", "sparsities", "baselines"})
+UNKEYED_FIELDS = frozenset({"device", "sparsities", "baselines", "allow_low_coverage"})
 
 
 def _is_plugin(value: object) -> bool:
@@ -107,8 +110,19 @@ class Recipe:
             choices=ROUTERS,
         ),
     )
+    allow_low_coverage: bool = field(
+        default=False, metadata=_help("run even when the RTL layers hold under half of the model's parameters (otherwise an error)")
+    )
     device: str = field(default="cpu", metadata=_help("torch device to train on ('cpu', 'cuda', 'cuda:1', ...)"))
     seed: int = field(default=0, metadata=_help("random seed (model init, data order)"))
+    strong: bool = field(
+        default=False,
+        metadata=_help(
+            "also find strong tickets at each sparsity: masks over frozen seeded random weights (edge-popup); the model is a seed + masks"
+        ),
+    )
+    strong_epochs: int = field(default=10, metadata=_help("edge-popup epochs per strong ticket"))
+    strong_lr: float = field(default=0.01, metadata=_help("learning rate of the edge-popup scores (Adam)"))
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
@@ -121,7 +135,7 @@ class Recipe:
             value = getattr(self, f.name)
             if plugins and value not in plugins and not _is_plugin(value):
                 raise ValueError(f"recipe.{f.name}: expected one of {list(plugins)} or a plug-in 'module:factory', got {value!r}")
-        for name in ("num_tickets", "hidden", "epochs_per_round", "retrain_epochs", "batch_size"):
+        for name in ("num_tickets", "hidden", "epochs_per_round", "retrain_epochs", "batch_size", "strong_epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"recipe.{name}: expected a positive int, got {getattr(self, name)}")
         for name in ("max_train", "prune_count", "seed"):
@@ -133,6 +147,8 @@ class Recipe:
             raise ValueError(f"recipe.prune_fraction: expected a fraction in (0, 1), got {self.prune_fraction}")
         if not self.lr > 0:
             raise ValueError(f"recipe.lr: expected a positive learning rate, got {self.lr}")
+        if not self.strong_lr > 0:
+            raise ValueError(f"recipe.strong_lr: expected a positive learning rate, got {self.strong_lr}")
         if self.collapse_threshold < 0:
             raise ValueError(f"recipe.collapse_threshold: expected a slope >= 0 (0: off), got {self.collapse_threshold}")
         try:

@@ -28,9 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.convert import convert
+from ..models.convert import LOW_COVERAGE, convert, coverage_of, low_coverage_message
 from ..models.io import LoadError, load, save
 from ..models.state import named_rtl_layers, set_masks
+from ..routers import EntropyRouter
 from ..zoo import build_model
 from .baselines import dense_param_count, param_counts, with_num_tickets
 from .distributed import world
@@ -50,10 +51,13 @@ STAGES = ("tickets", "retrain", "eval", "report")
 NUM_CLASSES = {"digits": 10, "mnist": 10, "cifar10": 10}  # plug-in datasets: from their targets
 METHOD_NAMES = {
     "rtl": "RTL (router)",
+    "rtl_entropy": "RTL (entropy router)",
     "rtl_oracle": "RTL, oracle (routes from labels)",
     "single": "single-mask IMP",
     "multi": "multi-model IMP (router)",
+    "multi_oracle": "multi-model IMP, oracle",
     "dense": "dense, all data",
+    "strong": "strong tickets (frozen random weights; the model is a seed + masks)",
 }
 
 
@@ -167,6 +171,9 @@ class Run:
         torch.manual_seed(r.seed)
         dense = build_model(r.model, in_features=x_train[0].numel(), num_classes=self.num_classes, hidden=r.hidden)
         self.model = convert(dense, r.num_tickets, ignore=r.ignore).to(r.device)
+        coverage = coverage_of(self.model)
+        if coverage < LOW_COVERAGE and not r.allow_low_coverage:
+            raise ValueError(f"{low_coverage_message(coverage, 'recipe.ignore')}; set allow_low_coverage = true to run anyway")
         init = self.directory / "init.safetensors"
         theta0 = read_tensors(init)
         if theta0 is not None:
@@ -290,7 +297,26 @@ class Run:
                 )
                 for k, s in enumerate(self.ticket_data)
             ]
+        if self.recipe.strong:
+            out["strong"] = self._strong(base / "strong", level.target, {"method": "strong", **tags})
         return out
+
+    def _strong(self, path: Path, sparsity: float, meta: dict) -> nn.Module:
+        """Strong tickets at ``sparsity``: seeded frozen weights, edge-popup masks; loaded from ``path`` when done."""
+        from ..init import seeded_
+        from .strong import find_strong_tickets
+
+        model = self.fresh()
+        if (path / "rtl.json").is_file():
+            return load(path, model)
+        r = self.recipe
+        seeded_(model, r.seed)
+        find_strong_tickets(
+            model, self.ticket_data, sparsity=sparsity, epochs=r.strong_epochs, loss_fn=self.loss_fn, lr=r.strong_lr,
+            batch_size=r.batch_size, seed=r.seed, progress=self.progress, log=self._tagged(**meta),
+        )  # fmt: skip
+        save(model, path, metadata={**meta, "recipe": r.to_dict()})
+        return model
 
     def dense_baseline(self) -> nn.Module:
         """The dense model (all weights, no router) trained on all the training data with RTL's retraining budget."""
@@ -335,6 +361,12 @@ class Run:
             **classification_report(predict(models["rtl"], self.test, routes).argmax(1), y, self.num_classes),
             **rtl_params,
         }
+        entropy_routes = _entropy_routes(models["rtl"], self.test.tensors[0])
+        result["methods"]["rtl_entropy"] = {
+            **classification_report(predict(models["rtl"], self.test, entropy_routes).argmax(1), y, self.num_classes),
+            **rtl_params,
+            "router_accuracy": float((entropy_routes == self.test_ids).float().mean()),
+        }
         rtl_pred = predict(models["rtl"], self.test, self.test_ids).argmax(1)
         result["methods"]["rtl_oracle"] = {**classification_report(rtl_pred, y, self.num_classes), **rtl_params}
         if self.recipe.one_vs_rest:
@@ -359,6 +391,15 @@ class Run:
             if self.recipe.one_vs_rest:
                 result["methods"]["single"]["one_vs_rest"] = one_vs_rest([single_pred] * k_total, self.test_ids, self.ticket_classes)
                 result["methods"]["multi_oracle"]["one_vs_rest"] = one_vs_rest(list(per_multi), self.test_ids, self.ticket_classes)
+        if "strong" in models:  # oracle routes, as the SupSup setting gives task ids
+            saved = self.retrain_dir / level.name / "strong"
+            result["methods"]["strong"] = {
+                **classification_report(predict(models["strong"], self.test, self.test_ids).argmax(1), y, self.num_classes),
+                "params": 0,  # no weight is stored: it is regenerated from the seed
+                "dense_params": shared,
+                "bytes": sum(p.stat().st_size for p in saved.iterdir() if p.is_file()),
+                "dense_fp32_bytes": 4 * sum(p.numel() for p in models["strong"].parameters()),
+            }
         if dense is not None:
             dense_pred = predict(dense, self.test, 0).argmax(1)
             result["methods"]["dense"] = {
@@ -414,6 +455,17 @@ class Run:
         return report
 
 
+@torch.no_grad()
+def _entropy_routes(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """SupSup's entropy routing (no fitting): each test input to the ticket whose output is most confident."""
+    was_training = model.training
+    model.eval()
+    router = EntropyRouter(model)
+    routes = torch.cat([router(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    model.train(was_training)
+    return routes.cpu()
+
+
 def table_rows(evals: list[dict]) -> list[dict]:
     """One row per (level, method), in table order; the dense baseline once, first."""
     rows = []
@@ -428,6 +480,8 @@ def table_rows(evals: list[dict]) -> list[dict]:
                 "accuracy": values.get("accuracy"),
                 "params": values["params"],
             }
+            if "bytes" in values:
+                row["bytes"], row["dense_fp32_bytes"] = values["bytes"], values["dense_fp32_bytes"]
             if "one_vs_rest" in values:
                 row["ovr_balanced_accuracy"] = values["one_vs_rest"]["mean_balanced_accuracy"]
                 row["ovr_precision"] = values["one_vs_rest"]["mean_precision"]
@@ -461,4 +515,10 @@ def format_table(rows: list[dict], dense_params: int, router: dict | None = None
     lines.append(
         f"params: prunable weights stored (dense model: {dense_params:,}); RTL counts the union of its K masks, multi-model the sum of K models."
     )
+    for r in rows:
+        if "bytes" in r:
+            lines.append(
+                f"strong tickets at {r['sparsity']:.0%} (oracle routes): {r['bytes']:,} bytes saved (seed + K bit-packed masks + biases + "
+                f"metadata) vs {r['dense_fp32_bytes']:,} bytes of one dense fp32 model"
+            )
     return "\n".join(lines)
