@@ -65,7 +65,17 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1.2e-3)
     p.add_argument("--batch-size", type=int, default=60)
     p.add_argument("--out", type=Path, default=Path("bench/results/frankle_carbin"))
+    p.add_argument("--replot", action="store_true", help="only redraw the plot from <out>.json")
     args = p.parse_args()
+    if args.replot:
+        saved = json.loads(args.out.with_suffix(".json").read_text())
+        plot(
+            saved["rows"],
+            saved["rows"][0]["dense"],
+            args.out.with_suffix(".png"),
+            "full MNIST" if "60k" in saved["meta"]["data"] else "5k subset",
+        )
+        return
     torch.set_num_threads(1)
     if args.data_dir:
         train, test = load_mnist_idx(args.data_dir)
@@ -128,26 +138,35 @@ def main() -> None:
         )
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    plot(table, dense, args.out.with_suffix(".png"), "full MNIST" if args.data_dir else "5k subset")
+
+
+def plot(table: list[dict], dense: float, path: Path, data: str) -> None:
+    """Accuracy vs weights remaining (log x, decreasing) for ticket, re-initialised ticket and dense."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import NullFormatter
     except ImportError:
         return
     fig, ax = plt.subplots(figsize=(6, 4))
     x = [100 * t["weights_remaining"] for t in table]
     ax.plot(x, [t["ticket"] for t in table], "o-", label="winning ticket (θ0)")
     ax.plot(x, [t["reinit"] for t in table], "s--", label="same mask, re-initialised")
-    ax.axhline(dense, color="k", lw=1, label="dense (100%)")
+    ax.axhline(dense, color="k", lw=1, label="dense (100% of weights)")
     ax.set_xscale("log")
+    ax.set_xticks(x, [f"{v:.1f}" for v in x])
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.invert_xaxis()
     ax.set_xlabel("weights remaining (%)")
     ax.set_ylabel("test accuracy")
-    ax.set_title(f"LeNet-300-100, {'5k subset' if not args.data_dir else 'full MNIST'}")
-    ax.legend()
+    ax.set_title(f"Frankle & Carbin: LeNet-300-100, MNIST {data}")
+    ax.legend(loc="lower left")
+    ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(args.out.with_suffix(".png"), dpi=120)
+    fig.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":

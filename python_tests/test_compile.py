@@ -9,33 +9,38 @@ from rtl_kernels.dispatch.plan import make_plan
 from rtl_kernels.masks.packed import pack_masks
 
 
-def _linear_args(requires_grad: bool):
+def _linear_args(requires_grad: bool, backend: str = "reference"):
     torch.manual_seed(0)
     x = torch.randn(7, 5, requires_grad=requires_grad)
     w = torch.randn(4, 5, requires_grad=requires_grad)
     b = torch.randn(4, requires_grad=requires_grad)
     plan = make_plan(torch.tensor([2, 0, 1, 2, 2, 0, 1]), 3)
     bits = pack_masks(torch.rand(3, 4, 5) < 0.5).bits
-    return (x, w, bits, plan.routes, plan.perm, plan.offsets, b, "reference")
+    return (x, w, bits, plan.routes, plan.perm, plan.offsets, b, backend)
 
 
-def _conv_args(requires_grad: bool):
+def _conv_args(requires_grad: bool, backend: str = "reference"):
     torch.manual_seed(0)
     x = torch.randn(3, 4, 6, 6, requires_grad=requires_grad)
     w = torch.randn(6, 2, 3, 3, requires_grad=requires_grad)
     plan = make_plan(torch.tensor([1, 0, 1]), 2)
     bits = pack_masks(torch.rand(2, 6, 2, 3, 3) < 0.5).bits
-    return (x, w, bits, plan.routes, plan.perm, plan.offsets, None, [2, 1], [1, 0], [1, 1], 2, "reference")
+    return (x, w, bits, plan.routes, plan.perm, plan.offsets, None, [2, 1], [1, 0], [1, 1], 2, backend)
 
 
+# "cpu" and "auto" too: opcheck then exercises the C++ kernels (and whatever "auto" picks), not only the reference
+@pytest.mark.parametrize("backend", ["reference", "cpu", "auto"])
 @pytest.mark.parametrize("requires_grad", [False, True])
-def test_opcheck_routed_linear(requires_grad):
-    torch.library.opcheck(torch.ops.rtl_kernels.routed_linear.default, _linear_args(requires_grad))
+def test_opcheck_routed_linear(requires_grad, backend):
+    if backend == "cpu" and "cpu" not in rtl.available_backends("cpu"):
+        pytest.skip("the C++ CPU extension is not built here")
+    torch.library.opcheck(torch.ops.rtl_kernels.routed_linear.default, _linear_args(requires_grad, backend))
 
 
+@pytest.mark.parametrize("backend", ["reference", "auto"])
 @pytest.mark.parametrize("requires_grad", [False, True])
-def test_opcheck_routed_conv2d(requires_grad):
-    torch.library.opcheck(torch.ops.rtl_kernels.routed_conv2d.default, _conv_args(requires_grad))
+def test_opcheck_routed_conv2d(requires_grad, backend):
+    torch.library.opcheck(torch.ops.rtl_kernels.routed_conv2d.default, _conv_args(requires_grad, backend))
 
 
 def test_opcheck_check_routes():

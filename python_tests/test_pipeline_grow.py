@@ -11,13 +11,7 @@ import rtl_kernels as rtl
 from rtl_kernels.pipeline import NonFiniteLossError, add_tickets, find_tickets, joint_retrain
 from rtl_kernels.pipeline.imp import extract_tickets
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(num_tickets=3, seed=0):

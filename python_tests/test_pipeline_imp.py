@@ -12,13 +12,7 @@ from rtl_kernels.pipeline import extract_tickets, find_tickets, round_sparsities
 from rtl_kernels.pipeline import imp as imp_module
 from rtl_kernels.pipeline.pruning import keep_counts, prune_by_magnitude
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(num_tickets=3, seed=0):

@@ -10,13 +10,7 @@ from torch.utils.data import TensorDataset
 import rtl_kernels as rtl
 from rtl_kernels.pipeline import MaskedAdam, joint_retrain, masked_step
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def setup(num_tickets=3, sizes=(20, 9, 14), bias=True):
@@ -80,9 +74,9 @@ def test_sequential_balances_steps_per_ticket(monkeypatch):
     routes = []
     real = training.routed_loss
 
-    def spy(model, batch, r, loss_fn, device):
+    def spy(model, batch, r, loss_fn, device, *rest):
         routes.append(r)
-        return real(model, batch, r, loss_fn, device)
+        return real(model, batch, r, loss_fn, device, *rest)
 
     monkeypatch.setattr(training, "routed_loss", spy)
     joint_retrain(model, subsets, **ARGS)

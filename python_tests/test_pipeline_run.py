@@ -13,12 +13,7 @@ pytest.importorskip("sklearn")
 RECIPE = Recipe(hidden=32, sparsities=(0.5, 0.75), prune_fraction=0.5, epochs_per_round=2, retrain_epochs=3, lr=3e-3, one_vs_rest=True)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Interrupt(Exception):

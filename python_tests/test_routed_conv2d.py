@@ -104,3 +104,16 @@ def test_unbatched_input():
     w = torch.randn(4, 3, 3, 3)
     masks = torch.rand(2, 4, 3, 3, 3) < 0.5
     torch.testing.assert_close(rtl.routed_conv2d(x, w, masks, 1), torch.nn.functional.conv2d(x, w * masks[1]))
+
+
+@pytest.mark.parametrize("backend", ["reference", "auto"])
+@pytest.mark.parametrize("kernel", [(1, 1), (3, 3)])
+def test_empty_batch_forward_and_backward_on_every_cpu_backend(backend, kernel):
+    """Pointwise convs take a linear path on some backends: an empty batch must work there too (Triton: test_triton_conv)."""
+    x = torch.randn(0, 3, 5, 5, requires_grad=True)
+    w = torch.randn(4, 3, *kernel, requires_grad=True)
+    b = torch.randn(4, requires_grad=True)
+    y = rtl.routed_conv2d(x, w, torch.rand(2, *w.shape) < 0.5, torch.zeros(0, dtype=torch.long), b, backend=backend)
+    assert y.shape == torch.nn.functional.conv2d(x.detach(), w.detach()).shape
+    y.sum().backward()
+    assert x.grad.shape == x.shape and torch.equal(w.grad, torch.zeros_like(w)) and torch.equal(b.grad, torch.zeros_like(b))

@@ -31,6 +31,9 @@ def plugin_module(tmp_path, monkeypatch):
             def tiny(*, in_features, num_classes, hidden):
                 return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(in_features, num_classes))
 
+            def wide(*, in_features, num_classes, hidden):
+                return torch.nn.Sequential(torch.nn.Linear(in_features, 40), torch.nn.ReLU(), torch.nn.Linear(40, num_classes))
+
             def data(*, seed, data_dir, max_train):
                 g = torch.Generator().manual_seed(seed)
                 x = torch.randn(40, 6, generator=g)
@@ -64,3 +67,20 @@ def test_plugin_model_and_errors(plugin_module):
         assert isinstance(build_model("tiny2", in_features=6, num_classes=4), torch.nn.Linear)
     finally:
         MODELS.pop("tiny2")
+
+
+def test_plugin_data_and_model_in_a_run_and_the_coverage_guard(plugin_module, tmp_path):
+    from rtl_kernels.pipeline import Run
+
+    recipe = Recipe(
+        dataset=f"{plugin_module}:data", model=f"{plugin_module}:wide", ignore=("0",), num_tickets=2, sparsities=(0.5,),
+        prune_fraction=0.5, epochs_per_round=1, retrain_epochs=1, batch_size=8, baselines=False, router="centroid",
+    )  # fmt: skip
+    with pytest.warns(UserWarning, match=r"RTL layers hold only 36\.0% of the model's parameters"):
+        with pytest.raises(ValueError, match="allow_low_coverage"):
+            Run(recipe, tmp_path / "refused", progress=False)
+    with pytest.warns(UserWarning, match="RTL layers hold only"):
+        report = Run(recipe.replace(allow_low_coverage=True), tmp_path / "run", progress=False).execute()
+    assert {r["method"] for r in report["rows"]} == {"rtl", "rtl_entropy", "rtl_oracle"}
+    with pytest.raises(ValueError, match=r"recipe\.dataset: expected one of"):
+        Recipe(dataset="imagenet")

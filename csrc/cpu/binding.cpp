@@ -27,14 +27,26 @@ bool isa_supported(int64_t isa) {
   return false;
 }
 
+// detected once per process: the CPU does not change under a running program
 int64_t best_isa() {
-  for (int64_t isa : {kAvx512Bf16, kAvx512, kAvx2})
-    if (isa_supported(isa)) return isa;
-  return kGeneric;
+  static const int64_t best = [] {
+    for (int64_t isa : {kAvx512Bf16, kAvx512, kAvx2})
+      if (isa_supported(isa)) return isa;
+    return int64_t{kGeneric};
+  }();
+  return best;
+}
+
+const rtl_cpu::Ops& ops_for(int64_t isa);
+
+// the default kernels (isa = -1), chosen once
+const rtl_cpu::Ops& best_ops() {
+  static const rtl_cpu::Ops& ops = ops_for(best_isa());
+  return ops;
 }
 
 const rtl_cpu::Ops& ops_for(int64_t isa) {
-  if (isa == kBest) isa = best_isa();
+  if (isa == kBest) return best_ops();
   TORCH_CHECK_VALUE(isa >= kGeneric && isa <= kAvx512Bf16, "isa: expected -1 (best), 0 (generic), 1 (avx2), 2 (avx512) or 3 (avx512_bf16), got ", isa);
   TORCH_CHECK_VALUE(isa_supported(isa), "isa: ", isa, " is not supported by this CPU (best available: ", best_isa(), ")");
 #if defined(__x86_64__) || defined(_M_X64)
@@ -578,21 +590,23 @@ int64_t max_threads() {
 
 void register_masked_delta(pybind11::module_& m, const rtl_cpu::DeltaOps& (*ops_for)(int64_t));  // masked_delta_binding.cpp
 
+// the compute entry points release the GIL (as torch's own ops do), so other Python threads (a
+// server's event loop accepting requests while a batch runs) keep running during a kernel
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "rtl_kernels CPU kernels: routed masked linear (bit-packed masks, weight read once per call)";
-  m.def("forward", &forward, "y = x @ (W & mask[route])^T + b, weight-stationary kernel", py::arg("x"), py::arg("weight"), py::arg("bits"), py::arg("perm"),
+  m.def("forward", &forward, "y = x @ (W & mask[route])^T + b, weight-stationary kernel", py::call_guard<py::gil_scoped_release>(), py::arg("x"), py::arg("weight"), py::arg("bits"), py::arg("perm"),
         py::arg("offsets"), py::arg("bias") = py::none(), py::arg("isa") = -1);
-  m.def("grad_input", &grad_input, "dx = dy @ (W & mask[route])", py::arg("dy"), py::arg("weight"), py::arg("bits"), py::arg("perm"), py::arg("offsets"),
+  m.def("grad_input", &grad_input, "dx = dy @ (W & mask[route])", py::call_guard<py::gil_scoped_release>(), py::arg("dy"), py::arg("weight"), py::arg("bits"), py::arg("perm"), py::arg("offsets"),
         py::arg("isa") = -1);
-  m.def("grad_weight", &grad_weight, "dW = sum_k mask_k * (dY_k^T X_k)", py::arg("dy"), py::arg("x"), py::arg("weight"), py::arg("bits"), py::arg("perm"),
+  m.def("grad_weight", &grad_weight, "dW = sum_k mask_k * (dY_k^T X_k)", py::call_guard<py::gil_scoped_release>(), py::arg("dy"), py::arg("x"), py::arg("weight"), py::arg("bits"), py::arg("perm"),
         py::arg("offsets"), py::arg("isa") = -1);
-  m.def("masked_weight", &masked_weight, "W & mask[ticket] as a dense tensor", py::arg("weight"), py::arg("bits"), py::arg("ticket"), py::arg("isa") = -1);
-  m.def("forward_gemm", &forward_gemm, "forward via a fused GEMM that masks weight panels while packing them (AVX-512, float32)", py::arg("x"),
+  m.def("masked_weight", &masked_weight, "W & mask[ticket] as a dense tensor", py::call_guard<py::gil_scoped_release>(), py::arg("weight"), py::arg("bits"), py::arg("ticket"), py::arg("isa") = -1);
+  m.def("forward_gemm", &forward_gemm, "forward via a fused GEMM that masks weight panels while packing them (AVX-512, float32)", py::call_guard<py::gil_scoped_release>(), py::arg("x"),
         py::arg("weight"), py::arg("bits"), py::arg("perm"), py::arg("offsets"), py::arg("bias") = py::none(), py::arg("isa") = -1);
   m.def("gemm_supported", &gemm_supported, "whether forward_gemm runs with this ISA id (float32 only)", py::arg("isa") = -1);
-  m.def("forward_grouped", &forward_grouped, "forward via per-ticket masked weight and torch.mm (large batches)", py::arg("x"), py::arg("weight"),
+  m.def("forward_grouped", &forward_grouped, "forward via per-ticket masked weight and torch.mm (large batches)", py::call_guard<py::gil_scoped_release>(), py::arg("x"), py::arg("weight"),
         py::arg("bits"), py::arg("perm"), py::arg("offsets"), py::arg("bias") = py::none(), py::arg("isa") = -1);
-  m.def("backward_grouped", &backward_grouped, "(dx, dW) via per-ticket masked weight and torch.mm (large batches)", py::arg("dy"), py::arg("x"),
+  m.def("backward_grouped", &backward_grouped, "(dx, dW) via per-ticket masked weight and torch.mm (large batches)", py::call_guard<py::gil_scoped_release>(), py::arg("dy"), py::arg("x"),
         py::arg("weight"), py::arg("bits"), py::arg("perm"), py::arg("offsets"), py::arg("need_dx"), py::arg("need_dw"), py::arg("isa") = -1);
   m.def("seeded_forward", &seeded_forward, "y = x @ (W(seed) & mask[route])^T + b with W regenerated in L1, never read", py::arg("x"), py::arg("bits"),
         py::arg("perm"), py::arg("offsets"), py::arg("row_scale"), py::arg("bias") = py::none(), py::arg("seed"), py::arg("layer"), py::arg("dist"),

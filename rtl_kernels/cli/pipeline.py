@@ -25,25 +25,30 @@ COMMANDS = {
 }
 
 
+# extra spellings of some recipe options: --data module:factory reads like --model module:factory
+ALIASES = {"dataset": ("--data",)}
+
+
 def add_recipe_args(parser: argparse.ArgumentParser) -> None:
     """One ``--option`` per Recipe field (type, choices and help from the field); unset options keep the recipe's value."""
     group = parser.add_argument_group("recipe fields (override the recipe file)")
     hints = typing.get_type_hints(Recipe)
     for f in dataclasses.fields(Recipe):
         flag = "--" + f.name.replace("_", "-")
+        flags = (flag, *ALIASES.get(f.name, ()))
         hint = hints[f.name]
         text = f"{f.metadata.get('help', '')} (default {f.default!r})"
         kwargs: dict = {"dest": f.name, "default": None, "help": text}
         if hint is bool:
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+            group.add_argument(*flags, action=argparse.BooleanOptionalAction, **kwargs)
             continue
         if typing.get_origin(hint) is tuple:
             inner = typing.get_args(hint)[0]
-            group.add_argument(flag, nargs="*", type=inner, metavar=inner.__name__.upper(), **kwargs)
+            group.add_argument(*flags, nargs="*", type=inner, metavar=inner.__name__.upper(), **kwargs)
             continue
         if "choices" in f.metadata:
             kwargs["choices"] = list(f.metadata["choices"])
-        group.add_argument(flag, type=hint, metavar=hint.__name__.upper(), **kwargs)
+        group.add_argument(*flags, type=hint, metavar=hint.__name__.upper(), **kwargs)
 
 
 def recipe_from_args(args: argparse.Namespace, base: Recipe | None = None) -> Recipe:

@@ -13,13 +13,16 @@ from torch import nn
 from torch.nn.utils import prune
 
 from ..nn.attention import RTLMultiheadAttention
-from ..nn.base import RTLLayer, check_num_tickets
+from ..nn.base import RTLLayer
 from ..nn.conv import RTLConv2d
 from ..nn.hf_conv1d import RTLConv1DLinear, is_hf_conv1d, is_hf_conv1d_class
 from ..nn.linear import RTLLinear
 from ..nn.transformer import RTLTransformerDecoderLayer, RTLTransformerEncoderLayer
+from ..ops.checks import check_num_tickets
 
 logger = logging.getLogger(__name__)
+# under this fraction of the parameters in RTL layers, convert and the pipeline warn (the pipeline's Run refuses unless allowed)
+LOW_COVERAGE = 0.5
 
 # dense type -> RTL type (transformers' Conv1D is matched by name in _converter_for, so transformers stays optional)
 CONVERTERS: dict[type[nn.Module], Callable[[nn.Module, int], RTLLayer]] = {
@@ -332,6 +335,23 @@ def convert(
             f"rtl.convert: no module matched (targets={[t.__name__ for t in targets]}); the model is unchanged{note}",
             stacklevel=2,
         )
+    elif summary.coverage < LOW_COVERAGE:
+        warnings.warn(low_coverage_message(summary.coverage, "rtl.convert"), stacklevel=2)
     logger.info("%s", summary)
     root.rtl_conversion_summary = summary
     return root
+
+
+def coverage_of(model: nn.Module) -> float:
+    """Fraction of the model's (unique) parameters held by RTL layer weights: what the tickets can prune."""
+    params = {id(p): p.numel() for p in model.parameters()}
+    covered = {id(m.weight): m.weight.numel() for m in model.modules() if isinstance(m, RTLLayer)}
+    return sum(covered.values()) / max(sum(params.values()), 1)
+
+
+def low_coverage_message(coverage: float, where: str) -> str:
+    return (
+        f"{where}: the RTL layers hold only {coverage:.1%} of the model's parameters (under {LOW_COVERAGE:.0%}); "
+        "most of the model is dense and shared by every ticket, so the tickets can differ little. "
+        "Convert more layers (targets=, ignore=) if that is not intended"
+    )

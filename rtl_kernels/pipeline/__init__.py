@@ -6,6 +6,7 @@ partitioners, baselines and metrics.
 """
 
 from .baselines import param_counts, with_num_tickets
+from .batching import Batching, logits_of
 from .grow import add_tickets
 from .imp import TicketSearch, TicketStore, extract_tickets, find_tickets
 from .metrics import binary_scores, classification_report, one_vs_rest, psnr, si_snr, si_snr_improvement
@@ -20,6 +21,8 @@ from .store import DirStore
 from .strong import NonFiniteLossError, find_strong_tickets
 
 __all__ = [
+    "Batching",
+    "logits_of",
     "add_tickets",
     "CollapseController",
     "DirStore",

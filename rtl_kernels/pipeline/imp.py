@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -16,7 +17,9 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from ..models.convert import LOW_COVERAGE, coverage_of, low_coverage_message
 from ..models.state import named_rtl_layers, set_masks
+from .batching import Batching, check_batching
 from .distributed import gather_masks, owned_tickets, world
 from .progress import bar
 from .pruning import SCOPES, keep_counts, prune_by_magnitude, sparsity_of
@@ -70,6 +73,9 @@ def _check_model(model: nn.Module, num_subsets: int) -> dict[str, nn.Module]:
     layers = named_rtl_layers(model)
     if not layers:
         raise ValueError("model: expected a converted model (rtl.convert(model, K)), found no RTL layers")
+    coverage = coverage_of(model)
+    if coverage < LOW_COVERAGE:
+        warnings.warn(low_coverage_message(coverage, "find_tickets"), stacklevel=3)
     ks = {layer.num_tickets for layer in layers.values()}
     if ks != {num_subsets}:
         raise ValueError(f"subsets: expected one subset per ticket (the model has K = {sorted(ks)}), got {num_subsets} subsets")
@@ -112,7 +118,7 @@ def _check_layer_schedules(
 
 
 def _train_ticket(
-    work, subset, ticket, *, round_index, epochs, loss_fn, lr, batch_size, optimizer, seed, rewind_steps, epoch_bar
+    work, subset, ticket, *, round_index, epochs, loss_fn, lr, batch_size, optimizer, seed, rewind_steps, epoch_bar, batching
 ) -> tuple[float, dict | None]:
     """Train ``work`` (masks set, ticket ``ticket``) on its subset; returns the last epoch's loss and the rewind snapshot."""
     torch.manual_seed(seed)
@@ -129,11 +135,11 @@ def _train_ticket(
             if rewind_steps and done == rewind_steps and snapshot is None:
                 snapshot = {k: v.detach().clone() for k, v in work.state_dict().items() if not k.endswith(MASK_SUFFIX)}
             done += 1
-            yield fetch(subset, idx), ticket, None
+            yield fetch(subset, idx, batching.collate_fn), ticket, None
 
     for epoch in range(epochs):
         where = f"find_tickets round {round_index}, epoch {epoch}"
-        loss = train_steps(work, opt, steps(epoch_batches(len(subset), batch_size, gen)), loss_fn, where)
+        loss = train_steps(work, opt, steps(epoch_batches(len(subset), batch_size, gen)), loss_fn, where, batching)
         epoch_bar.update(1)
         epoch_bar.set_postfix(loss=f"{loss:.3f}")
     if rewind_steps and snapshot is None:
@@ -164,6 +170,7 @@ def extract_tickets(
     log: Callable[[dict], None] | None = None,
     tickets: Sequence[int] | None = None,
     layer_schedules: Mapping[str, Sequence[float]] | None = None,
+    batching: Batching | None = None,
 ) -> TicketSearch:
     """Algorithm 1 with an explicit schedule (sparsity after each round); the model's weights are θ0 and stay untouched.
 
@@ -172,7 +179,9 @@ def extract_tickets(
     Under torch.distributed the tickets are spread over the ranks and gathered every round.
     ``tickets`` searches only those (from all-ones masks) and keeps every other ticket's current
     mask; ``layer_schedules`` (``scope="layer"`` only) gives some layers their own sparsity per round.
+    ``batching`` (:class:`Batching`) reads dict samples, custom collation and forward keywords.
     """
+    batching = check_batching(batching)
     if not isinstance(subsets, Sequence) or isinstance(subsets, (str, bytes)):
         raise TypeError(f"subsets: expected a sequence of K torch Datasets, got {type(subsets).__name__}")
     k_total = len(subsets)
@@ -227,7 +236,7 @@ def extract_tickets(
                 rewind_steps = rw.steps(steps_per_epoch) if (not rw.is_init and r == 0) else 0
                 loss, snap = _train_ticket(
                     work, subsets[k], k, round_index=r, epochs=epochs_per_round, loss_fn=loss_fn, lr=lr, batch_size=batch_size,
-                    optimizer=optimizer, seed=derived_seed(seed, r, k), rewind_steps=rewind_steps, epoch_bar=epoch_bar,
+                    optimizer=optimizer, seed=derived_seed(seed, r, k), rewind_steps=rewind_steps, epoch_bar=epoch_bar, batching=batching,
                 )  # fmt: skip
                 epoch_bar.close()
                 if snap is not None:
@@ -287,6 +296,7 @@ def find_tickets(
     log: Callable[[dict], None] | None = None,
     tickets: Sequence[int] | None = None,
     layer_sparsity: Mapping[str, float] | None = None,
+    batching: Batching | None = None,
 ) -> dict[str, torch.Tensor]:
     """Find one ticket per subset by IMP with rewinding from the model's current weights θ0; sets and returns the masks.
 
@@ -314,7 +324,7 @@ def find_tickets(
     search = extract_tickets(
         model, subsets, schedule=plan, epochs_per_round=epochs_per_round, loss_fn=loss_fn, lr=lr, batch_size=batch_size,
         rewind=rewind, scope=scope, seed=seed, progress=progress, optimizer=optimizer, store=store, controller=controller, log=log,
-        tickets=tickets, layer_schedules=layer_plans,
+        tickets=tickets, layer_schedules=layer_plans, batching=batching,
     )  # fmt: skip
     set_masks(model, search.final)
     return search.final

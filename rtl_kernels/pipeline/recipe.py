@@ -32,7 +32,7 @@ STAGE_FIELDS = {
     "eval": frozenset({"one_vs_rest", "router"}),
 }
 # in no key: where it runs, which levels are reported (rounds are checked by schedule), and whether baselines run
-UNKEYED_FIELDS = frozenset({"device", "sparsities", "baselines"})
+UNKEYED_FIELDS = frozenset({"device", "sparsities", "baselines", "allow_low_coverage"})
 
 
 def _is_plugin(value: object) -> bool:
@@ -109,6 +109,9 @@ class Recipe:
             "or 'best' (the best of them on a held-out fifth of the training data)",
             choices=ROUTERS,
         ),
+    )
+    allow_low_coverage: bool = field(
+        default=False, metadata=_help("run even when the RTL layers hold under half of the model's parameters (otherwise an error)")
     )
     device: str = field(default="cpu", metadata=_help("torch device to train on ('cpu', 'cuda', 'cuda:1', ...)"))
     seed: int = field(default=0, metadata=_help("random seed (model init, data order)"))

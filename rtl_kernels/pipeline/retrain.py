@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..models.state import named_rtl_layers
+from .batching import Batching, cat_batches, check_batching, take
 from .progress import bar
 from .training import (
     LossFn,
@@ -44,15 +45,15 @@ def ticket_update_masks(model: nn.Module) -> list[dict[nn.Parameter, torch.Tenso
     return [{p: m[k] for p, m in unpacked.items()} for k in range(k_total)]
 
 
-def _sequential(subsets, batch_size, gen, masks):
+def _sequential(subsets, batch_size, gen, masks, collate_fn):
     longest = max(-(-len(s) // batch_size) for s in subsets)
     plans = [epoch_batches(len(s), batch_size, gen, longest) for s in subsets]
     for m in range(longest):
         for k, s in enumerate(subsets):
-            yield fetch(s, plans[k][m]), k, masks[k]
+            yield fetch(s, plans[k][m], collate_fn), k, masks[k]
 
 
-def _fused(subsets, batch_size, gen, masks):
+def _fused(subsets, batch_size, gen, masks, collate_fn):
     longest = max(len(s) for s in subsets)
     rows = []
     for k, s in enumerate(subsets):
@@ -61,19 +62,14 @@ def _fused(subsets, batch_size, gen, masks):
         rows.append(torch.stack([torch.full_like(idx, k), idx], 1))
     table = torch.cat(rows)[torch.randperm(longest * len(subsets), generator=gen)]
     for chunk in table.split(batch_size):
-        xs, ys = [], []
         routes = chunk[:, 0]
         present = routes.unique().tolist()
-        for k in present:
-            x, y = fetch(subsets[k], chunk[routes == k, 1])
-            xs.append(x)
-            ys.append(y)
+        parts = [fetch(subsets[k], chunk[routes == k, 1], collate_fn) for k in present]
         order = torch.cat([torch.nonzero(routes == k).squeeze(1) for k in present])
-        x, y = torch.cat(xs), torch.cat(ys)
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(order.numel())
         union = {p: torch.stack([masks[k][p] for k in present]).any(0) for p in masks[0]}
-        yield (x[inverse], y[inverse]), routes, union
+        yield take(cat_batches(parts), inverse), routes, union
 
 
 def joint_retrain(
@@ -89,6 +85,7 @@ def joint_retrain(
     optimizer: OptimizerFactory | None = None,
     seed: int = 0,
     log: Callable[[dict], None] | None = None,
+    batching: Batching | None = None,
 ) -> list[float]:
     """Train the shared weights of a converted model, ticket ``k`` on ``subsets[k]`` only, masked updates; returns the loss per epoch.
 
@@ -97,8 +94,10 @@ def joint_retrain(
     update and moments masked per ticket) unless ``optimizer`` gives a factory ``params -> optimizer``.
     A non-finite loss raises :class:`NonFiniteLossError` naming the ticket(s) and the epoch, after
     restoring every weight, mask and BatchNorm statistic to its value before the call.
+    ``batching`` (:class:`Batching`) reads dict samples, custom collation and forward keywords.
     """
     subsets = check_subsets(subsets)
+    batching = check_batching(batching)
     check_positive("epochs", epochs)
     check_positive("batch_size", batch_size)
     if mode not in MODES:
@@ -115,9 +114,10 @@ def joint_retrain(
     losses = []
     epochs_bar = bar(epochs, f"joint retrain ({mode})", 0, progress)
     for epoch in range(epochs):
-        steps = _sequential(subsets, batch_size, gen, masks) if mode == "sequential" else _fused(subsets, batch_size, gen, masks)
+        plan = _sequential if mode == "sequential" else _fused
+        steps = plan(subsets, batch_size, gen, masks, batching.collate_fn)
         try:
-            loss = train_steps(model, opt, steps, loss_fn, f"joint_retrain epoch {epoch}")
+            loss = train_steps(model, opt, steps, loss_fn, f"joint_retrain epoch {epoch}", batching)
         except NonFiniteLossError:
             with torch.no_grad():
                 model.load_state_dict(before)

@@ -28,9 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.convert import convert
+from ..models.convert import LOW_COVERAGE, convert, coverage_of, low_coverage_message
 from ..models.io import LoadError, load, save
 from ..models.state import named_rtl_layers, set_masks
+from ..routers import EntropyRouter
 from ..zoo import build_model
 from .baselines import dense_param_count, param_counts, with_num_tickets
 from .distributed import world
@@ -50,9 +51,11 @@ STAGES = ("tickets", "retrain", "eval", "report")
 NUM_CLASSES = {"digits": 10, "mnist": 10, "cifar10": 10}  # plug-in datasets: from their targets
 METHOD_NAMES = {
     "rtl": "RTL (router)",
+    "rtl_entropy": "RTL (entropy router)",
     "rtl_oracle": "RTL, oracle (routes from labels)",
     "single": "single-mask IMP",
     "multi": "multi-model IMP (router)",
+    "multi_oracle": "multi-model IMP, oracle",
     "dense": "dense, all data",
     "strong": "strong tickets (frozen random weights; the model is a seed + masks)",
 }
@@ -168,6 +171,9 @@ class Run:
         torch.manual_seed(r.seed)
         dense = build_model(r.model, in_features=x_train[0].numel(), num_classes=self.num_classes, hidden=r.hidden)
         self.model = convert(dense, r.num_tickets, ignore=r.ignore).to(r.device)
+        coverage = coverage_of(self.model)
+        if coverage < LOW_COVERAGE and not r.allow_low_coverage:
+            raise ValueError(f"{low_coverage_message(coverage, 'recipe.ignore')}; set allow_low_coverage = true to run anyway")
         init = self.directory / "init.safetensors"
         theta0 = read_tensors(init)
         if theta0 is not None:
@@ -355,6 +361,12 @@ class Run:
             **classification_report(predict(models["rtl"], self.test, routes).argmax(1), y, self.num_classes),
             **rtl_params,
         }
+        entropy_routes = _entropy_routes(models["rtl"], self.test.tensors[0])
+        result["methods"]["rtl_entropy"] = {
+            **classification_report(predict(models["rtl"], self.test, entropy_routes).argmax(1), y, self.num_classes),
+            **rtl_params,
+            "router_accuracy": float((entropy_routes == self.test_ids).float().mean()),
+        }
         rtl_pred = predict(models["rtl"], self.test, self.test_ids).argmax(1)
         result["methods"]["rtl_oracle"] = {**classification_report(rtl_pred, y, self.num_classes), **rtl_params}
         if self.recipe.one_vs_rest:
@@ -441,6 +453,17 @@ class Run:
         except ImportError:
             logger.info("matplotlib is not installed; skipping plots (pip install 'rtl-kernels[plot]')")
         return report
+
+
+@torch.no_grad()
+def _entropy_routes(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """SupSup's entropy routing (no fitting): each test input to the ticket whose output is most confident."""
+    was_training = model.training
+    model.eval()
+    router = EntropyRouter(model)
+    routes = torch.cat([router(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    model.train(was_training)
+    return routes.cpu()
 
 
 def table_rows(evals: list[dict]) -> list[dict]:

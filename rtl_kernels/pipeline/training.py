@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import ConcatDataset, Dataset, Subset, TensorDataset, default_collate
 
 from ..models.routing import routing
+from .batching import DEFAULT, Batching, logits_of, to_device
 from .optim import MaskedAdam, masked_step
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -53,8 +55,10 @@ def check_positive(name: str, value: object, kind: type = int) -> None:
         raise ValueError(f"{name}: expected a positive {kind.__name__}, got {value!r}")
 
 
-def fetch(dataset: Dataset, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The samples at ``index`` as a batch (fast path for tensor datasets and their subsets)."""
+def fetch(dataset: Dataset, index: torch.Tensor, collate_fn: Callable[[list], Any] | None = None) -> Any:
+    """The samples at ``index`` as a batch (fast path for tensor datasets and their subsets; ``collate_fn`` replaces default_collate)."""
+    if collate_fn is not None:
+        return collate_fn([dataset[int(i)] for i in index])
     base, idx = dataset, index
     while isinstance(base, Subset):
         idx = torch.as_tensor(base.indices)[idx]
@@ -82,12 +86,12 @@ def concat(subsets: Sequence[Dataset]) -> Dataset:
 
 
 def routed_loss(
-    model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], routes: int | torch.Tensor, loss_fn: LossFn, device: torch.device
+    model: nn.Module, batch: Any, routes: int | torch.Tensor, loss_fn: LossFn, device: torch.device, batching: Batching = DEFAULT
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The loss of one batch under ``routes``, and the model's output."""
-    x, y = batch[0].to(device), batch[1].to(device)
+    """The loss of one batch under ``routes``, and the model's output (its logits for Hugging Face outputs)."""
+    x, y, kwargs = to_device(batching.split(batch), device)
     with routing(model, routes.to(device) if isinstance(routes, torch.Tensor) else routes):
-        out = model(x)
+        out = logits_of(model(x, **kwargs))
     return loss_fn(out, y), out
 
 
@@ -121,6 +125,7 @@ def train_steps(
     steps: Iterator[tuple[tuple[torch.Tensor, torch.Tensor], int | torch.Tensor, Mapping[nn.Parameter, torch.Tensor] | None]],
     loss_fn: LossFn,
     where: str = "training",
+    batching: Batching = DEFAULT,
 ) -> float:
     """Run (batch, routes, update masks) steps; returns the mean loss.
 
@@ -131,7 +136,7 @@ def train_steps(
     total, n = 0.0, 0
     for batch, routes, update_masks in steps:
         opt.zero_grad(set_to_none=True)
-        loss, out = routed_loss(model, batch, routes, loss_fn, device)
+        loss, out = routed_loss(model, batch, routes, loss_fn, device, batching)
         value = float(loss.detach())
         if not math.isfinite(value):
             raise NonFiniteLossError(
@@ -146,7 +151,9 @@ def train_steps(
 
 
 @torch.no_grad()
-def predict(model: nn.Module, dataset: Dataset, routes: torch.Tensor | int, batch_size: int = 512) -> torch.Tensor:
+def predict(
+    model: nn.Module, dataset: Dataset, routes: torch.Tensor | int, batch_size: int = 512, batching: Batching = DEFAULT
+) -> torch.Tensor:
     """Model outputs for every sample of ``dataset`` (eval mode), routed per sample."""
     was_training = model.training
     model.eval()
@@ -155,14 +162,9 @@ def predict(model: nn.Module, dataset: Dataset, routes: torch.Tensor | int, batc
     n = len(dataset)
     for start in range(0, n, batch_size):
         idx = torch.arange(start, min(start + batch_size, n))
-        x, _ = fetch(dataset, idx)
+        x, _, kwargs = to_device(batching.split(fetch(dataset, idx, batching.collate_fn)), device)
         r = routes[idx].to(device) if isinstance(routes, torch.Tensor) else routes
         with routing(model, r):
-            outs.append(model(x.to(device)).cpu())
+            outs.append(logits_of(model(x, **kwargs)).cpu())
     model.train(was_training)
     return torch.cat(outs) if outs else torch.empty(0)
-
-
-def targets_of(dataset: Dataset) -> torch.Tensor:
-    """All targets of a dataset, as one tensor."""
-    return fetch(dataset, torch.arange(len(dataset)))[1]
