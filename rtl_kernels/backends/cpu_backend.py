@@ -19,7 +19,7 @@ from types import ModuleType
 import numpy as np
 import torch
 
-from ..dispatch.plan import RoutingPlan
+from ..routing_plans.plan import RoutingPlan
 from . import extension
 from .registry import Backend, Call, register_backend
 
@@ -101,6 +101,5 @@ register_backend(
         supports=supports,
         linear_forward=linear_forward,
         linear_backward=linear_backward,
-        description="C++ CPU kernels (AVX-512/AVX2): weight read once per call for small batches, a fused masked GEMM or masked copies + torch.mm for large ones",
     )
 )
