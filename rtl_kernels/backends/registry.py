@@ -16,8 +16,6 @@ from typing import NamedTuple
 
 import torch
 
-from ..conv_params import ConvParams, conv_output_format  # noqa: F401  (re-exported until every backend imports conv_params)
-
 logger = logging.getLogger(__name__)
 
 
