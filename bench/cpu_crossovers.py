@@ -19,8 +19,8 @@ import time
 import torch
 
 from rtl_kernels.backends import cpu_backend, crossovers
-from rtl_kernels.backends.registry import ConvParams
 from rtl_kernels.benchmarks.machine import cpu_model, utc_now
+from rtl_kernels.conv_params import ConvParams
 from rtl_kernels.masks.packed import pack_masks
 from rtl_kernels.routing_plans.plan import make_plan
 
