@@ -12,7 +12,7 @@ import rtl_kernels as rtl
 
 pytest.importorskip("triton")
 from rtl_kernels.backends import triton_backend as tb
-from rtl_kernels.backends.registry import ConvParams
+from rtl_kernels.conv_params import ConvParams
 from rtl_kernels.dispatch.plan import make_plan
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")

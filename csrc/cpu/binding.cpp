@@ -26,14 +26,26 @@ bool isa_supported(int64_t isa) {
   return false;
 }
 
+// detected once per process: the CPU does not change under a running program
 int64_t best_isa() {
-  for (int64_t isa : {kAvx512Bf16, kAvx512, kAvx2})
-    if (isa_supported(isa)) return isa;
-  return kGeneric;
+  static const int64_t best = [] {
+    for (int64_t isa : {kAvx512Bf16, kAvx512, kAvx2})
+      if (isa_supported(isa)) return isa;
+    return int64_t{kGeneric};
+  }();
+  return best;
+}
+
+const rtl_cpu::Ops& ops_for(int64_t isa);
+
+// the default kernels (isa = -1), chosen once
+const rtl_cpu::Ops& best_ops() {
+  static const rtl_cpu::Ops& ops = ops_for(best_isa());
+  return ops;
 }
 
 const rtl_cpu::Ops& ops_for(int64_t isa) {
-  if (isa == kBest) isa = best_isa();
+  if (isa == kBest) return best_ops();
   TORCH_CHECK_VALUE(isa >= kGeneric && isa <= kAvx512Bf16, "isa: expected -1 (best), 0 (generic), 1 (avx2), 2 (avx512) or 3 (avx512_bf16), got ", isa);
   TORCH_CHECK_VALUE(isa_supported(isa), "isa: ", isa, " is not supported by this CPU (best available: ", best_isa(), ")");
 #if defined(__x86_64__) || defined(_M_X64)

@@ -53,24 +53,33 @@ def _active(plan: RoutingPlan) -> int:
     return int(np.count_nonzero(np.diff(plan.offsets.numpy())))
 
 
-def use_direct(plan: RoutingPlan, dtype: torch.dtype, limits: dict[torch.dtype, int] = DIRECT_ROWS_PER_TICKET) -> bool:
-    """True when the weight-stationary kernels are the faster path for this batch."""
+def use_direct(
+    plan: RoutingPlan, dtype: torch.dtype, limits: dict[torch.dtype, int] = DIRECT_ROWS_PER_TICKET, active: int | None = None
+) -> bool:
+    """True when the weight-stationary kernels are the faster path for this batch (``active``:
+    the plan's active-ticket count when the caller has it; counted here only when needed)."""
     rows, limit = plan.num_rows, limits[dtype]
-    return rows <= limit or rows <= limit * _active(plan)
+    return rows <= limit or rows <= limit * (_active(plan) if active is None else active)
 
 
 def forward_path(plan: RoutingPlan, dtype: torch.dtype, ext: ModuleType) -> str:
     """``"direct"``, ``"gemm"`` or ``"grouped"``: the measured fastest forward path for this batch."""
-    if use_direct(plan, dtype):
+    if plan.num_rows <= DIRECT_ROWS_PER_TICKET[dtype]:
+        return "direct"  # small batch: no need to count the active tickets
+    active = _active(plan)  # counted once for both rules below
+    if use_direct(plan, dtype, active=active):
         return "direct"
-    if dtype == torch.float32 and ext.gemm_supported() and (plan.num_rows <= GEMM_MAX_ROWS_ONE_TICKET or _active(plan) > 1):
+    if dtype == torch.float32 and ext.gemm_supported() and (plan.num_rows <= GEMM_MAX_ROWS_ONE_TICKET or active > 1):
         return "gemm"
     return "grouped"
 
 
+_FORWARD_KERNELS = {"direct": "forward", "gemm": "forward_gemm", "grouped": "forward_grouped"}
+
+
 def linear_forward(x, weight, masks, plan, bias):
     ext = _ext()
-    run = {"direct": ext.forward, "gemm": ext.forward_gemm, "grouped": ext.forward_grouped}[forward_path(plan, x.dtype, ext)]
+    run = getattr(ext, _FORWARD_KERNELS[forward_path(plan, x.dtype, ext)])
     return run(x, weight, masks.bits.contiguous(), plan.perm.contiguous(), plan.offsets.contiguous(), bias)
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..conv_params import ConvParams, conv_output_format
 from ..dispatch.plan import RoutingPlan
 from ..masks.packed import PackedMasks
-from .registry import Backend, ConvParams, conv_output_format, register_backend
+from .registry import Backend, register_backend
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:

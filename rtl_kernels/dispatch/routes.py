@@ -89,6 +89,10 @@ def plan_for_rows(
     what: str = "x.shape[:-1]",
 ) -> RoutingPlan:
     """The plan for ``prod(lead_shape)`` rows, broadcasting ``routes`` over trailing row dims."""
+    if type(routes) is RoutingPlan and routes._consistent and len(lead_shape) == 1:  # the per-layer fast path
+        plan = routes
+        if plan.routes.shape[0] == lead_shape[0] and plan.offsets.shape[0] == num_tickets + 1 and plan.routes.device == device:
+            return plan
     lead_shape = tuple(int(s) for s in lead_shape)
     rows = math.prod(lead_shape)
     if isinstance(routes, RoutingPlan):

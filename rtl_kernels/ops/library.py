@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from ..backends.registry import Call, ConvParams, conv_output_format, resolve_backend
+from ..backends.registry import Call, resolve_backend
+from ..conv_params import ConvParams, conv_output_format, conv_output_size
 from ..dispatch.plan import RoutingPlan
 from ..masks.packed import PackedMasks
 from .define import define_routed_op
@@ -98,10 +99,6 @@ routed_linear = define_routed_op(
 
 
 # ----------------------------------------------------------------------------- conv2d
-
-
-def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
-    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
 def _conv_params(stride: list[int], padding: list[int], dilation: list[int], groups: int) -> ConvParams:
