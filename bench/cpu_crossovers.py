@@ -19,10 +19,10 @@ import time
 import torch
 
 from rtl_kernels.backends import cpu_backend, crossovers
-from rtl_kernels.backends.registry import ConvParams
 from rtl_kernels.benchmarks.machine import cpu_model, utc_now
-from rtl_kernels.dispatch.plan import make_plan
+from rtl_kernels.conv_params import ConvParams
 from rtl_kernels.masks.packed import pack_masks
+from rtl_kernels.routing_plans.plan import make_plan
 
 COUNTS = (1, 2, 4, 8, 16, 32, 64)
 

@@ -24,7 +24,7 @@ import rtl_kernels as rtl
 from rtl_kernels.backends import extension
 from rtl_kernels.benchmarks.machine import cpu_model
 from rtl_kernels.benchmarks.timing import time_rounds
-from rtl_kernels.dispatch.plan import make_plan
+from rtl_kernels.routing_plans.plan import make_plan
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -8,8 +8,9 @@ from reference_math import conv_ref, rel_error
 
 import rtl_kernels as rtl
 from rtl_kernels.backends import cpu_backend, extension
-from rtl_kernels.backends.registry import Call, conv_output_format, resolve_backend
-from rtl_kernels.dispatch.plan import make_plan
+from rtl_kernels.backends.registry import Call, resolve_backend
+from rtl_kernels.conv_params import conv_output_format
+from rtl_kernels.routing_plans.plan import make_plan
 
 ext = extension.load_cpu()
 pytestmark = pytest.mark.skipif(ext is None, reason="the C++ CPU extension cannot be built here (no compiler)")

@@ -10,8 +10,8 @@ from torch import nn
 
 import rtl_kernels as rtl
 from rtl_kernels.backends import cpu_backend
-from rtl_kernels.dispatch.plan import RoutingPlan, make_plan
 from rtl_kernels.masks.packed import PackedMasks
+from rtl_kernels.routing_plans.plan import RoutingPlan, make_plan
 
 routing_mod = importlib.import_module("rtl_kernels.models.routing")  # the package exports a function of that name
 

@@ -26,10 +26,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..dispatch.plan import RoutingPlan
+from ..conv_params import ConvParams, conv_output_format
+from ..routing_plans.plan import RoutingPlan
 from . import crossovers, extension
 from .reference import active_segments
-from .registry import Backend, Call, ConvParams, conv_output_format, register_backend
+from .registry import Backend, Call, register_backend
 
 DTYPES = (torch.float32, torch.bfloat16)
 # measured crossovers (data: cpu_crossovers.json). The weight-stationary kernels run batches of up
@@ -175,6 +176,5 @@ register_backend(
         linear_backward=linear_backward,
         conv2d_forward=conv2d_forward,
         conv2d_backward=conv2d_backward,
-        description="C++ CPU kernels (AVX-512/AVX2): weight read once per call for small batches, a fused masked GEMM or masked copies + torch.mm for large ones",
     )
 )

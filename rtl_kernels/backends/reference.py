@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from ..conv_params import ConvParams, conv_output_format
-from ..dispatch.plan import RoutingPlan
 from ..masks.packed import PackedMasks
+from ..routing_plans.plan import RoutingPlan
 from .registry import Backend, register_backend
 
 
@@ -109,6 +109,5 @@ register_backend(
         linear_backward=linear_backward,
         conv2d_forward=conv2d_forward,
         conv2d_backward=conv2d_backward,
-        description="plain PyTorch, one masked dense op per active ticket (oracle and fallback)",
     )
 )

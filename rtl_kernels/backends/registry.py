@@ -11,12 +11,10 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
-
-from ..conv_params import ConvParams, conv_output_format  # noqa: F401  (re-exported until every backend imports conv_params)
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +48,6 @@ class Backend:
     linear_backward: Callable | None = None
     conv2d_forward: Callable | None = None
     conv2d_backward: Callable | None = None
-    description: str = ""
-    extra: dict = field(default_factory=dict)
 
     def implements(self, op: str) -> bool:
         return getattr(self, f"{op}_forward") is not None and getattr(self, f"{op}_backward") is not None

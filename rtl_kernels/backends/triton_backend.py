@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 
 from ..conv_params import ConvParams, conv_output_format
-from ..dispatch.plan import RoutingPlan, block_schedule, make_plan
 from ..masks.packed import PackedMasks, ones_bits
+from ..routing_plans.plan import RoutingPlan, block_schedule, make_plan
 from .registry import Backend, Call, register_backend
 
 logger = logging.getLogger(__name__)
@@ -358,7 +358,5 @@ register_backend(
         linear_backward=linear_backward,
         conv2d_forward=conv2d_forward,
         conv2d_backward=conv2d_backward,
-        description="fused Triton kernels: grouped / weight-stationary routed masked GEMM, implicit-GEMM conv",
-        extra={"warmup": warmup, "linear_ticket_grads": linear_ticket_grads},
     )
 )

@@ -136,8 +136,8 @@ def _runner(kernel: str, cfg: dict, problem: dict) -> Callable[[], object]:
 
 
 def _problem(rows: int, kin: int, n: int, k: int, density: float, dtype: torch.dtype, device: torch.device) -> dict:
-    from ..dispatch.plan import make_plan
     from ..masks.packed import pack_masks
+    from ..routing_plans.plan import make_plan
 
     gen = torch.Generator().manual_seed(0)
     masks = pack_masks((torch.rand(k, n, kin, generator=gen) < density).to(device))

@@ -12,10 +12,10 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from ..dispatch.plan import RoutingPlan, check_plan
-from ..dispatch.routes import plan_routes
 from ..nn.base import RTLLayer
 from ..nn.scope import route_scope
+from ..routing_plans.plan import RoutingPlan, check_plan
+from ..routing_plans.routes import plan_routes
 
 
 def rtl_layers(model: nn.Module) -> list[RTLLayer]:

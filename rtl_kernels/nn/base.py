@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..dispatch.plan import RoutingPlan
 from ..masks.packed import PackedMasks, ones_bits, pack_masks
 from ..ops.checks import check_num_tickets
+from ..routing_plans.plan import RoutingPlan
 from .scope import current_routes
 
 

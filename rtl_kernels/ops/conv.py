@@ -7,9 +7,9 @@ import torch.nn.functional as F
 
 from ..backends.registry import check_backend_name
 from ..conv_params import conv_output_size
-from ..dispatch.plan import RoutingPlan
-from ..dispatch.routes import plan_for_rows
 from ..masks.packed import PackedMasks
+from ..routing_plans.plan import RoutingPlan
+from ..routing_plans.routes import plan_for_rows
 from .checks import as_packed_masks, check_bias, check_device, check_float, check_tensor
 from .define import autocast_inputs
 from .library import routed_conv2d as routed_conv2d_op

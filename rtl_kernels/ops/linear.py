@@ -7,9 +7,9 @@ import math
 import torch
 
 from ..backends.registry import check_backend_name
-from ..dispatch.plan import RoutingPlan
-from ..dispatch.routes import plan_for_rows
 from ..masks.packed import PackedMasks
+from ..routing_plans.plan import RoutingPlan
+from ..routing_plans.routes import plan_for_rows
 from .checks import as_packed_masks, check_bias, check_device, check_float, check_tensor
 from .define import autocast_inputs
 from .library import routed_linear as routed_linear_op
