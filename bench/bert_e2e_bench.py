@@ -20,7 +20,6 @@ import json
 import os
 import platform
 import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -29,6 +28,7 @@ from torch import nn
 import rtl_kernels as rtl
 from rtl_kernels.backends.registry import Call, resolve_backend
 from rtl_kernels.benchmarks.machine import cpu_model
+from rtl_kernels.benchmarks.timing import time_rounds
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LATENCY_TARGET, MEMORY_TARGET_PER_TICKET = 1.6, 1 / 16
@@ -46,15 +46,6 @@ def build_encoder(layers: int, hidden: int, heads: int, intermediate: int, seq: 
         attn_implementation="sdpa",
     )
     return BertModel(cfg, add_pooling_layer=False).eval()
-
-
-def time_call(fn, reps: int) -> list[float]:
-    out = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - start)
-    return out
 
 
 def weight_bytes(model: nn.Module) -> int:
@@ -99,10 +90,8 @@ def run(args: argparse.Namespace) -> dict:
             for _ in range(args.warmup):
                 dense(ids)
                 served(ids, routes=routes)
-            dense_times, routed_times = [], []
-            for _ in range(args.reps):  # interleaved
-                dense_times += time_call(lambda: dense(ids), 1)
-                routed_times += time_call(lambda: served(ids, routes=routes), 1)
+            times = time_rounds({"dense": lambda: dense(ids), "routed": lambda: served(ids, routes=routes)}, args.reps, 0.0)  # interleaved
+            dense_times, routed_times = times["dense"], times["routed"]
         d, r = statistics.median(dense_times), statistics.median(routed_times)
         results[backend] = {
             "backend_used": chosen[backend],

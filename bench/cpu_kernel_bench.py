@@ -14,7 +14,6 @@ import datetime as dt
 import json
 import os
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,34 +23,18 @@ import torch.nn.functional as F
 import rtl_kernels as rtl
 from rtl_kernels.backends import extension
 from rtl_kernels.benchmarks.machine import cpu_model
-from rtl_kernels.dispatch.plan import make_plan
+from rtl_kernels.benchmarks.timing import time_rounds
+from rtl_kernels.routing_plans.plan import make_plan
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-CLOCK = time.perf_counter
+CLOCK = "wall"  # --cpu-time: "thread"
 
 
 def time_side_by_side(fns: dict[str, Callable[[], object]], rounds: int, min_round_s: float) -> dict[str, list[float]]:
-    """ms per call of each function in each round; a round runs every function once, back to back.
-
-    Interleaving exposes every method to the same machine state, so a ratio taken within a round
-    compares like with like even when a shared machine's speed drifts between rounds.
-    """
-    reps = {}
-    for name, fn in fns.items():
-        fn()
-        t0 = CLOCK()
-        fn()
-        reps[name] = max(1, int(min_round_s / max(CLOCK() - t0, 1e-6)))
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            t0 = CLOCK()
-            for _ in range(reps[name]):
-                fn()
-            times[name].append((CLOCK() - t0) / reps[name] * 1e3)
-    return times
+    """ms per call of each function in each round (:func:`rtl_kernels.benchmarks.timing.time_rounds`)."""
+    return {name: [t * 1e3 for t in ts] for name, ts in time_rounds(fns, rounds, min_round_s, CLOCK).items()}
 
 
 def paired_ratio(rounds: dict[str, list[float]], num: str, den: str) -> float:
@@ -176,7 +159,7 @@ def run(quick: bool) -> dict:
             "torch": torch.__version__,
             "isa": ext.isa_name(),
             "kernel_threads": ext.max_threads(),
-            "clock": "thread CPU time" if CLOCK is time.thread_time else "wall",
+            "clock": "thread CPU time" if CLOCK == "thread" else "wall",
             "load_average_1min": os.getloadavg()[0],
         },
         "results": results,
@@ -245,7 +228,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.cpu_time:
         global CLOCK
-        CLOCK = time.thread_time
+        CLOCK = "thread"
         torch.set_num_threads(1)
     report = run(args.quick)
     text = markdown(report)

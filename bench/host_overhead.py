@@ -78,20 +78,38 @@ def decode_cases() -> dict[str, tuple]:
     return {"decode_1024_k8": (rtl_decode, 1), "per_row_loop_1024_k8": (per_row_loop, 1)}
 
 
+def _repeat(fn, inner: int):
+    """``inner`` calls per timed sample: a sample of a few µs is mostly timer cost and scheduling noise."""
+
+    def run():
+        for _ in range(inner):
+            fn()
+
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: host overhead, shared machine)")
     parser.add_argument("--seconds", type=float, default=1.0, help="measured seconds per approach (split over 4 rounds)")
+    parser.add_argument(
+        "--clock",
+        choices=("cpu", "wall"),
+        default="cpu",
+        help="cpu: process CPU time (default; one thread, leaves out time descheduled on a loaded machine)",
+    )
+    parser.add_argument("--inner", type=int, default=20, help="calls per timed sample (default 20)")
     parser.add_argument("--label", default="", help="free text stored with the result (e.g. the commit)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    config = TimerConfig(warmup_s=0.2, min_time_s=args.seconds, min_repeats=50, max_repeats=200_000, rounds=4)
+    config = TimerConfig(warmup_s=0.2, min_time_s=args.seconds, min_repeats=20, max_repeats=20_000, rounds=4, clock=args.clock)
     results = {}
     with torch.inference_mode():
         for cases in (tiny_layer_cases(), decode_cases()):
-            timings = time_interleaved({name: fn for name, (fn, _) in cases.items()}, [()], CPU, config)
+            timings = time_interleaved({name: _repeat(fn, args.inner) for name, (fn, _) in cases.items()}, [()], CPU, config)
             for name, (_, per) in cases.items():
                 t = timings[name]
+                per = per * args.inner
                 results[name] = {
                     "median_us": t.median_s * 1e6 / per,
                     "p10_us": t.p10_s * 1e6 / per,
@@ -102,6 +120,8 @@ def main() -> None:
         "label": args.label,
         "cpu": cpu_model(),
         "threads": args.threads,
+        "clock": args.clock,
+        "calls_per_sample": args.inner,
         "loadavg_before": os.getloadavg(),
         "torch": torch.__version__,
         "results": results,

@@ -4,6 +4,7 @@ Without a GPU, Triton kernels run in the interpreter: the variable must be set b
 first imported, so it is set here, at collection time. torch.compile's on-disk caches are per
 test session: a cache shared with another checkout can replay a graph that calls an op with the
 schema it had there (the cache key does not cover custom ops' bodies or backward schemas).
+Likewise tuned launch-config tables go to a per-session directory.
 """
 
 import os
@@ -15,6 +16,8 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="rtl_inductor_"))
+# tuned Triton tables of this user (rtl-kernels tune) must not change what the tests see
+os.environ["RTL_KERNELS_CONFIG_DIR"] = tempfile.mkdtemp(prefix="rtl_configs_")
 
 from hypothesis import HealthCheck, settings
 

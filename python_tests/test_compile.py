@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 import rtl_kernels as rtl
-from rtl_kernels.dispatch.plan import make_plan
 from rtl_kernels.masks.packed import pack_masks
+from rtl_kernels.routing_plans.plan import make_plan
 
 
 def _linear_args(requires_grad: bool, backend: str = "reference"):

@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 import rtl_kernels as rtl
-from rtl_kernels.dispatch.plan import make_plan
+from rtl_kernels.routing_plans.plan import make_plan
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu", "auto"])

@@ -11,7 +11,7 @@ from reference_math import linear_ref, rel_error
 import rtl_kernels as rtl
 from rtl_kernels.backends import cpu_backend, extension
 from rtl_kernels.backends.registry import Call, resolve_backend
-from rtl_kernels.dispatch.plan import make_plan
+from rtl_kernels.routing_plans.plan import make_plan
 
 ext = extension.load_cpu()
 pytestmark = pytest.mark.skipif(ext is None, reason="the C++ CPU extension cannot be built here (no compiler)")

@@ -143,7 +143,7 @@ def test_layer_routes_through_the_model_context():
 @pytest.mark.parametrize("m", [3, 130])  # the fused kernel and the materialise + torch.mm path
 def test_cpu_kernels_on_every_isa_this_machine_runs(m):
     from rtl_kernels.backends import extension
-    from rtl_kernels.dispatch.plan import make_plan
+    from rtl_kernels.routing_plans.plan import make_plan
 
     ext = extension.load_cpu()
     x, base, delta, masks, scales, routes, _ = _case(m, 19, 77, 2, 0.4, torch.float32, 11)
@@ -168,7 +168,7 @@ def test_cpu_kernels_on_every_isa_this_machine_runs(m):
 
 
 def test_the_op_passes_torch_library_opcheck():
-    from rtl_kernels.dispatch.plan import make_plan
+    from rtl_kernels.routing_plans.plan import make_plan
 
     x, base, delta, masks, scales, routes, bias = _case(5, 3, 9, 2, 0.5, torch.float32, 2)
     plan = make_plan(routes, 2)

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 import rtl_kernels as rtl
 from rtl_kernels.backends import extension
-from rtl_kernels.dispatch.plan import make_plan
+from rtl_kernels.routing_plans.plan import make_plan
 
 ext = extension.load_cpu()
 ISAS = ext.supported_isas() if ext is not None else []

@@ -4,7 +4,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rtl_kernels.dispatch.plan import block_schedule, make_plan
+from rtl_kernels.routing_plans.plan import block_schedule, make_plan
 
 
 @given(k=st.integers(1, 40), m=st.integers(0, 200), seed=st.integers(0, 2**31 - 1), block=st.integers(1, 64))
@@ -61,7 +61,7 @@ def test_plan_traces_with_fullgraph_compile():
 @given(k=st.integers(1, 20), m=st.integers(0, 300), seed=st.integers(0, 2**31 - 1))
 def test_numpy_and_torch_plans_are_identical(k, m, seed):
     """Small eager CPU plans are built with numpy, others with torch ops: both give the same plan."""
-    import rtl_kernels.dispatch.plan as plan_module
+    import rtl_kernels.routing_plans.plan as plan_module
 
     routes = torch.randint(0, k, (m,), generator=torch.Generator().manual_seed(seed))
     fast = make_plan(routes, k)

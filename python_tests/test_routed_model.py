@@ -9,7 +9,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 import rtl_kernels as rtl
-import rtl_kernels.dispatch.routes as routes_module
+import rtl_kernels.routing_plans.routes as routes_module
 from rtl_kernels.routers import CentroidRouter, OracleRouter
 
 K = 3

@@ -64,7 +64,8 @@ def test_tune_command_writes_a_table_the_backend_reads(tmp_path, monkeypatch):
     assert main(args) == 0
     stem = configs.device_key(DEVICE)
     table = json.loads((out / f"{stem}.json").read_text())
-    assert set(table["configs"]) == {"fwd", "decode", "dw"}
+    assert set(table["configs"]) == set(configs.KERNELS)  # tuned kernels merged into the shipped table
+    assert "ms" in table["configs"]["decode"]["float32"]["M4_N32_K32"]
     assert "M64_N32_K32" in table["configs"]["fwd"]["float32"]
     monkeypatch.setattr(configs, "CONFIG_DIR", out)
     configs.reload_tables()
@@ -72,6 +73,24 @@ def test_tune_command_writes_a_table_the_backend_reads(tmp_path, monkeypatch):
         cfg = configs.get_config("fwd", DEVICE, torch.float32, 40, 20, 24)
         assert cfg == table["configs"]["fwd"]["float32"]["M64_N32_K32"]
     finally:
+        configs.reload_tables()
+
+
+def test_tune_writes_to_the_user_config_dir_not_the_package(tmp_path, monkeypatch):
+    shipped = sorted(p.name for p in configs.CONFIG_DIR.iterdir())
+    monkeypatch.setenv("RTL_KERNELS_CONFIG_DIR", str(tmp_path / "user"))
+    configs.reload_tables()
+    try:
+        args = ["tune", "--linear", "24:20", "--rows", "3", "--tickets", "2", "--dtype", "float32", "--max-candidates", "1"]
+        assert main([*args, "--reps", "1", "--device", DEVICE.type, "--quiet", "--kernels", "fwd"]) == 0
+        stem = configs.device_key(DEVICE)
+        table = json.loads((tmp_path / "user" / f"{stem}.json").read_text())
+        assert set(table["configs"]) == set(configs.KERNELS)  # the shipped entries are kept
+        cfg = configs.get_config("fwd", DEVICE, torch.float32, 3, 20, 24)
+        assert cfg == table["configs"]["fwd"]["float32"]["M4_N32_K32"]
+        assert sorted(p.name for p in configs.CONFIG_DIR.iterdir()) == shipped
+    finally:
+        monkeypatch.undo()
         configs.reload_tables()
 
 

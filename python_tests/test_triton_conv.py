@@ -12,8 +12,8 @@ import rtl_kernels as rtl
 
 pytest.importorskip("triton")
 from rtl_kernels.backends import triton_backend as tb
-from rtl_kernels.backends.registry import ConvParams
-from rtl_kernels.dispatch.plan import make_plan
+from rtl_kernels.conv_params import ConvParams
+from rtl_kernels.routing_plans.plan import make_plan
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 pytestmark = pytest.mark.skipif(not tb.is_available(DEVICE), reason="triton backend unavailable on this device")

@@ -17,13 +17,13 @@ from rtl_kernels.backends.registry import get_backend
 
 pytest.importorskip("triton")
 from rtl_kernels.backends import triton_backend as tb
-from rtl_kernels.dispatch.plan import block_schedule, make_plan
 from rtl_kernels.kernels.triton.common import cached_tile_lists, sorted_tickets
 from rtl_kernels.kernels.triton.geometry import linear_geometry
 from rtl_kernels.kernels.triton.grouped_gemm import launch_dx, launch_forward
 from rtl_kernels.kernels.triton.linear_decode import launch_decode
 from rtl_kernels.kernels.triton.weight_grad import launch_dw
 from rtl_kernels.masks.tiles import tile_prune
+from rtl_kernels.routing_plans.plan import block_schedule, make_plan
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 pytestmark = pytest.mark.skipif(not tb.is_available(DEVICE), reason="triton backend unavailable on this device")

@@ -15,11 +15,11 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 from . import nn  # noqa: E402
 from .backends.registry import available_backends  # noqa: E402
-from .dispatch.plan import RoutingPlan  # noqa: E402
-from .dispatch.routes import plan_routes, set_route_checks  # noqa: E402
 from .masks import PackedMasks, jaccard, pack_masks  # noqa: E402
 from .models import LoadError, RoutedModel, convert, load, masks_of, routing, save, set_masks  # noqa: E402
 from .ops import routed_conv2d, routed_linear  # noqa: E402
+from .routing_plans.plan import RoutingPlan  # noqa: E402
+from .routing_plans.routes import plan_routes, set_route_checks  # noqa: E402
 
 __all__ = [
     "LoadError",

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "masked_delta_cpu.h"
+#include "routed_conv.h"
 #include "routed_cpu.h"
 #include "seeded_cpu.h"
 
@@ -26,14 +27,26 @@ bool isa_supported(int64_t isa) {
   return false;
 }
 
+// detected once per process: the CPU does not change under a running program
 int64_t best_isa() {
-  for (int64_t isa : {kAvx512Bf16, kAvx512, kAvx2})
-    if (isa_supported(isa)) return isa;
-  return kGeneric;
+  static const int64_t best = [] {
+    for (int64_t isa : {kAvx512Bf16, kAvx512, kAvx2})
+      if (isa_supported(isa)) return isa;
+    return int64_t{kGeneric};
+  }();
+  return best;
+}
+
+const rtl_cpu::Ops& ops_for(int64_t isa);
+
+// the default kernels (isa = -1), chosen once
+const rtl_cpu::Ops& best_ops() {
+  static const rtl_cpu::Ops& ops = ops_for(best_isa());
+  return ops;
 }
 
 const rtl_cpu::Ops& ops_for(int64_t isa) {
-  if (isa == kBest) isa = best_isa();
+  if (isa == kBest) return best_ops();
   TORCH_CHECK_VALUE(isa >= kGeneric && isa <= kAvx512Bf16, "isa: expected -1 (best), 0 (generic), 1 (avx2), 2 (avx512) or 3 (avx512_bf16), got ", isa);
   TORCH_CHECK_VALUE(isa_supported(isa), "isa: ", isa, " is not supported by this CPU (best available: ", best_isa(), ")");
 #if defined(__x86_64__) || defined(_M_X64)
@@ -366,6 +379,195 @@ at::Tensor seeded_generate(const at::Tensor& row_scale, int64_t in_features, int
   return out;
 }
 
+// ------------------------------------------------------------------------------- routed conv2d
+
+const rtl_cpu::ConvOps& conv_ops_for(int64_t isa) {
+  if (isa == kBest) isa = best_isa();
+  ops_for(isa);  // validates isa
+#if defined(__x86_64__) || defined(_M_X64)
+  if (isa == kAvx512 || isa == kAvx512Bf16) return rtl_cpu::kConvAvx512;
+#endif
+  return rtl_cpu::kConvGeneric;
+}
+
+int64_t conv_pair(const std::vector<int64_t>& v, int i, const char* name, int64_t minimum) {
+  TORCH_CHECK_VALUE(v.size() == 2, name, ": expected 2 values, got ", v.size());
+  TORCH_CHECK_VALUE(v[i] >= minimum, name, ": expected values >= ", minimum, ", got ", v[i]);
+  return v[i];
+}
+
+// A checked conv problem with float32 NHWC copies (or views) of what the kernels read.
+struct ConvCall {
+  rtl_cpu::ConvProblem p{};
+  at::Tensor w32;
+  std::vector<int64_t> slot;    // [B]: packed slot of the image at sorted position q
+  std::vector<int64_t> active;  // tickets with images, in slot order
+};
+
+// `input` is x's shape [B, C, H, W]; weight, bits and the plan are checked before any pointer is read
+ConvCall conv_call(at::IntArrayRef input, const at::Tensor& weight, const at::Tensor& bits, const at::Tensor& perm, const at::Tensor& offsets,
+                   const std::vector<int64_t>& stride, const std::vector<int64_t>& padding, const std::vector<int64_t>& dilation, int64_t groups) {
+  check_common(weight, "weight", 4);
+  const auto dt = weight.scalar_type();
+  TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kBFloat16, "weight: expected dtype float32 or bfloat16, got ", dt);
+  TORCH_CHECK_VALUE(input.size() == 4, "x: expected a 4-D input [B, C, H, W], got ", input.size(), " dims");
+  TORCH_CHECK_VALUE(groups >= 1, "groups: expected a positive value, got ", groups);
+  ConvCall call;
+  rtl_cpu::ConvProblem& p = call.p;
+  p.B = input[0], p.C = input[1], p.H = input[2], p.W = input[3];
+  p.N = weight.size(0), p.Cg = weight.size(1), p.kh = weight.size(2), p.kw = weight.size(3), p.groups = groups;
+  TORCH_CHECK_VALUE(p.N % groups == 0, "weight: expected out_channels ", p.N, " divisible by groups = ", groups);
+  TORCH_CHECK_VALUE(p.C == p.Cg * groups, "x: expected ", p.Cg * groups, " input channels (weight.shape[1] * groups), got ", p.C);
+  p.Ng = p.N / groups;
+  p.sh = conv_pair(stride, 0, "stride", 1), p.sw = conv_pair(stride, 1, "stride", 1);
+  p.ph = conv_pair(padding, 0, "padding", 0), p.pw = conv_pair(padding, 1, "padding", 0);
+  p.dh = conv_pair(dilation, 0, "dilation", 1), p.dw = conv_pair(dilation, 1, "dilation", 1);
+  p.Ho = (p.H + 2 * p.ph - p.dh * (p.kh - 1) - 1) / p.sh + 1;
+  p.Wo = (p.W + 2 * p.pw - p.dw * (p.kw - 1) - 1) / p.sw + 1;
+  TORCH_CHECK_VALUE(p.H + 2 * p.ph >= p.dh * (p.kh - 1) + 1 && p.W + 2 * p.pw >= p.dw * (p.kw - 1) + 1 && p.Ho >= 1 && p.Wo >= 1, "x: spatial size [", p.H,
+                    ", ", p.W, "] is too small for the kernel, padding and dilation");
+  TORCH_CHECK_VALUE(std::max(p.H * p.W, p.Ho * p.Wo) * p.kh * p.kw < (int64_t{1} << 31), "x: expected fewer than 2^31 pixel taps per image");
+  TORCH_CHECK_VALUE(p.R() * 64 < (int64_t{1} << 31), "weight: expected fewer than 2^25 elements per output channel, got ", p.R());
+  check_common(bits, "bits", 3);
+  TORCH_CHECK_TYPE(bits.scalar_type() == at::kInt, "bits: expected dtype int32, got ", bits.scalar_type());
+  p.K = bits.size(0);
+  p.words = (p.R() + 31) / 32;
+  TORCH_CHECK_VALUE(p.K >= 1, "bits: expected at least one ticket, got shape ", shape_of(bits));
+  check_shape(bits, "bits", {p.K, p.N, p.words});
+  rtl_cpu::Problem plan{};
+  plan.K = p.K;
+  add_plan(plan, p.B, perm, offsets);
+  p.perm = plan.perm;
+  p.offsets = plan.offsets;
+  p.bits = reinterpret_cast<const uint32_t*>(bits.data_ptr<int32_t>());
+  call.w32 = weight.to(at::kFloat).contiguous();
+  p.w = call.w32.data_ptr<float>();
+  call.slot.assign(static_cast<size_t>(p.B), 0);
+  for (int64_t k = 0; k < p.K; ++k) {
+    if (p.offsets[k] == p.offsets[k + 1]) continue;
+    for (int64_t q = p.offsets[k]; q < p.offsets[k + 1]; ++q) call.slot[q] = static_cast<int64_t>(call.active.size());
+    call.active.push_back(k);
+  }
+  return call;
+}
+
+// float32 NHWC data of an NCHW-shaped tensor (a view when it already is channels_last float32)
+at::Tensor nhwc_f32(const at::Tensor& t, const char* name, at::ScalarType like) {
+  TORCH_CHECK_VALUE(t.defined() && t.device().is_cpu() && t.dim() == 4, name, ": expected a 4-D CPU tensor");
+  TORCH_CHECK_TYPE(t.scalar_type() == like, name, ": expected dtype ", like, ", got ", t.scalar_type());
+  return t.permute({0, 2, 3, 1}).to(at::kFloat).contiguous();
+}
+
+// every active ticket's masked weight, packed once for the whole call (forward or dX panels)
+at::Tensor conv_pack(const rtl_cpu::ConvOps& ops, const ConvCall& call, bool dx, int64_t* floats) {
+  const rtl_cpu::ConvProblem& p = call.p;
+  const int64_t groups = rtl_cpu::conv_is_depthwise(p) ? 1 : p.groups;
+  *floats = ops.pack_floats(p, dx);
+  const int64_t blocks = static_cast<int64_t>(call.active.size()) * groups;
+  at::Tensor packed = at::empty({std::max<int64_t>(blocks * *floats, 1)}, at::kFloat);
+  float* out = packed.data_ptr<float>();
+  const int64_t n = *floats;
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) ops.pack(p, dx, call.active[b / groups], b % groups, out + b * n);
+  });
+  return packed;
+}
+
+at::Tensor conv_table(const rtl_cpu::ConvProblem& p, bool transposed) {
+  at::Tensor table = at::empty({(transposed ? p.H * p.W : p.Ho * p.Wo) * p.taps()}, at::kInt);
+  rtl_cpu::conv_tap_table(p, transposed, table.data_ptr<int32_t>());
+  return table;
+}
+
+constexpr int64_t kConvChunkRows = 48;  // row pixels per work item (a multiple of every tile height)
+
+// one gathered GEMM (forward: src = x; dX: src = dy) into a fresh float32 NHWC tensor
+at::Tensor conv_gather(const rtl_cpu::ConvOps& ops, const ConvCall& call, bool dx, const at::Tensor& src, const float* bias) {
+  const rtl_cpu::ConvProblem& p = call.p;
+  const bool depthwise = rtl_cpu::conv_is_depthwise(p);
+  int64_t floats = 0;
+  const at::Tensor packed = conv_pack(ops, call, dx, &floats);
+  const at::Tensor table = conv_table(p, dx);
+  const int64_t rows = dx ? p.H * p.W : p.Ho * p.Wo;
+  const int64_t out_channels = dx ? p.C : p.N;
+  at::Tensor out = at::empty({p.B, dx ? p.H : p.Ho, dx ? p.W : p.Wo, out_channels}, at::kFloat);
+  at::Tensor zeros = at::zeros({std::max(p.Cg, p.Ng) + 16}, at::kFloat);
+  rtl_cpu::Gather a{};
+  a.src = src.data_ptr<float>();
+  a.src_pixels = dx ? p.Ho * p.Wo : p.H * p.W;
+  a.src_channels = dx ? p.N : p.C;
+  a.cr = depthwise ? 1 : (dx ? p.Ng : p.Cg);
+  a.table = table.data_ptr<int32_t>();
+  a.rows = rows;
+  a.taps = p.taps();
+  a.out = out.data_ptr<float>();
+  a.out_channels = out_channels;
+  a.nout = depthwise ? out_channels : (dx ? p.Cg : p.Ng);
+  a.bias = bias;
+  a.packed = packed.data_ptr<float>();
+  a.pack_floats = floats;
+  a.perm = p.perm;
+  a.slot = call.slot.data();
+  a.groups = depthwise ? 1 : p.groups;
+  a.chunk_rows = kConvChunkRows;
+  a.zeros = zeros.data_ptr<float>();
+  const int64_t chunks = (rows + kConvChunkRows - 1) / kConvChunkRows;
+  const int64_t items = p.B * a.groups * chunks;
+  const int64_t work = std::max<int64_t>(1, kConvChunkRows * a.taps * a.cr * std::max<int64_t>(a.nout, 1));
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / work);
+  auto fn = depthwise ? ops.gather_depthwise : ops.gather;
+  if (items > 0) at::parallel_for(0, items, grain, [&](int64_t i0, int64_t i1) { fn(a, i0, i1); });
+  return out;
+}
+
+// y = routed conv2d of x [B, C, H, W] (any memory format): a channels_last tensor of x's dtype
+at::Tensor conv_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bits, const at::Tensor& perm, const at::Tensor& offsets,
+                        const c10::optional<at::Tensor>& bias, const std::vector<int64_t>& stride, const std::vector<int64_t>& padding,
+                        const std::vector<int64_t>& dilation, int64_t groups, int64_t isa) {
+  const rtl_cpu::ConvOps& ops = conv_ops_for(isa);
+  TORCH_CHECK_VALUE(x.defined() && x.dim() == 4, "x: expected a 4-D tensor [B, C, H, W], got ", x.defined() ? shape_of(x) : "None");
+  const ConvCall call = conv_call(x.sizes(), weight, bits, perm, offsets, stride, padding, dilation, groups);
+  const at::Tensor x32 = nhwc_f32(x, "x", weight.scalar_type());
+  at::Tensor b32;
+  if (bias.has_value() && bias->defined()) {
+    check_float(*bias, "bias", 1, x.scalar_type());
+    check_shape(*bias, "bias", {call.p.N});
+    b32 = bias->to(at::kFloat).contiguous();
+  }
+  const at::Tensor y = conv_gather(ops, call, false, x32, b32.defined() ? b32.data_ptr<float>() : nullptr);
+  return y.permute({0, 3, 1, 2}).to(x.scalar_type());
+}
+
+// (dx, dW) of the routed conv2d: dx by the transposed gather, dW = sum_k mask_k * (per-ticket sums)
+std::tuple<at::Tensor, at::Tensor> conv_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bits,
+                                                 const at::Tensor& perm, const at::Tensor& offsets, const std::vector<int64_t>& stride,
+                                                 const std::vector<int64_t>& padding, const std::vector<int64_t>& dilation, int64_t groups, bool need_dx,
+                                                 bool need_dw, int64_t isa) {
+  const rtl_cpu::ConvOps& ops = conv_ops_for(isa);
+  TORCH_CHECK_VALUE(x.defined() && x.dim() == 4, "x: expected a 4-D tensor [B, C, H, W], got ", x.defined() ? shape_of(x) : "None");
+  const ConvCall call = conv_call(x.sizes(), weight, bits, perm, offsets, stride, padding, dilation, groups);
+  const rtl_cpu::ConvProblem& p = call.p;
+  TORCH_CHECK_VALUE(dy.defined() && dy.dim() == 4, "dy: expected a 4-D tensor, got ", dy.defined() ? shape_of(dy) : "None");
+  check_shape(dy, "dy", {p.B, p.N, p.Ho, p.Wo});
+  const at::Tensor dy32 = nhwc_f32(dy, "dy", weight.scalar_type());
+  at::Tensor dx, dw;
+  if (need_dx) dx = conv_gather(ops, call, true, dy32, nullptr).permute({0, 3, 1, 2}).to(x.scalar_type());
+  if (need_dw) {
+    const at::Tensor x32 = nhwc_f32(x, "x", weight.scalar_type());
+    const at::Tensor table = conv_table(p, false);
+    at::Tensor dw32 = at::zeros({p.N, p.Cg, p.kh, p.kw}, at::kFloat);
+    const int64_t items = ops.grad_w_items(p);
+    const int64_t work = std::max<int64_t>(1, p.B * p.Ho * p.Wo * 64);
+    const float *xp = x32.data_ptr<float>(), *dyp = dy32.data_ptr<float>();
+    const int32_t* tp = table.data_ptr<int32_t>();
+    float* dwp = dw32.data_ptr<float>();
+    if (p.B > 0)
+      at::parallel_for(0, items, std::max<int64_t>(1, (int64_t{1} << 18) / work), [&](int64_t i0, int64_t i1) { ops.grad_w(p, tp, xp, dyp, dwp, i0, i1); });
+    dw = dw32.to(weight.scalar_type());
+  }
+  return {dx, dw};
+}
+
 std::vector<int64_t> supported_isas() {
   std::vector<int64_t> out;
   for (int64_t isa : {kGeneric, kAvx2, kAvx512, kAvx512Bf16})
@@ -388,21 +590,23 @@ int64_t max_threads() {
 
 void register_masked_delta(pybind11::module_& m, const rtl_cpu::DeltaOps& (*ops_for)(int64_t));  // masked_delta_binding.cpp
 
+// the compute entry points release the GIL (as torch's own ops do), so other Python threads (a
+// server's event loop accepting requests while a batch runs) keep running during a kernel
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "rtl_kernels CPU kernels: routed masked linear (bit-packed masks, weight read once per call)";
-  m.def("forward", &forward, "y = x @ (W & mask[route])^T + b, weight-stationary kernel", py::arg("x"), py::arg("weight"), py::arg("bits"), py::arg("perm"),
+  m.def("forward", &forward, "y = x @ (W & mask[route])^T + b, weight-stationary kernel", py::call_guard<py::gil_scoped_release>(), py::arg("x"), py::arg("weight"), py::arg("bits"), py::arg("perm"),
         py::arg("offsets"), py::arg("bias") = py::none(), py::arg("isa") = -1);
-  m.def("grad_input", &grad_input, "dx = dy @ (W & mask[route])", py::arg("dy"), py::arg("weight"), py::arg("bits"), py::arg("perm"), py::arg("offsets"),
+  m.def("grad_input", &grad_input, "dx = dy @ (W & mask[route])", py::call_guard<py::gil_scoped_release>(), py::arg("dy"), py::arg("weight"), py::arg("bits"), py::arg("perm"), py::arg("offsets"),
         py::arg("isa") = -1);
-  m.def("grad_weight", &grad_weight, "dW = sum_k mask_k * (dY_k^T X_k)", py::arg("dy"), py::arg("x"), py::arg("weight"), py::arg("bits"), py::arg("perm"),
+  m.def("grad_weight", &grad_weight, "dW = sum_k mask_k * (dY_k^T X_k)", py::call_guard<py::gil_scoped_release>(), py::arg("dy"), py::arg("x"), py::arg("weight"), py::arg("bits"), py::arg("perm"),
         py::arg("offsets"), py::arg("isa") = -1);
-  m.def("masked_weight", &masked_weight, "W & mask[ticket] as a dense tensor", py::arg("weight"), py::arg("bits"), py::arg("ticket"), py::arg("isa") = -1);
-  m.def("forward_gemm", &forward_gemm, "forward via a fused GEMM that masks weight panels while packing them (AVX-512, float32)", py::arg("x"),
+  m.def("masked_weight", &masked_weight, "W & mask[ticket] as a dense tensor", py::call_guard<py::gil_scoped_release>(), py::arg("weight"), py::arg("bits"), py::arg("ticket"), py::arg("isa") = -1);
+  m.def("forward_gemm", &forward_gemm, "forward via a fused GEMM that masks weight panels while packing them (AVX-512, float32)", py::call_guard<py::gil_scoped_release>(), py::arg("x"),
         py::arg("weight"), py::arg("bits"), py::arg("perm"), py::arg("offsets"), py::arg("bias") = py::none(), py::arg("isa") = -1);
   m.def("gemm_supported", &gemm_supported, "whether forward_gemm runs with this ISA id (float32 only)", py::arg("isa") = -1);
-  m.def("forward_grouped", &forward_grouped, "forward via per-ticket masked weight and torch.mm (large batches)", py::arg("x"), py::arg("weight"),
+  m.def("forward_grouped", &forward_grouped, "forward via per-ticket masked weight and torch.mm (large batches)", py::call_guard<py::gil_scoped_release>(), py::arg("x"), py::arg("weight"),
         py::arg("bits"), py::arg("perm"), py::arg("offsets"), py::arg("bias") = py::none(), py::arg("isa") = -1);
-  m.def("backward_grouped", &backward_grouped, "(dx, dW) via per-ticket masked weight and torch.mm (large batches)", py::arg("dy"), py::arg("x"),
+  m.def("backward_grouped", &backward_grouped, "(dx, dW) via per-ticket masked weight and torch.mm (large batches)", py::call_guard<py::gil_scoped_release>(), py::arg("dy"), py::arg("x"),
         py::arg("weight"), py::arg("bits"), py::arg("perm"), py::arg("offsets"), py::arg("need_dx"), py::arg("need_dw"), py::arg("isa") = -1);
   m.def("seeded_forward", &seeded_forward, "y = x @ (W(seed) & mask[route])^T + b with W regenerated in L1, never read", py::arg("x"), py::arg("bits"),
         py::arg("perm"), py::arg("offsets"), py::arg("row_scale"), py::arg("bias") = py::none(), py::arg("seed"), py::arg("layer"), py::arg("dist"),
@@ -411,6 +615,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("offsets"), py::arg("row_scale"), py::arg("in_features"), py::arg("seed"), py::arg("layer"), py::arg("dist"), py::arg("isa") = -1);
   m.def("seeded_generate", &seeded_generate, "the seeded weight W(seed) [N, in_features] (float32)", py::arg("row_scale"), py::arg("in_features"),
         py::arg("seed"), py::arg("layer"), py::arg("dist"), py::arg("isa") = -1);
+  m.def("conv_forward", &conv_forward, "routed conv2d: each image convolved with W & mask[route] (implicit GEMM over NHWC pixels)", py::arg("x"),
+        py::arg("weight"), py::arg("bits"), py::arg("perm"), py::arg("offsets"), py::arg("bias"), py::arg("stride"), py::arg("padding"),
+        py::arg("dilation"), py::arg("groups"), py::arg("isa") = -1);
+  m.def("conv_backward", &conv_backward, "(dx, dW) of the routed conv2d (dW = sum_k mask_k * per-ticket sums)", py::arg("dy"), py::arg("x"),
+        py::arg("weight"), py::arg("bits"), py::arg("perm"), py::arg("offsets"), py::arg("stride"), py::arg("padding"), py::arg("dilation"),
+        py::arg("groups"), py::arg("need_dx"), py::arg("need_dw"), py::arg("isa") = -1);
   m.def("supported_isas", &supported_isas, "ISA ids this CPU runs (0 generic, 1 avx2, 2 avx512, 3 avx512_bf16)");
   m.def("best_isa", &best_isa, "the ISA id used by default");
   m.def("isa_name", &isa_name, "name of an ISA id", py::arg("isa") = -1);

@@ -10,6 +10,12 @@ Three forward paths, chosen per batch from measurements (``bench/cpu_kernel_benc
   (MKL / oneDNN, AMX for bfloat16), which wins for bfloat16 and for one large ticket.
 
 Backward uses the direct kernels for small batches and masked copies + ``torch.mm`` otherwise.
+
+conv2d runs as an implicit GEMM over NHWC pixels (``csrc/cpu/routed_conv*``): each active
+ticket's masked filter is packed once per call, every image's pixels gather their taps from a
+table (padding, stride, dilation), depthwise convs vectorise over channels; dX is the transposed
+gather and dW sums per ticket under its mask. Above the measured images-per-ticket crossover the
+masked copies + ``F.conv2d`` (oneDNN) path runs instead. All crossovers live in ``cpu_crossovers.json``.
 """
 
 from __future__ import annotations
@@ -18,18 +24,24 @@ from types import ModuleType
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from ..dispatch.plan import RoutingPlan
-from . import extension
+from ..conv_params import ConvParams, conv_output_format
+from ..routing_plans.plan import RoutingPlan
+from . import crossovers, extension
+from .reference import active_segments
 from .registry import Backend, Call, register_backend
 
 DTYPES = (torch.float32, torch.bfloat16)
-# the weight-stationary kernels run batches of up to this many rows per active ticket (measured
-# with bench/cpu_kernel_bench.py; backward crosses over to masked copies + torch.mm earlier)
-DIRECT_ROWS_PER_TICKET = {torch.float32: 48, torch.bfloat16: 12}
-BACKWARD_DIRECT_ROWS_PER_TICKET = {torch.float32: 24, torch.bfloat16: 12}
+# measured crossovers (data: cpu_crossovers.json). The weight-stationary kernels run batches of up
+# to this many rows per active ticket (backward crosses over to masked copies + torch.mm earlier)
+DIRECT_ROWS_PER_TICKET = crossovers.per_dtype("linear", "direct_rows_per_ticket")
+BACKWARD_DIRECT_ROWS_PER_TICKET = crossovers.per_dtype("linear", "backward_direct_rows_per_ticket")
 # above this many rows of a single active ticket, one masked copy + torch.mm beats the fused GEMM
-GEMM_MAX_ROWS_ONE_TICKET = 192
+GEMM_MAX_ROWS_ONE_TICKET = crossovers.value("linear", "gemm_max_rows_one_ticket")
+# the conv kernel runs batches of up to this many images per active ticket; above, masked copies + F.conv2d
+CONV_KERNEL_IMAGES_PER_TICKET = crossovers.per_dtype("conv2d", "kernel_max_images_per_ticket")
+CONV_BACKWARD_KERNEL_IMAGES_PER_TICKET = crossovers.per_dtype("conv2d", "backward_kernel_max_images_per_ticket")
 
 
 def _ext() -> ModuleType:
@@ -45,7 +57,7 @@ def is_available(device: torch.device) -> bool:
 
 
 def supports(call: Call) -> bool:
-    return call.op == "linear" and call.device.type == "cpu" and call.dtype in DTYPES
+    return call.op in ("linear", "conv2d") and call.device.type == "cpu" and call.dtype in DTYPES
 
 
 def _active(plan: RoutingPlan) -> int:
@@ -53,24 +65,33 @@ def _active(plan: RoutingPlan) -> int:
     return int(np.count_nonzero(np.diff(plan.offsets.numpy())))
 
 
-def use_direct(plan: RoutingPlan, dtype: torch.dtype, limits: dict[torch.dtype, int] = DIRECT_ROWS_PER_TICKET) -> bool:
-    """True when the weight-stationary kernels are the faster path for this batch."""
+def use_direct(
+    plan: RoutingPlan, dtype: torch.dtype, limits: dict[torch.dtype, int] = DIRECT_ROWS_PER_TICKET, active: int | None = None
+) -> bool:
+    """True when the weight-stationary kernels are the faster path for this batch (``active``:
+    the plan's active-ticket count when the caller has it; counted here only when needed)."""
     rows, limit = plan.num_rows, limits[dtype]
-    return rows <= limit or rows <= limit * _active(plan)
+    return rows <= limit or rows <= limit * (_active(plan) if active is None else active)
 
 
 def forward_path(plan: RoutingPlan, dtype: torch.dtype, ext: ModuleType) -> str:
     """``"direct"``, ``"gemm"`` or ``"grouped"``: the measured fastest forward path for this batch."""
-    if use_direct(plan, dtype):
+    if plan.num_rows <= DIRECT_ROWS_PER_TICKET[dtype]:
+        return "direct"  # small batch: no need to count the active tickets
+    active = _active(plan)  # counted once for both rules below
+    if use_direct(plan, dtype, active=active):
         return "direct"
-    if dtype == torch.float32 and ext.gemm_supported() and (plan.num_rows <= GEMM_MAX_ROWS_ONE_TICKET or _active(plan) > 1):
+    if dtype == torch.float32 and ext.gemm_supported() and (plan.num_rows <= GEMM_MAX_ROWS_ONE_TICKET or active > 1):
         return "gemm"
     return "grouped"
 
 
+_FORWARD_KERNELS = {"direct": "forward", "gemm": "forward_gemm", "grouped": "forward_grouped"}
+
+
 def linear_forward(x, weight, masks, plan, bias):
     ext = _ext()
-    run = {"direct": ext.forward, "gemm": ext.forward_gemm, "grouped": ext.forward_grouped}[forward_path(plan, x.dtype, ext)]
+    run = getattr(ext, _FORWARD_KERNELS[forward_path(plan, x.dtype, ext)])
     return run(x, weight, masks.bits.contiguous(), plan.perm.contiguous(), plan.offsets.contiguous(), bias)
 
 
@@ -84,6 +105,67 @@ def linear_backward(dy, x, weight, masks, plan, need_dx, need_dw):
     return dx, dw
 
 
+def use_conv_kernel(plan: RoutingPlan, dtype: torch.dtype, limits: dict[torch.dtype, int] = CONV_KERNEL_IMAGES_PER_TICKET) -> bool:
+    """True when the implicit-GEMM conv kernel is the faster path for this batch (else masked copies + F.conv2d)."""
+    images, limit = plan.num_rows, limits[dtype]
+    return images <= limit or images <= limit * _active(plan)
+
+
+def conv2d_forward(x, weight, masks, plan, bias, params: ConvParams):
+    if not use_conv_kernel(plan, x.dtype):
+        return grouped_conv2d_forward(x, weight, masks, plan, bias, params)
+    y = _ext().conv_forward(
+        x, weight, masks.bits.contiguous(), plan.perm.contiguous(), plan.offsets.contiguous(), bias, *_conv_args(params)
+    )
+    return y.contiguous(memory_format=conv_output_format(x))
+
+
+def conv2d_backward(dy, x, weight, masks, plan, params: ConvParams, need_dx, need_dw):
+    if not use_conv_kernel(plan, x.dtype, CONV_BACKWARD_KERNEL_IMAGES_PER_TICKET):
+        return grouped_conv2d_backward(dy, x, weight, masks, plan, params, need_dx, need_dw)
+    bits, perm, offsets = masks.bits.contiguous(), plan.perm.contiguous(), plan.offsets.contiguous()
+    dx, dw = _ext().conv_backward(dy, x, weight, bits, perm, offsets, *_conv_args(params), need_dx, need_dw)
+    return (dx.contiguous(memory_format=conv_output_format(x)) if need_dx else None), (dw if need_dw else None)
+
+
+def _conv_args(params: ConvParams) -> tuple:
+    return list(params.stride), list(params.padding), list(params.dilation), params.groups
+
+
+def _masked_filter(ext: ModuleType, weight: torch.Tensor, bits: torch.Tensor, ticket: int) -> torch.Tensor:
+    """One ticket's masked filter (selected, never multiplied: a NaN outside the mask stays out)."""
+    return ext.masked_weight(weight.reshape(weight.shape[0], -1), bits, ticket).view(weight.shape)
+
+
+def grouped_conv2d_forward(x, weight, masks, plan, bias, params: ConvParams):
+    """Per active ticket: its masked filter, then ``F.conv2d`` (oneDNN) on that ticket's images."""
+    ext, bits = _ext(), masks.bits.contiguous()
+    args = (params.stride, params.padding, params.dilation, params.groups)
+    out = None
+    for ticket, rows in active_segments(plan):
+        y = F.conv2d(x.index_select(0, rows), _masked_filter(ext, weight, bits, ticket), bias, *args)
+        if out is None:
+            out = y.new_empty((x.shape[0], *y.shape[1:])).contiguous(memory_format=conv_output_format(x))
+        out.index_copy_(0, rows, y)
+    return out
+
+
+def grouped_conv2d_backward(dy, x, weight, masks, plan, params: ConvParams, need_dx, need_dw):
+    """Per active ticket: ``conv2d_input`` with its masked filter and ``conv2d_weight`` added under its mask."""
+    ext, bits = _ext(), masks.bits.contiguous()
+    args = (params.stride, params.padding, params.dilation, params.groups)
+    dx = torch.empty_like(x).contiguous(memory_format=conv_output_format(x)) if need_dx else None
+    dw = torch.zeros(weight.shape, dtype=torch.float32) if need_dw else None
+    for ticket, rows in active_segments(plan):
+        x_k, dy_k = x.index_select(0, rows), dy.index_select(0, rows)
+        if need_dx:
+            dx.index_copy_(0, rows, torch.nn.grad.conv2d_input(x_k.shape, _masked_filter(ext, weight, bits, ticket), dy_k, *args))
+        if need_dw:
+            g = torch.nn.grad.conv2d_weight(x_k, weight.shape, dy_k, *args).float()
+            dw += torch.where(masks.select([ticket]).unpack()[0], g, 0.0)
+    return dx, (dw.to(weight.dtype) if need_dw else None)
+
+
 register_backend(
     Backend(
         name="cpu",
@@ -92,6 +174,7 @@ register_backend(
         supports=supports,
         linear_forward=linear_forward,
         linear_backward=linear_backward,
-        description="C++ CPU kernels (AVX-512/AVX2): weight read once per call for small batches, a fused masked GEMM or masked copies + torch.mm for large ones",
+        conv2d_forward=conv2d_forward,
+        conv2d_backward=conv2d_backward,
     )
 )

@@ -43,6 +43,5 @@ register_backend(
         supports=supports,
         linear_forward=linear_forward,
         linear_backward=reference.linear_backward,
-        description="CUDA C++ routed GEMV for up to 64 rows (fp16/bf16), weight read once per call; backward via reference ops",
     )
 )

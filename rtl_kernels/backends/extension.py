@@ -46,6 +46,8 @@ CPU_SPEC = ExtensionSpec(
         "cpu/routed_avx512.cpp",
         "cpu/routed_avx512bf16.cpp",
         "cpu/routed_gemm_avx512.cpp",
+        "cpu/routed_conv_generic.cpp",
+        "cpu/routed_conv_avx512.cpp",
         "cpu/masked_delta_binding.cpp",
         "cpu/seeded_generic.cpp",
         "cpu/seeded_avx2.cpp",

@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..dispatch.plan import RoutingPlan
 from ..masks.packed import PackedMasks
+from ..routing_plans.plan import RoutingPlan
 from . import extension
 from .reference import active_segments
 

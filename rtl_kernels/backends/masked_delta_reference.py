@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from ..dispatch.plan import RoutingPlan
 from ..masks.packed import PackedMasks
+from ..routing_plans.plan import RoutingPlan
 from .reference import accumulation_dtype, active_segments
 
 

@@ -7,8 +7,8 @@ import os
 
 import torch
 
-from ..dispatch.plan import RoutingPlan
 from ..masks.packed import PackedMasks
+from ..routing_plans.plan import RoutingPlan
 from .masked_delta_reference import add_bias
 from .reference import active_segments
 

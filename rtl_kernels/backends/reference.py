@@ -10,9 +10,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..dispatch.plan import RoutingPlan
+from ..conv_params import ConvParams, conv_output_format
 from ..masks.packed import PackedMasks
-from .registry import Backend, ConvParams, conv_output_format, register_backend
+from ..routing_plans.plan import RoutingPlan
+from .registry import Backend, register_backend
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -108,6 +109,5 @@ register_backend(
         linear_backward=linear_backward,
         conv2d_forward=conv2d_forward,
         conv2d_backward=conv2d_backward,
-        description="plain PyTorch, one masked dense op per active ticket (oracle and fallback)",
     )
 )

@@ -11,35 +11,17 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
 logger = logging.getLogger(__name__)
 
-OPS = ("linear", "conv2d")
 
-
-@dataclass(frozen=True)
-class ConvParams:
-    """Static conv2d arguments (already normalised to pairs)."""
-
-    stride: tuple[int, int]
-    padding: tuple[int, int]
-    dilation: tuple[int, int]
-    groups: int
-
-
-def conv_output_format(x: torch.Tensor) -> torch.memory_format:
-    """channels_last when ``x`` is channels_last but not plain contiguous, else contiguous."""
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
-
-
-@dataclass(frozen=True)
-class Call:
-    """What a backend is asked to do, for ``supports`` to decide on."""
+class Call(NamedTuple):
+    """What a backend is asked to do, for ``supports`` to decide on (a tuple: cheap to build and
+    hash on every op call, where it keys the remembered backend choice)."""
 
     op: str  # "linear" or "conv2d"
     device: torch.device
@@ -66,8 +48,6 @@ class Backend:
     linear_backward: Callable | None = None
     conv2d_forward: Callable | None = None
     conv2d_backward: Callable | None = None
-    description: str = ""
-    extra: dict = field(default_factory=dict)
 
     def implements(self, op: str) -> bool:
         return getattr(self, f"{op}_forward") is not None and getattr(self, f"{op}_backward") is not None

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
-from ..dispatch.plan import RoutingPlan, block_schedule, make_plan
+from ..conv_params import ConvParams, conv_output_format
 from ..masks.packed import PackedMasks, ones_bits
-from .registry import Backend, Call, ConvParams, conv_output_format, register_backend
+from ..routing_plans.plan import RoutingPlan, block_schedule, make_plan
+from .registry import Backend, Call, register_backend
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +76,71 @@ def _flags(masks: PackedMasks, tile: tuple[int, int]) -> torch.Tensor:
 # ----------------------------------------------------------------------------- linear
 
 
+def linear_launch(
+    kernel: str,
+    cfg: dict,
+    a: torch.Tensor,
+    weight: torch.Tensor,
+    masks: PackedMasks,
+    plan: RoutingPlan,
+    bias: torch.Tensor | None = None,
+    *,
+    transposed: bool = False,
+) -> Callable[[], torch.Tensor]:
+    """The serving launch of one linear kernel with ``cfg``, as a closure (``rtl-kernels tune`` times exactly this).
+
+    ``kernel``: ``"fwd"`` (grouped, ``a`` = x), ``"dx"`` (grouped, ``a`` = dy) or ``"decode"``
+    (weight-stationary; ``transposed`` computes dx from ``a`` = dy).
+    """
+    bits = masks.bits.contiguous()
+    m = a.shape[0]
+    n, kin = weight.shape
+    if kernel == "decode":
+        flags = _flags(masks, (cfg["BLOCK_K"], cfg["BLOCK_N"]) if transposed else (cfg["BLOCK_N"], cfg["BLOCK_K"]))
+        return lambda: launch_decode(
+            a, weight, bits, flags, bias, plan.perm, sorted_tickets(plan.routes, plan.perm), plan.offsets, transposed, cfg
+        )
+    geom = linear_geometry(m, kin, n)
+    if kernel == "fwd":
+        lists = cached_tile_lists(masks, (cfg["BLOCK_N"], cfg["BLOCK_K"]), along_rows=False)
+
+        def forward() -> torch.Tensor:
+            y = torch.empty((m, n), dtype=a.dtype, device=a.device)
+            launch_forward(a, weight, bits, lists, bias, y, plan.perm, block_schedule(plan, cfg["BLOCK_M"]), geom, cfg)
+            return y
+
+        return forward
+    if kernel == "dx":
+        lists = cached_tile_lists(masks, (cfg["BLOCK_K"], cfg["BLOCK_N"]), along_rows=True)
+
+        def grad_input() -> torch.Tensor:
+            dx = torch.empty((m, kin), dtype=a.dtype, device=a.device)
+            launch_dx(a, weight, bits, lists, dx, plan.perm, block_schedule(plan, cfg["BLOCK_M"]), geom, cfg)
+            return dx
+
+        return grad_input
+    raise ValueError(f"kernel: expected 'fwd', 'dx' or 'decode', got {kernel!r}")
+
+
+def dw_launch(
+    cfg: dict,
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    masks: PackedMasks,
+    plan: RoutingPlan,
+    geom: Geometry,
+    dtype: torch.dtype,
+    per_ticket: bool = False,
+) -> Callable[[], torch.Tensor]:
+    """The serving launch of the weight-gradient kernel with ``cfg``, as a closure (tuned as is)."""
+    tile_ok = geom.groups == 1 and not per_ticket
+    flags = _flags(masks, (cfg["BLOCK_N"], cfg["BLOCK_K"])) if tile_ok else None
+    bits = masks.bits.contiguous()
+    return lambda: launch_dw(
+        dy, x, bits, flags, plan.perm, plan.offsets, block_schedule(plan, cfg["BLOCK_M"]), geom, cfg, dtype, per_ticket
+    )
+
+
 def linear_forward(x: torch.Tensor, weight: torch.Tensor, masks: PackedMasks, plan: RoutingPlan, bias: torch.Tensor | None) -> torch.Tensor:
     """``y[i] = x[i] @ (W ⊙ M[route_i])ᵀ + bias`` with fp32 accumulation."""
     m, kin = x.shape
@@ -82,43 +148,22 @@ def linear_forward(x: torch.Tensor, weight: torch.Tensor, masks: PackedMasks, pl
     if m == 0 or n == 0 or kin == 0:
         y = torch.zeros((m, n), dtype=torch.float32, device=x.device)
         return (y + bias.to(torch.float32) if bias is not None else y).to(x.dtype)
-    bits = masks.bits.contiguous()
-    if use_decode(x.device, m, masks.num_tickets):
-        cfg = _config("decode", x.device, x.dtype, m, n, kin)
-        flags = _flags(masks, (cfg["BLOCK_N"], cfg["BLOCK_K"]))
-        return launch_decode(x, weight, bits, flags, bias, plan.perm, sorted_tickets(plan.routes, plan.perm), plan.offsets, False, cfg)
-    cfg = _config("fwd", x.device, x.dtype, m, n, kin)
-    lists = cached_tile_lists(masks, (cfg["BLOCK_N"], cfg["BLOCK_K"]), along_rows=False)
-    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    sched = block_schedule(plan, cfg["BLOCK_M"])
-    launch_forward(x, weight, bits, lists, bias, y, plan.perm, sched, linear_geometry(m, kin, n), cfg)
-    return y
+    kernel = "decode" if use_decode(x.device, m, masks.num_tickets) else "fwd"
+    return linear_launch(kernel, _config(kernel, x.device, x.dtype, m, n, kin), x, weight, masks, plan, bias)()
 
 
 def _linear_dx(dy: torch.Tensor, weight: torch.Tensor, masks: PackedMasks, plan: RoutingPlan) -> torch.Tensor:
     m, n = dy.shape
     kin = weight.shape[1]
-    bits = masks.bits.contiguous()
-    if use_decode(dy.device, m, masks.num_tickets):
-        cfg = _config("decode", dy.device, dy.dtype, m, kin, n)
-        flags = _flags(masks, (cfg["BLOCK_K"], cfg["BLOCK_N"]))
-        return launch_decode(dy, weight, bits, flags, None, plan.perm, sorted_tickets(plan.routes, plan.perm), plan.offsets, True, cfg)
-    cfg = _config("dx", dy.device, dy.dtype, m, kin, n)
-    lists = cached_tile_lists(masks, (cfg["BLOCK_K"], cfg["BLOCK_N"]), along_rows=True)
-    dx = torch.empty((m, kin), dtype=dy.dtype, device=dy.device)
-    launch_dx(dy, weight, bits, lists, dx, plan.perm, block_schedule(plan, cfg["BLOCK_M"]), linear_geometry(m, kin, n), cfg)
-    return dx
+    kernel = "decode" if use_decode(dy.device, m, masks.num_tickets) else "dx"
+    return linear_launch(kernel, _config(kernel, dy.device, dy.dtype, m, kin, n), dy, weight, masks, plan, transposed=True)()
 
 
 def _weight_grad(
     dy: torch.Tensor, x: torch.Tensor, masks: PackedMasks, plan: RoutingPlan, geom: Geometry, dtype: torch.dtype, per_ticket: bool = False
 ) -> torch.Tensor:
-    rows = plan.num_rows
-    cfg = _config("dw", x.device, x.dtype, rows, geom.c_out, geom.row_len)
-    tile_ok = geom.groups == 1 and not per_ticket
-    flags = _flags(masks, (cfg["BLOCK_N"], cfg["BLOCK_K"])) if tile_ok else None
-    sched = block_schedule(plan, cfg["BLOCK_M"])
-    return launch_dw(dy, x, masks.bits.contiguous(), flags, plan.perm, plan.offsets, sched, geom, cfg, dtype, per_ticket)
+    cfg = _config("dw", x.device, x.dtype, plan.num_rows, geom.c_out, geom.row_len)
+    return dw_launch(cfg, dy, x, masks, plan, geom, dtype, per_ticket)()
 
 
 def linear_backward(
@@ -313,7 +358,5 @@ register_backend(
         linear_backward=linear_backward,
         conv2d_forward=conv2d_forward,
         conv2d_backward=conv2d_backward,
-        description="fused Triton kernels: grouped / weight-stationary routed masked GEMM, implicit-GEMM conv",
-        extra={"warmup": warmup, "linear_ticket_grads": linear_ticket_grads},
     )
 )

@@ -49,11 +49,8 @@ def _padding(problem: Problem) -> int:
 
 def excluded_backend_reason(name: str, device: torch.device) -> str | None:
     """Why a registered backend must not be timed on ``device`` (None when it should be)."""
-    backend = get_backend(name)
-    interpreted = backend.extra.get("interpreted") or (
-        name == "triton" and (device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1")
-    )
-    if interpreted:
+    get_backend(name)  # an unknown name raises here
+    if name == "triton" and (device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1"):
         return "Triton interpreter (no GPU): interpreted timings are meaningless"
     return None
 

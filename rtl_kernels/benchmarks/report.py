@@ -118,7 +118,7 @@ def time_table(doc: dict) -> list[str]:
 
 
 def roofline_table(doc: dict) -> list[str]:
-    """Per approach: % of its roofline time max(bytes / bandwidth, FLOPs / matmul peak)."""
+    """Per approach: % of its roofline time max(bytes / bandwidth, FLOPs / compute peak)."""
     names = doc["approaches"]
     rows = []
     for rec in doc["cases"]:
@@ -128,8 +128,9 @@ def roofline_table(doc: dict) -> list[str]:
             if not _ok(r) or not r:
                 cells.append("—")
                 continue
-            bound = "bw" if r["bw_time_us"] >= r["flop_time_us"] else "mm"
-            cells.append(f"{max(r['pct_bw_roofline'], r['pct_matmul_peak']):.0f}% {bound}")
+            compute = r.get("pct_compute_peak", r["pct_matmul_peak"])  # older result files: the matmul probe
+            bound = "bw" if r["bw_time_us"] >= r["flop_time_us"] else ("pk" if "pct_compute_peak" in r else "mm")
+            cells.append(f"{max(r['pct_bw_roofline'], compute):.0f}% {bound}")
         rows.append(_case_cells(rec) + cells)
     return _table(_case_header() + names, rows)
 
@@ -173,6 +174,11 @@ def _truncation(doc: dict) -> list[str]:
     return [f"Stopped at its time budget ({doc['config'].get('time_budget_s'):g} s): {len(doc['cases'])} of {planned} cases ran."]
 
 
+def _peak_line(p: dict) -> str:
+    peaks = ", ".join(f"{k} {val / 1e9:,.0f} GFLOP/s" for k, val in p["peak_flops"].items())
+    return f"{peaks} = {p['peak_description']}"
+
+
 def markdown(doc: dict, images: list[str] | None = None, *, link_prefix: str = "", stem: str | None = None) -> str:
     """The Markdown report (also the README snippet); ``link_prefix`` is prepended to the JSON link ``<stem>.json``."""
     stem = stem or run_stem(doc)
@@ -189,7 +195,8 @@ def markdown(doc: dict, images: list[str] | None = None, *, link_prefix: str = "
         + (f"; load average at start {load[0]:.1f}, end {load[1]:.1f}" if load else "")
         + ".",
         f"Probes in the same run: copy bandwidth {p['bandwidth_Bps'] / 1e9:,.1f} GB/s (read + write of {p['copy_bytes'] >> 20} MiB), "
-        f"square matmul ({p['matmul_size']}) peak: {peaks}.",
+        f"square matmul ({p['matmul_size']}) peak: {peaks}."
+        + (f" Physical compute peak (roofline): {_peak_line(p)}." if "peak_flops" in p else ""),
         f"Timer: {_timer_method(doc)}, median of interleaved rounds. Backends timed: {', '.join(doc['backends']['timed']) or 'none'}. Raw figures: [{stem}.json]({link_prefix}{stem}.json).",
         *_truncation(doc),
         "",
@@ -198,7 +205,8 @@ def markdown(doc: dict, images: list[str] | None = None, *, link_prefix: str = "
         "",
         *time_table(doc),
         "",
-        "#### Share of the roofline (bytes / measured bandwidth or FLOPs / measured matmul peak, whichever is larger; bw = bandwidth-bound, mm = compute-bound; "
+        "#### Share of the roofline (bytes / measured bandwidth or FLOPs / compute peak, whichever is larger; bw = bandwidth-bound, "
+        "pk = compute-bound against the physical peak named above (mm: against the matmul probe, older runs); "
         "above 100%: weights served from cache, the bandwidth probe measures memory)",
         "",
         *roofline_table(doc),

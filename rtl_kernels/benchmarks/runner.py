@@ -14,6 +14,7 @@ import torch
 from .baselines import Approach, Unsupported, approach_factories
 from .cases import Case, build_cases
 from .machine import machine_info, utc_now, versions
+from .peak import cpu_peak
 from .probes import run_probes
 from .problem import Problem, build_problem, reference_rows, relative_error
 from .roofline import Geometry, approach_bytes, approach_flops, geometry
@@ -70,7 +71,8 @@ def _check(approach: Approach, problem: Problem, ref: tuple[int, torch.Tensor]) 
 def _figures(approach: Approach, timing: Timing, geo: Geometry, dtype: str, probes: dict) -> dict:
     nbytes, flops = approach_bytes(approach.kind, geo), approach_flops(approach.kind, geo)
     t_bw = nbytes / probes["bandwidth_Bps"]
-    t_flop = flops / probes["matmul_flops"][dtype]
+    # the compute bound: the CPU's physical peak (ISA x clock x cores) where known, else the matmul probe
+    t_flop = flops / probes.get("peak_flops", probes["matmul_flops"])[dtype]
     return {
         "kind": approach.kind,
         "time": timing.as_dict(),
@@ -80,7 +82,8 @@ def _figures(approach: Approach, timing: Timing, geo: Geometry, dtype: str, prob
         "bw_time_us": t_bw * 1e6,
         "flop_time_us": t_flop * 1e6,
         "pct_bw_roofline": 100.0 * t_bw / timing.median_s,
-        "pct_matmul_peak": 100.0 * t_flop / timing.median_s,
+        "pct_compute_peak": 100.0 * t_flop / timing.median_s,
+        "pct_matmul_peak": 100.0 * flops / probes["matmul_flops"][dtype] / timing.median_s,
         "footprint_bytes": approach.footprint_bytes,
     }
 
@@ -161,6 +164,11 @@ def run_benchmark(config: RunConfig, *, progress: bool = False, command: str = "
     started, load_start = utc_now(), _load_average()
     dtypes = sorted({c.dtype for c in cases})
     probes = run_probes(device, dtypes, copy_bytes=config.copy_bytes, matmul_size=config.matmul_size, config=config.timer).as_dict()
+    if device.type == "cpu":
+        peak = cpu_peak(torch.get_num_threads())
+        probes.update(
+            peak_flops={d: peak.flops[d] for d in dtypes if d in peak.flops}, peak=peak.as_dict(), peak_description=peak.describe()
+        )
     logger.info(
         "probes: %.1f GB/s copy, matmul %s",
         probes["bandwidth_Bps"] / 1e9,

@@ -162,3 +162,32 @@ def time_interleaved(
 def time_rotating(fn: Callable[..., object], inputs: Sequence[tuple], device: torch.device, config: TimerConfig = TimerConfig()) -> Timing:
     """Time one callable (see :func:`time_interleaved`)."""
     return time_interleaved({"fn": fn}, inputs, device, config)["fn"]
+
+
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time, "thread": time.thread_time}
+
+
+def time_rounds(fns: Mapping[str, Callable[[], object]], rounds: int, min_round_s: float, clock: str = "wall") -> dict[str, list[float]]:
+    """Seconds per call of each function in each round; a round runs every function back to back.
+
+    For paired ratios: a ratio taken within one round compares like with like even when a shared
+    machine's speed drifts between rounds. Each function repeats enough calls to fill ``min_round_s``
+    (``clock``: ``"wall"``, ``"cpu"`` process time or ``"thread"`` CPU time).
+    """
+    if clock not in CLOCKS:
+        raise ValueError(f"clock: expected one of {sorted(CLOCKS)}, got {clock!r}")
+    now = CLOCKS[clock]
+    reps = {}
+    for name, fn in fns.items():
+        fn()
+        t0 = now()
+        fn()
+        reps[name] = max(1, int(min_round_s / max(now() - t0, 1e-6)))
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = now()
+            for _ in range(reps[name]):
+                fn()
+            times[name].append((now() - t0) / reps[name])
+    return times

@@ -8,7 +8,6 @@ available backend next to the dense model's. Output goes to a run directory; a r
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from pathlib import Path
 
@@ -80,13 +79,10 @@ def _headline(report: dict) -> str:
 
 
 def _median_ms(fn, repeats: int = 30) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
+    from ..benchmarks.timing import TimerConfig, time_rotating
+
+    config = TimerConfig(warmup_s=0.0, min_time_s=0.0, min_repeats=repeats, max_repeats=repeats, rounds=1)
+    return time_rotating(fn, [()], torch.device("cpu"), config).median_s * 1e3
 
 
 @torch.no_grad()

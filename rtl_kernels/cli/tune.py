@@ -2,8 +2,11 @@
 
 For every linear shape, dtype and row count it times each candidate of each kernel (grouped
 forward, dX, dW, decode) on random routes and masks, keeps the fastest, and merges the winners
-into ``<gpu name>.json`` (keyed by shape bucket) in the config directory, where the Triton
-backend reads them. On CPU it runs the interpreter (only useful to test the command).
+into ``<gpu name>.json`` (keyed by shape bucket) in the user's config directory
+(``$RTL_KERNELS_CONFIG_DIR``, default ``~/.cache/rtl_kernels/configs``, never the installed
+package), where the Triton backend reads them. Each candidate runs through the backend's own
+launch recipe (``triton_backend.linear_launch`` / ``dw_launch``), so the tuned configs are
+measured on the code that serves. On CPU it runs the interpreter (only useful to test the command).
 """
 
 from __future__ import annotations
@@ -12,8 +15,6 @@ import argparse
 import itertools
 import logging
 import math
-import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -60,8 +61,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "tune",
         help="autotune the Triton kernels' launch configs for this GPU",
-        description="Time candidate block sizes / warps / stages per kernel, shape bucket and dtype and write the fastest to "
-        "rtl_kernels/configs/<gpu>.json (read by the triton backend). Run warmup() afterwards in serving processes.",
+        description="Time candidate block sizes / warps / stages per kernel, shape bucket and dtype through the backend's own "
+        "launch code and write the fastest to <config dir>/<gpu>.json, where the triton backend reads it before the shipped "
+        "tables. The config dir is $RTL_KERNELS_CONFIG_DIR, else ~/.cache/rtl_kernels/configs. Run warmup() afterwards in serving processes.",
     )
     p.add_argument(
         "--linear", action="append", required=True, metavar="IN:OUT", help="a linear shape in_features:out_features (repeatable)"
@@ -74,7 +76,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cuda", help="device (default cuda; cpu uses the Triton interpreter)")
     p.add_argument("--max-candidates", type=int, default=0, help="time at most this many candidates per kernel and bucket (0: all)")
     p.add_argument("--reps", type=int, default=10, help="timed repetitions per candidate on CPU (default %(default)s)")
-    p.add_argument("--output-dir", type=Path, help="directory for the table (default: the package's config directory)")
+    p.add_argument(
+        "--output-dir", type=Path, help="directory for the table (default: $RTL_KERNELS_CONFIG_DIR, else ~/.cache/rtl_kernels/configs)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -106,57 +110,34 @@ def candidates(kernel: str, rows: int, limit: int = 0) -> list[dict]:
 
 
 def _timer(device: torch.device, reps: int) -> Callable[[Callable[[], object]], float]:
-    if device.type == "cuda":
-        import triton.testing
+    """Median ms of a closure, from :mod:`rtl_kernels.benchmarks.timing` (CUDA events with L2 flush on GPU)."""
+    from ..benchmarks.timing import TimerConfig, time_rotating
 
-        return lambda fn: float(triton.testing.do_bench(fn, warmup=5, rep=25))
-
-    def cpu_time(fn: Callable[[], object]) -> float:
-        fn()
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-        return statistics.median(times)
-
-    return cpu_time
+    gpu = device.type == "cuda"
+    config = TimerConfig(
+        warmup_s=0.005 if gpu else 0.0,
+        min_time_s=0.025 if gpu else 0.0,
+        min_repeats=reps,
+        max_repeats=max(reps, 1000 if gpu else reps),
+        rounds=1,
+    )
+    return lambda fn: time_rotating(fn, [()], device, config).median_s * 1e3
 
 
 def _runner(kernel: str, cfg: dict, problem: dict) -> Callable[[], object]:
-    """A closure that runs ``kernel`` with ``cfg`` on ``problem`` (imports Triton lazily)."""
+    """The serving launch of ``kernel`` with ``cfg`` on ``problem`` (the backend's own recipe; imports Triton lazily)."""
     from ..backends import triton_backend as tb
-    from ..dispatch.plan import block_schedule
-    from ..kernels.triton.common import cached_tile_flags, cached_tile_lists, sorted_tickets
     from ..kernels.triton.geometry import linear_geometry
-    from ..kernels.triton.grouped_gemm import launch_dx, launch_forward
-    from ..kernels.triton.linear_decode import launch_decode
-    from ..kernels.triton.weight_grad import launch_dw
 
     x, w, dy, masks, plan = problem["x"], problem["w"], problem["dy"], problem["masks"], problem["plan"]
-    m, kin = x.shape
-    n = w.shape[0]
-    geom = linear_geometry(m, kin, n)
-    bits = masks.bits
-    if kernel == "fwd":
-        lists = cached_tile_lists(masks, (cfg["BLOCK_N"], cfg["BLOCK_K"]), along_rows=False)
-        y = torch.empty(m, n, dtype=x.dtype, device=x.device)
-        return lambda: launch_forward(x, w, bits, lists, None, y, plan.perm, block_schedule(plan, cfg["BLOCK_M"]), geom, cfg)
-    if kernel == "dx":
-        lists = cached_tile_lists(masks, (cfg["BLOCK_K"], cfg["BLOCK_N"]), along_rows=True)
-        dx = torch.empty_like(x)
-        return lambda: launch_dx(dy, w, bits, lists, dx, plan.perm, block_schedule(plan, cfg["BLOCK_M"]), geom, cfg)
     if kernel == "dw":
-        flags = cached_tile_flags(masks, (cfg["BLOCK_N"], cfg["BLOCK_K"]))
-        return lambda: launch_dw(dy, x, bits, flags, plan.perm, plan.offsets, block_schedule(plan, cfg["BLOCK_M"]), geom, cfg, w.dtype)
-    flags = tb.cached_tile_flags(masks, (cfg["BLOCK_N"], cfg["BLOCK_K"]))
-    st = sorted_tickets(plan.routes, plan.perm)
-    return lambda: launch_decode(x, w, bits, flags, None, plan.perm, st, plan.offsets, False, cfg)
+        return tb.dw_launch(cfg, dy, x, masks, plan, linear_geometry(x.shape[0], x.shape[1], w.shape[0]), w.dtype)
+    return tb.linear_launch(kernel, cfg, dy if kernel == "dx" else x, w, masks, plan)
 
 
 def _problem(rows: int, kin: int, n: int, k: int, density: float, dtype: torch.dtype, device: torch.device) -> dict:
-    from ..dispatch.plan import make_plan
     from ..masks.packed import pack_masks
+    from ..routing_plans.plan import make_plan
 
     gen = torch.Generator().manual_seed(0)
     masks = pack_masks((torch.rand(k, n, kin, generator=gen) < density).to(device))
@@ -226,25 +207,19 @@ def _load_existing(output_dir: Path | None, stem: str) -> dict:
 
     from ..kernels.triton import configs
 
-    path = (output_dir or configs.CONFIG_DIR) / f"{stem}.json"
+    path = (output_dir or configs.user_config_dir()) / f"{stem}.json"
     if path.is_file():
         return json.loads(path.read_text())
-    return {}
+    return json.loads(json.dumps(configs.load_table(stem)))  # a copy of what the backend reads now: tuning one shape keeps the rest
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
 
     from ..kernels.triton import configs
 
     table = tune_table(args)
     stem = configs.device_key(torch.device(args.device))
-    if args.output_dir is None:
-        path = configs.write_table(stem, table)
-    else:
-        args.output_dir.mkdir(parents=True, exist_ok=True)
-        path = args.output_dir / f"{stem}.json"
-        path.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+    path = configs.write_table(stem, table, args.output_dir)
     n_entries = sum(len(v) for per_kernel in table["configs"].values() for v in per_kernel.values())
     print(f"wrote {n_entries} tuned entries to {path}")
     return 0

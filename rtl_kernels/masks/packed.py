@@ -68,7 +68,7 @@ class PackedMasks:
         """Wrap ``bits`` already checked against ``weight_shape`` (the ops' hot path) without checking again."""
         out = cls.__new__(cls)
         out.bits = bits
-        out.weight_shape = torch.Size(weight_shape)
+        out.weight_shape = weight_shape if type(weight_shape) is torch.Size else torch.Size(weight_shape)
         return out
 
     @property

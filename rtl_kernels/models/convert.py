@@ -13,11 +13,12 @@ from torch import nn
 from torch.nn.utils import prune
 
 from ..nn.attention import RTLMultiheadAttention
-from ..nn.base import RTLLayer, check_num_tickets
+from ..nn.base import RTLLayer
 from ..nn.conv import RTLConv2d
 from ..nn.hf_conv1d import RTLConv1DLinear, is_hf_conv1d, is_hf_conv1d_class
 from ..nn.linear import RTLLinear
 from ..nn.transformer import RTLTransformerDecoderLayer, RTLTransformerEncoderLayer
+from ..ops.checks import check_num_tickets
 
 logger = logging.getLogger(__name__)
 # under this fraction of the parameters in RTL layers, convert and the pipeline warn (the pipeline's Run refuses unless allowed)

@@ -107,18 +107,23 @@ def read_metadata(path: str | os.PathLike) -> dict:
     meta_path = Path(path) / META
     if not meta_path.is_file():
         raise LoadError(f"path: expected an rtl_kernels save directory containing {META}, got {Path(path)}")
+    return read_format_json(meta_path, FORMAT, "layers", FORMAT_VERSION)
+
+
+def read_format_json(meta_path: Path, fmt: str, required: str, max_version: int) -> dict:
+    """A JSON file of format ``fmt`` (a dict with ``format``, a dict under ``required``, a version we read)."""
     try:
         meta = json.loads(meta_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise LoadError(f"path: {meta_path} is not valid JSON ({exc}); the save is corrupt") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("layers"), dict):
-        raise LoadError(f"path: {meta_path} is not an rtl_kernels save (missing 'format' or 'layers')")
-    if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise LoadError(f"path: saved with format version {meta['format_version']}, this library reads up to {FORMAT_VERSION}")
+    if not isinstance(meta, dict) or meta.get("format") != fmt or not isinstance(meta.get(required), dict):
+        raise LoadError(f"path: {meta_path} is not an {fmt} save (missing 'format' or '{required}')")
+    if meta.get("format_version", 0) > max_version:
+        raise LoadError(f"path: saved with format version {meta['format_version']}, this library reads up to {max_version}")
     return meta
 
 
-def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise LoadError(f"path: expected {path.name} in the save directory, it is missing")
     try:
@@ -163,8 +168,8 @@ def _checked_state(base: Path, meta: dict, model: nn.Module) -> tuple[dict[str, 
 
     layers = named_rtl_layers(model)
     _check_layer_map(meta["layers"], layers)
-    weights = _load_tensors(base / WEIGHTS)
-    masks = _load_tensors(base / MASKS)
+    weights = load_tensors(base / WEIGHTS)
+    masks = load_tensors(base / MASKS)
     seeded, seeded_specs = regenerate_entries(meta.get("seeded", {}), layers)
     state = _checked_weights(meta, weights, seeded, model)
     state.update(_checked_masks(masks, layers))

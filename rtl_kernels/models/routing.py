@@ -12,10 +12,10 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from ..dispatch.plan import RoutingPlan
-from ..dispatch.routes import plan_routes
 from ..nn.base import RTLLayer
 from ..nn.scope import route_scope
+from ..routing_plans.plan import RoutingPlan, check_plan
+from ..routing_plans.routes import plan_routes
 
 
 def rtl_layers(model: nn.Module) -> list[RTLLayer]:
@@ -33,6 +33,8 @@ def rtl_layers(model: nn.Module) -> list[RTLLayer]:
 
 def _model_plan(layers: list[RTLLayer], routes: int | torch.Tensor | RoutingPlan, check: bool | None) -> RoutingPlan:
     if isinstance(routes, RoutingPlan):
+        if not routes._consistent:
+            check_plan(routes, layers[0].num_tickets)  # once here, not in every layer
         return routes
     device = routes.device if isinstance(routes, torch.Tensor) else layers[0].weight.device
     return plan_routes(routes, layers[0].num_tickets, device=device, check=check)
@@ -62,7 +64,9 @@ class RoutedModel(nn.Module):
 
     def __init__(self, model: nn.Module, router: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         super().__init__()
-        rtl_layers(model)
+        # found once: walking every module on each call costs more than a small layer's kernel
+        # (convert the model before wrapping it; layers added later are not seen)
+        self._rtl_layers = rtl_layers(model)
         if router is not None and not callable(router):
             raise TypeError(f"router: expected a callable router(x) -> LongTensor [B], got {type(router).__name__}")
         self.model = model
@@ -83,7 +87,7 @@ class RoutedModel(nn.Module):
         return routes
 
     def forward(self, *args: object, routes: int | torch.Tensor | RoutingPlan | None = None, **kwargs: object) -> object:
-        layers = rtl_layers(self.model)
+        layers = self._rtl_layers
         if routes is None:
             routes = self.route(*args, **kwargs)
             try:

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..dispatch.plan import RoutingPlan, check_plan, make_plan
 from ..masks.packed import PackedMasks
 from ..ops.linear import routed_linear
+from ..routing_plans.plan import RoutingPlan, check_plan, make_plan
 from .base import RTLLayer, check_num_tickets
 from .linear import RTLLinear
 

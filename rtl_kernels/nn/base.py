@@ -5,15 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..dispatch.plan import RoutingPlan
 from ..masks.packed import PackedMasks, ones_bits, pack_masks
+from ..ops.checks import check_num_tickets
+from ..routing_plans.plan import RoutingPlan
 from .scope import current_routes
-
-
-def check_num_tickets(num_tickets: object) -> int:
-    if isinstance(num_tickets, bool) or not isinstance(num_tickets, int) or num_tickets < 1:
-        raise ValueError(f"num_tickets: expected a positive int, got {num_tickets!r}")
-    return num_tickets
 
 
 class RTLLayer(nn.Module):

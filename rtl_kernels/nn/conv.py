@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _pair
 
-from ..dispatch.plan import RoutingPlan
 from ..ops.conv import routed_conv2d
+from ..routing_plans.plan import RoutingPlan
 from .base import RTLLayer, check_num_tickets
 
 _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")

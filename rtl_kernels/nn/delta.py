@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..dispatch.plan import RoutingPlan
 from ..masks.packed import PackedMasks, ones_bits, pack_masks
 from ..ops.masked_delta import apply_checked, masked_delta_linear
+from ..routing_plans.plan import RoutingPlan
 from .base import RTLLayer, check_num_tickets
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..dispatch.plan import RoutingPlan
 from ..masks.packed import PackedMasks, pack_masks
 from ..ops.linear import routed_linear
+from ..routing_plans.plan import RoutingPlan
 from .base import RTLLayer, check_num_tickets
 
 # where transformers defines Conv1D; matched by name so that importing rtl_kernels never imports transformers

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..dispatch.plan import RoutingPlan
 from ..ops.linear import routed_linear
+from ..routing_plans.plan import RoutingPlan
 from .base import RTLLayer, check_num_tickets
 from .overrides import override_of
 

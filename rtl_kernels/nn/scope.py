@@ -21,7 +21,7 @@ from contextvars import ContextVar
 
 import torch
 
-from ..dispatch.plan import RoutingPlan
+from ..routing_plans.plan import RoutingPlan
 
 Routes = int | torch.Tensor | RoutingPlan
 # layer id -> routes; a new dict per scope (scopes are never mutated once opened)

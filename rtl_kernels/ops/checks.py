@@ -9,6 +9,13 @@ from ..masks.packed import PackedMasks, pack_masks
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
+def check_num_tickets(num_tickets: object) -> int:
+    """``num_tickets`` if it is a positive int (layers, routers and conversion all take a K)."""
+    if isinstance(num_tickets, bool) or not isinstance(num_tickets, int) or num_tickets < 1:
+        raise ValueError(f"num_tickets: expected a positive int, got {num_tickets!r}")
+    return num_tickets
+
+
 def check_tensor(name: str, value: object, ndim: int | tuple[int, ...] | None = None) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")

@@ -6,12 +6,12 @@ import torch
 import torch.nn.functional as F
 
 from ..backends.registry import check_backend_name
-from ..dispatch.plan import RoutingPlan
-from ..dispatch.routes import plan_for_rows
+from ..conv_params import conv_output_size
 from ..masks.packed import PackedMasks
+from ..routing_plans.plan import RoutingPlan
+from ..routing_plans.routes import plan_for_rows
 from .checks import as_packed_masks, check_bias, check_device, check_float, check_tensor
 from .define import autocast_inputs
-from .library import conv_output_size
 from .library import routed_conv2d as routed_conv2d_op
 
 

@@ -28,6 +28,7 @@ NAMESPACE = "rtl_kernels"
 # holds the autocast kernels (registrations live as long as this object)
 _LIB = torch.library.Library(NAMESPACE, "FRAGMENT")
 _RESERVED = ("dy", "needs")
+_any_autocast = torch._C._is_any_autocast_enabled
 
 
 def autocast_device_types() -> tuple[str, ...]:
@@ -51,9 +52,10 @@ def autocast_inputs(*args: object) -> tuple[object, ...]:
     Public entry points call it before their dtype checks, so a float32 weight meets the
     bfloat16 activations of an autocast region as it does in ``F.linear``.
     """
-    device_type = args[0].device.type
-    if torch.is_autocast_enabled(device_type):
-        return autocast_args(args, device_type)
+    if _any_autocast():  # one cheap call on the common path (no autocast anywhere)
+        device_type = args[0].device.type
+        if torch.is_autocast_enabled(device_type):
+            return autocast_args(args, device_type)
     return args
 
 
@@ -124,7 +126,7 @@ class RoutedOp:
         wanted) or through the generated ``autograd.Function``, after the autocast cast."""
         if torch.compiler.is_compiling():
             return self.op(*args)
-        if self._autocast:
+        if self._autocast and _any_autocast():
             device_type = args[0].device.type
             if torch.is_autocast_enabled(device_type):
                 with torch.autocast(device_type, enabled=False):

@@ -10,46 +10,13 @@ from __future__ import annotations
 
 import torch
 
-from ..backends.registry import Call, ConvParams, conv_output_format, resolve_backend
-from ..dispatch.plan import RoutingPlan
+from ..backends.registry import Call, resolve_backend
+from ..conv_params import ConvParams, conv_output_format, conv_output_size
 from ..masks.packed import PackedMasks
+from ..routing_plans.plan import RoutingPlan
 from .define import define_routed_op
 
 Tensor = torch.Tensor
-
-
-def check_route_values(routes: Tensor, num_tickets: int, *, copy: bool = True) -> Tensor:
-    """``routes`` as int64 (a copy unless ``copy=False``); ``ValueError`` for a route outside ``[0, num_tickets)``."""
-    if routes.device.type == "cpu":  # numpy: no chain of small torch ops on a latency-critical path
-        values = routes.numpy()
-        if values.size:
-            _check_range(int(values.min()), int(values.max()), num_tickets, routes)
-        return routes.to(torch.int64, copy=copy)
-    out = routes.to(torch.int64, copy=copy)
-    if out.numel():
-        lo, hi = (int(v) for v in torch.aminmax(out))
-        _check_range(lo, hi, num_tickets, out)
-    return out
-
-
-def _check_range(lo: int, hi: int, num_tickets: int, routes: Tensor) -> None:
-    if lo < 0 or hi >= num_tickets:
-        bad = routes[(routes < 0) | (routes >= num_tickets)]
-        raise ValueError(
-            f"routes: expected ticket ids in [0, {num_tickets}), got {bad.numel()} out of range "
-            f"(min {lo}, max {hi}; first offending value {int(bad[0])})"
-        )
-
-
-@torch.library.custom_op("rtl_kernels::check_routes", mutates_args=())
-def check_routes(routes: Tensor, num_tickets: int) -> Tensor:
-    """:func:`check_route_values` as an op that ``torch.compile`` keeps opaque (its host read stays out of the graph)."""
-    return check_route_values(routes, num_tickets)
-
-
-@check_routes.register_fake
-def _(routes: Tensor, num_tickets: int) -> Tensor:
-    return torch.empty_like(routes, dtype=torch.int64)
 
 
 def _plan(routes: Tensor, perm: Tensor, offsets: Tensor) -> RoutingPlan:
@@ -98,10 +65,6 @@ routed_linear = define_routed_op(
 
 
 # ----------------------------------------------------------------------------- conv2d
-
-
-def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
-    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
 def _conv_params(stride: list[int], padding: list[int], dilation: list[int], groups: int) -> ConvParams:

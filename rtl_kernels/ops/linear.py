@@ -7,9 +7,9 @@ import math
 import torch
 
 from ..backends.registry import check_backend_name
-from ..dispatch.plan import RoutingPlan
-from ..dispatch.routes import plan_for_rows
 from ..masks.packed import PackedMasks
+from ..routing_plans.plan import RoutingPlan
+from ..routing_plans.routes import plan_for_rows
 from .checks import as_packed_masks, check_bias, check_device, check_float, check_tensor
 from .define import autocast_inputs
 from .library import routed_linear as routed_linear_op
@@ -46,9 +46,11 @@ def routed_linear(
     check_device("weight", weight, x.device)
     bias = check_bias(bias, weight.shape[0], x)
     packed = as_packed_masks(masks, weight)
+    check_backend_name(backend)
     lead = x.shape[:-1]
     plan = plan_for_rows(routes, packed.num_tickets, lead, x.device, check=check_routes)
+    if x.dim() == 2:  # rows already: no reshape on the common path
+        return routed_linear_op(x.contiguous(), weight.contiguous(), packed.bits, plan.routes, plan.perm, plan.offsets, bias, backend)
     x2 = x.reshape(math.prod(lead), x.shape[-1]).contiguous()  # explicit rows: -1 is ambiguous when in_features = 0
-    check_backend_name(backend)
     y = routed_linear_op(x2, weight.contiguous(), packed.bits, plan.routes, plan.perm, plan.offsets, bias, backend)
     return y.reshape(*lead, weight.shape[0])

@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 
 from ..backends import masked_delta_backends as backends
-from ..dispatch.plan import RoutingPlan
-from ..dispatch.routes import plan_for_rows
 from ..masks.packed import PackedMasks
+from ..routing_plans.plan import RoutingPlan
+from ..routing_plans.routes import plan_for_rows
 from .checks import as_packed_masks, check_device, check_float, check_tensor
 from .define import define_routed_op
 

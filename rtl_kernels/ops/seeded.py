@@ -19,10 +19,10 @@ import os
 import torch
 
 from ..backends import extension
-from ..dispatch.plan import RoutingPlan
-from ..dispatch.routes import plan_for_rows
 from ..init.philox import generate
 from ..masks.packed import PackedMasks
+from ..routing_plans.plan import RoutingPlan
+from ..routing_plans.routes import plan_for_rows
 from .checks import as_packed_masks, check_tensor
 from .define import define_routed_op
 from .library import routed_linear as routed_linear_op

@@ -20,8 +20,6 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from ..dispatch.plan import RoutingPlan
-from ..dispatch.routes import plan_for_rows
 from ..masks.packed import PackedMasks, ones_bits, pack_masks
 from ..models.routing import routing
 from ..models.state import named_rtl_layers, set_masks
@@ -30,6 +28,8 @@ from ..nn.linear import RTLLinear
 from ..nn.overrides import forward_overrides
 from ..ops.library import routed_linear as routed_linear_op
 from ..ops.linear import routed_linear
+from ..routing_plans.plan import RoutingPlan
+from ..routing_plans.routes import plan_for_rows
 from .progress import bar
 from .pruning import SCOPES, keep_counts
 from .training import LossFn, NonFiniteLossError, OptimizerFactory, check_positive, check_subsets, derived_seed, epoch_batches, fetch

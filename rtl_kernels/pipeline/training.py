@@ -168,8 +168,3 @@ def predict(
             outs.append(logits_of(model(x, **kwargs)).cpu())
     model.train(was_training)
     return torch.cat(outs) if outs else torch.empty(0)
-
-
-def targets_of(dataset: Dataset) -> torch.Tensor:
-    """All targets of a dataset, as one tensor."""
-    return fetch(dataset, torch.arange(len(dataset)))[1]

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..nn.base import check_num_tickets
+from ..ops.checks import check_num_tickets
 from .metrics import plot_confusion, routing_report
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]

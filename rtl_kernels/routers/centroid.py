@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..nn.base import check_num_tickets
+from ..ops.checks import check_num_tickets
 from .base import FeatureFn, FeatureRouter, check_subset_ids
 from .store import register_router_class
 

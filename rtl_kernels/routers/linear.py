@@ -7,7 +7,7 @@ import logging
 import torch
 from torch import nn
 
-from ..nn.base import check_num_tickets
+from ..ops.checks import check_num_tickets
 from .base import FeatureFn, FeatureRouter, check_subset_ids
 from .store import register_router_class
 

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from ..nn.base import check_num_tickets
+from ..ops.checks import check_num_tickets
 from .store import register_router_class
 
 Labels = torch.Tensor | Sequence[int]

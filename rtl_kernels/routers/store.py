@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ..atomic import atomic_write
-from ..models.io import LoadError
+from ..models.io import LoadError, load_tensors, read_format_json
 
 ROUTER_TENSORS, ROUTER_META = "router.safetensors", "router.json"
 ROUTER_FORMAT, ROUTER_FORMAT_VERSION = "rtl_kernels.router", 1
@@ -53,18 +52,7 @@ def has_router(directory: str | os.PathLike) -> bool:
 
 
 def _read_meta(base: Path) -> dict:
-    meta_path = base / ROUTER_META
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise LoadError(f"path: {meta_path} is not valid JSON ({exc}); the router save is corrupt") from None
-    if not isinstance(meta, dict) or meta.get("format") != ROUTER_FORMAT or not isinstance(meta.get("config"), dict):
-        raise LoadError(f"path: {meta_path} is not an rtl_kernels router save (missing 'format' or 'config')")
-    if meta.get("format_version", 0) > ROUTER_FORMAT_VERSION:
-        raise LoadError(
-            f"path: router saved with format version {meta['format_version']}, this library reads up to {ROUTER_FORMAT_VERSION}"
-        )
-    return meta
+    return read_format_json(base / ROUTER_META, ROUTER_FORMAT, "config", ROUTER_FORMAT_VERSION)
 
 
 def saved_router_class(directory: str | os.PathLike) -> str | None:
@@ -86,13 +74,7 @@ def load_router(directory: str | os.PathLike, model: torch.nn.Module | None = No
     cls = _CLASSES.get(meta.get("class"))
     if cls is None:
         raise LoadError(f"path: {meta_path} holds a router of class {meta.get('class')!r}; known classes: {sorted(_CLASSES)}")
-    tensor_path = base / ROUTER_TENSORS
-    if not tensor_path.is_file():
-        raise LoadError(f"path: expected {ROUTER_TENSORS} next to {ROUTER_META}, it is missing")
-    try:
-        tensors = load_file(str(tensor_path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise LoadError(f"path: {tensor_path} is not a readable safetensors file ({exc}); the router save is corrupt") from None
+    tensors = load_tensors(base / ROUTER_TENSORS)
     try:
         return cls.from_router_state(tensors, meta["config"], model=model, **options)
     except KeyError as exc:

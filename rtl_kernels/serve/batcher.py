@@ -150,17 +150,7 @@ class Batcher:
         return x
 
     def _checked_route(self, route: object) -> int | None:
-        if route is None:
-            if self.model.router is None:
-                raise ValueError("route: expected a ticket id because the model has no router, got None")
-            return None
-        if isinstance(route, torch.Tensor) and route.numel() == 1 and not route.dtype.is_floating_point:
-            route = int(route)
-        if isinstance(route, bool) or not isinstance(route, int):
-            raise TypeError(f"route: expected an int ticket id or None, got {type(route).__name__}")
-        if not 0 <= route < self.num_tickets:
-            raise ValueError(f"route: expected a ticket id in [0, {self.num_tickets}), got {route}")
-        return route
+        return check_route(route, self.num_tickets, self.model.router is not None)
 
     # ------------------------------------------------------------------ worker
 
@@ -186,40 +176,75 @@ class Batcher:
 
     def _run(self, batch: list[_Request]) -> None:
         live = [r for r in batch if r.future.set_running_or_notify_cancel()]
-        groups: dict[tuple, list[_Request]] = {}
-        for r in live:
-            groups.setdefault((tuple(r.x.shape), r.x.dtype, r.x.device), []).append(r)
+        results = run_batch(self.model, [r.x for r in live], [r.route for r in live], self._device)
         failed = 0
-        for group in groups.values():
-            failed += self._run_group(group)
+        for r, result in zip(live, results):
+            if isinstance(result, BaseException):
+                r.future.set_exception(result)
+                failed += 1
+            else:
+                r.future.set_result(result if r.with_route else result[0])
         done = time.perf_counter()
         self.stats.record(len(live), [(done - r.arrived) * 1e3 for r in live], failed)
 
-    def _run_group(self, group: list[_Request]) -> int:
-        """Run requests of one shape together; on an error, one by one. Returns how many failed."""
-        try:
-            rows, routes = self._forward(group)
-        except Exception as exc:
-            if len(group) > 1:
-                return sum(self._run_group([r]) for r in group)
-            group[0].future.set_exception(exc)
-            return 1
-        for r, row, route in zip(group, rows, routes):
-            r.future.set_result((row, route) if r.with_route else row)
-        return 0
 
-    def _forward(self, group: list[_Request]) -> tuple[list, list[int]]:
-        x = torch.stack([r.x for r in group]).to(self._device)
-        given = [r.route for r in group]
-        with torch.inference_mode():
-            if any(route is None for route in given):
-                missing = [i for i, route in enumerate(given) if route is None]
-                chosen = self.model.route(x[missing]).tolist()
-                for i, route in zip(missing, chosen):
-                    given[i] = route
-            routes = torch.tensor(given, dtype=torch.int64, device=self._device)
-            out = self.model(x, routes=routes)
-        return _split_rows(out, len(group)), given
+def check_route(route: object, num_tickets: int, has_router: bool) -> int | None:
+    """``route`` as an int in ``[0, num_tickets)``, or None when the router is to choose (it must exist)."""
+    if route is None:
+        if not has_router:
+            raise ValueError("route: expected a ticket id because the model has no router, got None")
+        return None
+    if isinstance(route, torch.Tensor) and route.numel() == 1 and not route.dtype.is_floating_point:
+        route = int(route)
+    if isinstance(route, bool) or not isinstance(route, int):
+        raise TypeError(f"route: expected an int ticket id or None, got {type(route).__name__}")
+    if not 0 <= route < num_tickets:
+        raise ValueError(f"route: expected a ticket id in [0, {num_tickets}), got {route}")
+    return route
+
+
+def run_batch(
+    model: RoutedModel, samples: list[torch.Tensor], routes: list[int | None], device: torch.device
+) -> list[tuple[object, int] | BaseException]:
+    """One mixed-ticket forward per input shape; per request ``(output, route)`` or the error it caused.
+
+    Samples of one shape run together; when such a batch fails, its requests run one by one, so
+    only the request that causes an error receives it. Routes that are None come from the router,
+    run once on all of them.
+    """
+    results: list = [None] * len(samples)
+    groups: dict[tuple, list[int]] = {}
+    for i, x in enumerate(samples):
+        groups.setdefault((tuple(x.shape), x.dtype, x.device), []).append(i)
+    for members in groups.values():
+        _run_group(model, samples, routes, device, members, results)
+    return results
+
+
+def _run_group(model: RoutedModel, samples: list, routes: list, device: torch.device, members: list[int], results: list) -> None:
+    try:
+        rows, chosen = _forward(model, [samples[i] for i in members], [routes[i] for i in members], device)
+    except Exception as exc:
+        if len(members) > 1:
+            for i in members:
+                _run_group(model, samples, routes, device, [i], results)
+        else:
+            results[members[0]] = exc
+        return
+    for i, row, route in zip(members, rows, chosen):
+        results[i] = (row, route)
+
+
+def _forward(model: RoutedModel, samples: list[torch.Tensor], given: list[int | None], device: torch.device) -> tuple[list, list[int]]:
+    x = torch.stack(samples).to(device)
+    given = list(given)
+    with torch.inference_mode():
+        missing = [i for i, route in enumerate(given) if route is None]
+        if missing:
+            for i, route in zip(missing, model.route(x[missing]).tolist()):
+                given[i] = route
+        out = model(x, routes=torch.tensor(given, dtype=torch.int64, device=device))
+    return _split_rows(out, len(samples)), given
 
 
 def _split_rows(out: object, n: int) -> list:

@@ -31,7 +31,7 @@ def _require_fastapi():
     return fastapi, pydantic
 
 
-def _as_inputs(inputs: list[Any]) -> torch.Tensor:
+def parse_inputs(inputs: list[Any]) -> torch.Tensor:
     if not inputs:
         raise ValueError("inputs: expected at least one sample, got an empty list")
     try:
@@ -45,13 +45,13 @@ def _as_inputs(inputs: list[Any]) -> torch.Tensor:
     return x
 
 
-def _jsonable(row: object) -> object:
+def jsonable(row: object) -> object:
     if isinstance(row, torch.Tensor):
         return row.float().tolist()
     if isinstance(row, (tuple, list)):
-        return [_jsonable(r) for r in row]
+        return [jsonable(r) for r in row]
     if isinstance(row, dict):
-        return {k: _jsonable(v) for k, v in row.items()}
+        return {k: jsonable(v) for k, v in row.items()}
     return row
 
 
@@ -106,7 +106,7 @@ def create_app(batcher: Batcher, *, log_every_s: float = 0.0, close_batcher: boo
     @app.post("/v1/predict")
     async def predict(body: PredictRequest) -> Any:
         try:
-            x = _as_inputs(body.inputs)
+            x = parse_inputs(body.inputs)
             futures = batcher.submit_many(x, body.routes, with_route=True)
         except (TypeError, ValueError) as exc:
             return error(422, str(exc))
@@ -121,7 +121,7 @@ def create_app(batcher: Batcher, *, log_every_s: float = 0.0, close_batcher: boo
             logger.error("predict failed: %r", exc)
             return error(500, f"internal error: {type(exc).__name__}: {exc}")
         statuses[200] += 1
-        return {"outputs": [_jsonable(row) for row, _ in results], "routes": [int(route) for _, route in results]}
+        return {"outputs": [jsonable(row) for row, _ in results], "routes": [int(route) for _, route in results]}
 
     return app
 

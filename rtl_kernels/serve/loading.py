@@ -82,8 +82,11 @@ def load_served_model(path: str | os.PathLike, model: str | Callable[[], nn.Modu
         net = _zoo_model(run_dir, save_dir)
     else:
         raise ValueError(f"model: {base} is an rtl.save directory; pass --model module:factory to build its architecture")
-    router = load_router(save_dir, net)
-    if router is None and run_dir is not None:
-        router = load_router(run_dir, net)
+    router = None
+    # the router next to the weights, in a router/ folder beside them, or at the top of the run directory
+    for where in (save_dir, save_dir / "router", *((run_dir, run_dir / "router") if run_dir is not None else ())):
+        router = load_router(where, net)
+        if router is not None:
+            break
     load(save_dir, net)
     return RoutedModel(net.eval(), router).eval()

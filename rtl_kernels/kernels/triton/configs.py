@@ -1,4 +1,7 @@
-"""Kernel launch configs as data: JSON tables under ``rtl_kernels/configs/`` keyed by GPU and shape bucket.
+"""Kernel launch configs as data: JSON tables keyed by GPU and shape bucket.
+
+Curated tables ship in ``rtl_kernels/configs/``; tables from ``rtl-kernels tune`` live in the
+user's config directory (:func:`user_config_dir`) and take precedence for their GPU.
 
 A table file holds ``{"device": name, "dispatch": {...}, "configs": {kernel: {dtype: {bucket: cfg}}}}``;
 ``default.json`` serves any GPU without its own file, ``interpreter.json`` the CPU interpreter.
@@ -13,6 +16,7 @@ import functools
 import json
 import logging
 import math
+import os
 import re
 from pathlib import Path
 
@@ -24,7 +28,6 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 KERNELS = ("fwd", "dx", "dw", "decode")
 INTERPRETER = "interpreter"
 DEFAULT = "default"
-_LAUNCH_KEYS = ("num_warps", "num_stages")
 
 
 def device_key(device: torch.device) -> str:
@@ -48,18 +51,30 @@ def dtype_key(dtype: torch.dtype) -> str:
 
 
 @functools.cache
+def user_config_dir() -> Path:
+    """Where ``rtl-kernels tune`` writes tables: ``$RTL_KERNELS_CONFIG_DIR``, else
+    ``$XDG_CACHE_HOME/rtl_kernels/configs`` (default ``~/.cache``). Never the installed package."""
+    env = os.environ.get("RTL_KERNELS_CONFIG_DIR")
+    if env:
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rtl_kernels" / "configs"
+
+
+@functools.cache
 def load_table(stem: str) -> dict:
-    """The parsed table ``<stem>.json`` (empty when the file does not exist)."""
-    path = CONFIG_DIR / f"{stem}.json"
-    if not path.is_file():
-        return {}
-    with path.open() as f:
-        return json.load(f)
+    """The parsed table ``<stem>.json``: the user's tuned one if present, else the shipped one (else empty)."""
+    for directory in (user_config_dir(), CONFIG_DIR):
+        path = directory / f"{stem}.json"
+        if path.is_file():
+            with path.open() as f:
+                return json.load(f)
+    return {}
 
 
 def reload_tables() -> None:
-    """Forget cached tables (after ``rtl-kernels tune`` wrote a new one)."""
+    """Forget cached tables and the config directory (after ``rtl-kernels tune`` wrote a table)."""
     load_table.cache_clear()
+    user_config_dir.cache_clear()
 
 
 def _tables(device: torch.device) -> list[dict]:
@@ -112,17 +127,13 @@ def dispatch_limits(device: torch.device) -> dict:
     return {"decode_max_rows": 64, "decode_max_work": 2048}
 
 
-def split_launch(cfg: dict) -> tuple[dict, dict]:
-    """``cfg`` split into kernel meta-parameters and launch options (warps, stages)."""
-    meta = {k: v for k, v in cfg.items() if k not in _LAUNCH_KEYS}
-    launch = {k: cfg[k] for k in _LAUNCH_KEYS if k in cfg}
-    return meta, launch
-
-
-def write_table(stem: str, table: dict) -> Path:
-    """Write ``<stem>.json`` into the config directory (used by ``rtl-kernels tune``)."""
-    CONFIG_DIR.mkdir(parents=True, exist_ok=True)
-    path = CONFIG_DIR / f"{stem}.json"
-    path.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+def write_table(stem: str, table: dict, directory: Path | None = None) -> Path:
+    """Write ``<stem>.json`` into ``directory`` (default :func:`user_config_dir`) atomically."""
+    directory = user_config_dir() if directory is None else Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{stem}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
     reload_tables()
     return path

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ...conv_params import conv_output_size
+
 
 @dataclass(frozen=True)
 class Geometry:
@@ -60,8 +62,8 @@ def linear_geometry(rows: int, in_features: int, out_features: int) -> Geometry:
 def conv_geometry(x: torch.Tensor, weight: torch.Tensor, stride, padding, dilation, groups: int) -> Geometry:
     b, c, h, w = x.shape
     co, _, kh, kw = weight.shape
-    ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    wo = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    ho = conv_output_size(h, kh, stride[0], padding[0], dilation[0])
+    wo = conv_output_size(w, kw, stride[1], padding[1], dilation[1])
     return Geometry(b, c, h, w, co, ho, wo, kh, kw, tuple(stride), tuple(padding), tuple(dilation), groups, False)
 
 

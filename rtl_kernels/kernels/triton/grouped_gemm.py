@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ...dispatch.plan import BlockSchedule
+from ...routing_plans.plan import BlockSchedule
 from .common import block_pixels, masked_weight_tile, masked_weight_tile_words
 from .geometry import Geometry, strides4
 

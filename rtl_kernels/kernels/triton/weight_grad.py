@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ...dispatch.plan import BlockSchedule
+from ...routing_plans.plan import BlockSchedule
 from .common import auto_split, block_pixels, keep_tile, keep_tile_words
 from .geometry import Geometry, strides4
 

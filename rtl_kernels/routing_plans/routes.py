@@ -15,6 +15,8 @@ import torch
 
 from .plan import RoutingPlan, check_plan, make_plan
 
+Tensor = torch.Tensor
+
 # uint16/32/64 are left out on purpose: torch supports few ops on them (no sort on every device)
 _INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 _INT_NAMES = "uint8, int8, int16, int32 or int64"
@@ -35,10 +37,42 @@ def route_checks_enabled() -> bool:
     return _CHECKS["enabled"]
 
 
+def check_route_values(routes: Tensor, num_tickets: int, *, copy: bool = True) -> Tensor:
+    """``routes`` as int64 (a copy unless ``copy=False``); ``ValueError`` for a route outside ``[0, num_tickets)``."""
+    if routes.device.type == "cpu":  # numpy: no chain of small torch ops on a latency-critical path
+        values = routes.numpy()
+        if values.size:
+            _check_range(int(values.min()), int(values.max()), num_tickets, routes)
+        return routes.to(torch.int64, copy=copy)
+    out = routes.to(torch.int64, copy=copy)
+    if out.numel():
+        lo, hi = (int(v) for v in torch.aminmax(out))
+        _check_range(lo, hi, num_tickets, out)
+    return out
+
+
+def _check_range(lo: int, hi: int, num_tickets: int, routes: Tensor) -> None:
+    if lo < 0 or hi >= num_tickets:
+        bad = routes[(routes < 0) | (routes >= num_tickets)]
+        raise ValueError(
+            f"routes: expected ticket ids in [0, {num_tickets}), got {bad.numel()} out of range "
+            f"(min {lo}, max {hi}; first offending value {int(bad[0])})"
+        )
+
+
+@torch.library.custom_op("rtl_kernels::check_routes", mutates_args=())
+def check_routes(routes: Tensor, num_tickets: int) -> Tensor:
+    """:func:`check_route_values` as an op that ``torch.compile`` keeps opaque (its host read stays out of the graph)."""
+    return check_route_values(routes, num_tickets)
+
+
+@check_routes.register_fake
+def _(routes: Tensor, num_tickets: int) -> Tensor:
+    return torch.empty_like(routes, dtype=torch.int64)
+
+
 def _checked(routes: torch.Tensor, num_tickets: int, check: bool | None) -> torch.Tensor:
     if route_checks_enabled() if check is None else check:
-        from ..ops.library import check_route_values
-
         if torch.compiler.is_compiling():  # the op keeps the host read out of the traced graph
             return torch.ops.rtl_kernels.check_routes(routes, num_tickets)
         return check_route_values(routes, num_tickets, copy=False)
@@ -89,6 +123,10 @@ def plan_for_rows(
     what: str = "x.shape[:-1]",
 ) -> RoutingPlan:
     """The plan for ``prod(lead_shape)`` rows, broadcasting ``routes`` over trailing row dims."""
+    if type(routes) is RoutingPlan and routes._consistent and len(lead_shape) == 1:  # the per-layer fast path
+        plan = routes
+        if plan.routes.shape[0] == lead_shape[0] and plan.offsets.shape[0] == num_tickets + 1 and plan.routes.device == device:
+            return plan
     lead_shape = tuple(int(s) for s in lead_shape)
     rows = math.prod(lead_shape)
     if isinstance(routes, RoutingPlan):
