@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -191,3 +192,31 @@ def test_first_calls_of_a_fresh_process_from_8_threads() -> None:
     for _ in range(2):
         done = subprocess.run([sys.executable, "-c", FIRST_CALLS], capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_oracle_given_labels_belong_to_the_thread_that_gave_them() -> None:
+    model = _model(3)
+    copies = _dense_copies(model)
+    router = rtl.routers.OracleRouter([k % K for k in range(10)])  # label -> ticket label % K
+    routed = rtl.RoutedModel(model, router)
+    gen = torch.Generator().manual_seed(11)
+    cases = [(torch.randn(3, 12, generator=gen), torch.randint(0, 10, (3,), generator=gen)) for _ in range(32)]
+    expected = [_direct(copies, x, labels % K) for x, labels in cases]
+    barrier = threading.Barrier(4)
+
+    def worker(offset: int) -> list[tuple[int, torch.Tensor]]:
+        barrier.wait()
+        out = []
+        for i in range(offset, 4 * 100, 4):
+            x, labels = cases[i % len(cases)]
+            with torch.no_grad(), router.given(labels):
+                time.sleep(0.0002)  # another thread runs here, as it would while a server awaits I/O
+                out.append((i, routed(x)))
+        return out
+
+    with ThreadPoolExecutor(4) as pool:
+        results = [r for rows in pool.map(worker, range(4)) for r in rows]
+    wrong = sum(not torch.allclose(y, expected[i % len(cases)], rtol=1e-4, atol=1e-5) for i, y in results)
+    assert len(results) == 400 and wrong == 0
+    with pytest.raises(TypeError, match="x: expected integer labels"):
+        router(torch.randn(2, 12))  # every block has ended: no labels are left behind

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
@@ -12,6 +13,17 @@ from ..ops.checks import check_num_tickets
 from .store import register_router_class
 
 Labels = torch.Tensor | Sequence[int]
+
+
+class _GivenLabels(threading.local):
+    """Per-thread ``given(labels)`` stacks, keyed by router: a block in one thread never routes another
+    thread's calls (a thread-local, unlike a ContextVar, is read by ``torch.compile`` without a graph break)."""
+
+    def __init__(self) -> None:
+        self.stacks: dict[int, list[torch.Tensor]] = {}
+
+
+_GIVEN = _GivenLabels()
 
 
 def _lookup_table(mapping: Mapping[int, int] | Sequence[int] | torch.Tensor) -> torch.Tensor:
@@ -67,16 +79,18 @@ class OracleRouter(nn.Module):
         self.key = key
         self.register_buffer("table", table if table is not None else torch.empty(0, dtype=torch.int64), persistent=table is not None)
         self._identity = table is None
-        self._given: list[torch.Tensor] = []
 
     @contextmanager
     def given(self, labels: Labels) -> Iterator[OracleRouter]:
-        """Inside the block, calls route by these ``labels`` (one per sample) whatever ``x`` is."""
-        self._given.append(self._as_labels(labels, "labels"))
+        """Inside the block, calls of this router from this thread route by these ``labels`` (one per sample) whatever ``x`` is."""
+        stack = _GIVEN.stacks.setdefault(id(self), [])
+        stack.append(self._as_labels(labels, "labels"))
         try:
             yield self
         finally:
-            self._given.pop()
+            stack.pop()
+            if not stack:
+                del _GIVEN.stacks[id(self)]
 
     @staticmethod
     def _as_labels(labels: object, name: str) -> torch.Tensor:
@@ -107,8 +121,9 @@ class OracleRouter(nn.Module):
 
     def forward(self, x: object) -> torch.Tensor:
         """Ticket ids ``[B]`` on ``x``'s device (labels from the context, ``key(x)`` or ``x``)."""
-        if self._given:
-            labels = self._given[-1]
+        given = _GIVEN.stacks.get(id(self))
+        if given:
+            labels = given[-1]
             if isinstance(x, torch.Tensor) and x.dim() and labels.numel() != x.shape[0]:
                 raise ValueError(f"labels: expected one label per sample of x ({x.shape[0]}), got {labels.numel()}")
         elif self.key is not None:
