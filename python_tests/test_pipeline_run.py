@@ -70,6 +70,10 @@ def test_run_directory_contents(full_run):
         assert (out / name).is_file(), name
     assert len(list(out.glob("retrain-*/s50-*/eval-*.json"))) == 1
     assert len(list(out.glob("retrain-*/dense/rtl.json"))) == 1
+    from rtl_kernels.routers import load_router
+
+    router = load_router(out / "model" / "router")
+    assert router is not None and router.num_tickets == RECIPE.num_tickets
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert {r["stage"] for r in records} == {"tickets", "retrain", "router", "eval"}
     assert [h["sparsity"] for h in report["similarity_history"]] == [0.5, 0.75]

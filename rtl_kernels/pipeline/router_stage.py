@@ -12,13 +12,14 @@ from pathlib import Path
 
 import torch
 
-from ..routers import CentroidRouter, LinearRouter
-from .store import atomic_save, read_json, read_tensors
+from ..routers import CentroidRouter, LinearRouter, load_router, save_router
+from .store import read_json
 
 logger = logging.getLogger(__name__)
 CANDIDATES = ("centroid", "linear", "mlp")
 MLP_HIDDEN = 64
 VALIDATION_FRACTION = 0.2
+FIT_RECORD = "fit.json"  # next to router.json: the candidates' held-out accuracies and the test routing accuracy
 
 
 def build_router(kind: str, num_tickets: int, in_features: int | None = None) -> torch.nn.Module:
@@ -70,19 +71,14 @@ def fit_router(kind: str, x: torch.Tensor, ids: torch.Tensor, num_tickets: int, 
     return router, info
 
 
-def save_fitted(router: torch.nn.Module, kind: str, info: dict, directory: Path) -> None:
-    """``router.safetensors`` (its state) and ``router.json`` (kind, sizes, selection record); no pickle."""
-    directory.mkdir(parents=True, exist_ok=True)
-    atomic_save(dict(router.state_dict()), directory / "router.safetensors")
-    config = {"kind": kind, "num_tickets": router.num_tickets, "in_features": getattr(router, "in_features", None), "fit": info}
-    (directory / "router.json").write_text(json.dumps(config, indent=2))
+def save_fitted(router: torch.nn.Module, info: dict, directory: Path) -> None:
+    """The router via :func:`rtl_kernels.routers.save_router` plus ``fit.json`` (how it was chosen); no pickle."""
+    save_router(router, directory)
+    (directory / FIT_RECORD).write_text(json.dumps(info, indent=2))
 
 
 def load_fitted(directory: Path) -> tuple[torch.nn.Module, dict] | None:
     """The router saved by :func:`save_fitted` in ``directory``, with its selection record; None when there is none."""
-    config, state = read_json(directory / "router.json"), read_tensors(directory / "router.safetensors")
-    if config is None or state is None:
-        return None
-    router = build_router(config["kind"], config["num_tickets"], config["in_features"])
-    router.load_state_dict(state)
-    return router, config["fit"]
+    info = read_json(directory / FIT_RECORD)
+    router = load_router(directory) if info is not None else None
+    return None if router is None else (router, info)

@@ -336,7 +336,7 @@ class Run:
             info["test_accuracy"] = float(
                 (router(self.test.tensors[0].reshape(len(self.test), -1).float()) == self.test_ids).float().mean()
             )
-        save_fitted(router, info["chosen"], info, path)
+        save_fitted(router, info, path)
         self.log({"stage": "router", **info})
         return router, info
 
