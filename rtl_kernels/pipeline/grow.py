@@ -27,8 +27,4 @@ def add_tickets(model: nn.Module, count: int = 1) -> list[int]:
     for layer in layers.values():
         extra = ones_bits(count, layer.weight.shape, device=layer.mask_bits.device)
         layer.mask_bits = torch.cat([layer.mask_bits, extra])
-    for module in model.modules():  # per-ticket state outside the masks (routed BatchNorm statistics)
-        grow = getattr(module, "grow_tickets", None)
-        if callable(grow) and module not in layers.values():
-            grow(count)
     return list(range(k_old, k_old + count))
