@@ -494,12 +494,16 @@ def table_rows(evals: list[dict]) -> list[dict]:
 def format_table(rows: list[dict], dense_params: int, router: dict | None = None) -> str:
     """The comparison table: sparsity, method, balanced accuracy, prunable parameters (and one-vs-rest scores)."""
     ovr = any("ovr_balanced_accuracy" in r for r in rows)
-    head = f"{'sparsity':>8}  {'method':<33} {'bal. acc':>8}  {'params':>9}  {'of dense':>8}"
+    names = [METHOD_NAMES.get(r["method"], r["method"]) for r in rows]
+    width = max([33, *map(len, names)])
+    head = f"{'sparsity':>8}  {'method':<{width}} {'bal. acc':>8}  {'params':>9}  {'of dense':>8}"
     if ovr:
         head += f"  {'1-vs-rest bal.acc / prec / rec':>30}"
     lines = [head, "-" * len(head)]
-    for r in rows:
-        line = f"{r['sparsity']:>8.1%}  {METHOD_NAMES.get(r['method'], r['method']):<33} {r['balanced_accuracy']:>8.4f}  {r['params']:>9,}  {r['params'] / dense_params:>8.2f}"
+    for r, name in zip(rows, names):
+        line = (
+            f"{r['sparsity']:>8.1%}  {name:<{width}} {r['balanced_accuracy']:>8.4f}  {r['params']:>9,}  {r['params'] / dense_params:>8.2f}"
+        )
         if "ovr_balanced_accuracy" in r:
             line += f"  {r['ovr_balanced_accuracy']:>12.3f} / {r['ovr_precision']:.3f} / {r['ovr_recall']:.3f}"
         lines.append(line)
