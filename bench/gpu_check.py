@@ -154,19 +154,15 @@ def steps() -> list[Step]:
             dry_argv=("nvcc", "-std=c++17", "-O0", "-arch=sm_90", "-c", "-o", "{work}/sanitize_main.o", "csrc/cuda/sanitize_main.cu"),
             needs=("nvcc",),
         ),
-        Step(
-            "memcheck",
-            "compute-sanitizer memcheck, small shapes",
-            ("compute-sanitizer", "--tool", "memcheck", "--error-exitcode", "1", *sanitize),
-            45,
-            needs=("compute-sanitizer",),
-        ),
-        Step(
-            "racecheck",
-            "compute-sanitizer racecheck, small shapes",
-            ("compute-sanitizer", "--tool", "racecheck", "--error-exitcode", "1", *sanitize),
-            45,
-            needs=("compute-sanitizer",),
+        *(
+            Step(
+                tool,
+                f"compute-sanitizer {tool}, small shapes",
+                ("compute-sanitizer", "--tool", tool, "--error-exitcode", "1", *sanitize),
+                45,
+                needs=("compute-sanitizer",),
+            )
+            for tool in ("memcheck", "racecheck")
         ),
         Step(
             "bench",

@@ -5,6 +5,7 @@ import functools
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_pipeline import ARGS, tiny
 from torch.utils.data import TensorDataset
 
 import rtl_kernels as rtl
@@ -12,21 +13,6 @@ from rtl_kernels.pipeline import NonFiniteLossError, add_tickets, find_tickets, 
 from rtl_kernels.pipeline.imp import extract_tickets
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def tiny(num_tickets=3, seed=0):
-    torch.manual_seed(seed)
-    model = torch.nn.Sequential(torch.nn.Linear(8, 12), torch.nn.ReLU(), torch.nn.Linear(12, 3))
-    rtl.convert(model, num_tickets)
-    g = torch.Generator().manual_seed(seed)
-    subsets = []
-    for k in range(num_tickets):
-        x = torch.randn(24, 8, generator=g) + k
-        subsets.append(TensorDataset(x, torch.randint(0, 3, (24,), generator=g)))
-    return model, subsets
-
-
-ARGS = dict(epochs_per_round=1, loss_fn=F.cross_entropy, lr=1e-2, batch_size=8, progress=False)
 
 
 def state(model):

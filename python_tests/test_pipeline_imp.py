@@ -2,10 +2,9 @@
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
-from torch.utils.data import TensorDataset
+from tiny_pipeline import ARGS, tiny
 
 import rtl_kernels as rtl
 from rtl_kernels.pipeline import extract_tickets, find_tickets, round_sparsities
@@ -13,21 +12,6 @@ from rtl_kernels.pipeline import imp as imp_module
 from rtl_kernels.pipeline.pruning import keep_counts, prune_by_magnitude
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def tiny(num_tickets=3, seed=0):
-    torch.manual_seed(seed)
-    model = torch.nn.Sequential(torch.nn.Linear(8, 12), torch.nn.ReLU(), torch.nn.Linear(12, 3))
-    rtl.convert(model, num_tickets)
-    g = torch.Generator().manual_seed(seed)
-    subsets = []
-    for k in range(num_tickets):
-        x = torch.randn(24, 8, generator=g) + k
-        subsets.append(TensorDataset(x, torch.randint(0, 3, (24,), generator=g)))
-    return model, subsets
-
-
-ARGS = dict(epochs_per_round=1, loss_fn=F.cross_entropy, lr=1e-2, batch_size=8, progress=False)
 
 
 @given(st.integers(0, 10_000), st.floats(0.05, 0.95), st.sampled_from(["global", "layer"]))
