@@ -106,15 +106,17 @@ def test_one_ticket_batch_is_nn_batchnorm_and_momentum_none_is_a_cumulative_aver
     torch.testing.assert_close(back(xs[0]), dense(xs[0]))
 
 
-def small_cnn(k=3, seed=0, routed=True):
+def dense_net(seed=0):
     torch.manual_seed(seed)
-    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 3), nn.BatchNorm1d(3))
-    return rtl.convert(net, k, routed_norms=routed), net
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 3), nn.BatchNorm1d(3))
+
+
+def small_cnn(k=3, seed=0, routed=True):
+    return rtl.convert(dense_net(seed), k, routed_norms=routed)
 
 
 def test_convert_routed_norms_computes_what_the_model_did_and_routes_come_from_the_call():
-    torch.manual_seed(0)
-    dense = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 3), nn.BatchNorm1d(3))
+    dense = dense_net()
     x = torch.randn(6, 1, 6, 6)
     dense.train()
     dense(x)  # non-trivial running statistics
@@ -136,7 +138,7 @@ def test_convert_routed_norms_computes_what_the_model_did_and_routes_come_from_t
 
 
 def test_routed_model_router_routes_reach_the_norms_and_eval_uses_each_tickets_statistics():
-    model, _ = small_cnn(k=2)
+    model = small_cnn(k=2)
     model.eval()
     with torch.no_grad():
         model[1].running_mean[1] += 3.0
@@ -159,7 +161,7 @@ def test_training_normalises_each_tickets_rows_alone():
 
 
 def test_add_tickets_grows_statistics_and_keeps_old_tickets_bit_identical():
-    model, _ = small_cnn(k=2)
+    model = small_cnn(k=2)
     model.train()
     x = torch.randn(8, 1, 6, 6)
     with rtl.routing(model, torch.tensor([0, 1] * 4)):
@@ -187,7 +189,7 @@ def ticket_data(k=3, n=10, seed=0):
 
 
 def test_recalibrate_gives_each_ticket_its_own_data_statistics():
-    model, _ = small_cnn(k=3)
+    model = small_cnn(k=3)
     subsets = ticket_data()
     model.train()
     model[4].eval()  # a submodule's own mode must come back too
@@ -203,7 +205,7 @@ def test_recalibrate_gives_each_ticket_its_own_data_statistics():
 
 
 def test_recalibrating_one_ticket_leaves_the_others_bit_identical():
-    model, _ = small_cnn(k=3)
+    model = small_cnn(k=3)
     subsets = ticket_data()
     recalibrate_norms(model, subsets, batch_size=4)
     model.eval()
@@ -225,7 +227,7 @@ def test_recalibrating_one_ticket_leaves_the_others_bit_identical():
 
 
 def test_fused_retraining_updates_each_tickets_statistics_from_its_rows():
-    model, _ = small_cnn(k=3)
+    model = small_cnn(k=3)
     subsets = ticket_data(n=12)
     joint_retrain(model, subsets, epochs=1, loss_fn=F.cross_entropy, lr=1e-2, batch_size=9, mode="fused", progress=False)
     tracked = model[1].num_batches_tracked.tolist()
@@ -234,7 +236,7 @@ def test_fused_retraining_updates_each_tickets_statistics_from_its_rows():
 
 
 def test_save_load_round_trip_and_mismatch_errors(tmp_path):
-    model, _ = small_cnn(k=3)
+    model = small_cnn(k=3)
     recalibrate_norms(model, ticket_data(), batch_size=4)
     model.eval()
     x = torch.randn(5, 1, 6, 6)
@@ -244,11 +246,11 @@ def test_save_load_round_trip_and_mismatch_errors(tmp_path):
     rtl.save(model, tmp_path / "m")
     meta = rtl.models.io.read_metadata(tmp_path / "m")
     assert meta["norms"]["1"] == {"type": "RTLBatchNorm2d", "num_features": 4, "num_tickets": 3}
-    fresh, _ = small_cnn(k=3, seed=1)
+    fresh = small_cnn(k=3, seed=1)
     rtl.load(tmp_path / "m", fresh).eval()
     with rtl.routing(fresh, routes):
         assert torch.equal(fresh(x), expected)
-    shared, _ = small_cnn(k=3, seed=1, routed=False)
+    shared = small_cnn(k=3, seed=1, routed=False)
     before = {k: v.clone() for k, v in shared.state_dict().items()}
     with pytest.raises(rtl.LoadError, match="routed_norms=True"):
         rtl.load(tmp_path / "m", shared)
@@ -256,7 +258,7 @@ def test_save_load_round_trip_and_mismatch_errors(tmp_path):
 
 
 def test_errors_name_the_argument():
-    with pytest.raises(TypeError, match="module: expected an nn.BatchNorm1d or nn.BatchNorm2d"):
+    with pytest.raises(TypeError, match=r"module: expected an nn\.BatchNorm1d or nn\.BatchNorm2d"):
         RTLBatchNorm2d.from_dense(nn.LayerNorm(3), 2)
     with pytest.raises(ValueError, match="track_running_stats"):
         RTLBatchNorm2d.from_dense(nn.BatchNorm2d(3, track_running_stats=False), 2)
@@ -273,11 +275,11 @@ def test_errors_name_the_argument():
         bn(torch.randn(2, 3, 2, 2), torch.tensor([0, 2]))
     with pytest.raises(ValueError, match="routes: expected a shape"):
         bn(torch.randn(2, 3, 2, 2), torch.tensor([0, 1, 1]))
-    with pytest.raises(ValueError, match="more than 1 value per channel .* ticket 1"):
+    with pytest.raises(ValueError, match=r"more than 1 value per channel .* ticket 1"):
         RTLBatchNorm1d(3, 2)(torch.randn(3, 3), torch.tensor([0, 0, 1]))
     with pytest.raises(ValueError, match="ticket: expected an int in"):
         bn.to_dense(2)
-    model, _ = small_cnn(k=2, routed=False)
+    model = small_cnn(k=2, routed=False)
     with pytest.raises(TypeError, match="routed_norms: expected a bool"):
         rtl.convert(nn.Sequential(nn.Linear(2, 2)), 2, routed_norms="yes")
     with pytest.raises(ValueError, match="model: expected routed BatchNorms"):
