@@ -34,7 +34,7 @@ def ticket_rounds(out):
     return [r for r in records if r.get("stage") == "tickets" and "ticket" in r]
 
 
-def test_routed_and_recalibrated_bn_reuse_the_tickets_and_save_one_routed_model(bn_model, tmp_path):
+def test_routed_and_recalibrated_bn_reuse_the_tickets_and_save_one_routed_model(bn_model, tmp_path, capsys):
     base = Recipe(
         model=bn_model, num_tickets=3, sparsities=(0.5,), prune_fraction=0.5, epochs_per_round=1, retrain_epochs=1,
         batch_size=64, baselines=False, router="centroid",
@@ -52,6 +52,7 @@ def test_routed_and_recalibrated_bn_reuse_the_tickets_and_save_one_routed_model(
     recal_run = Run(recal_recipe, tmp_path, progress=False)
     recal = recal_run.execute()
     assert len(list(tmp_path.glob("retrain-*"))) == 2, "recalibration is an eval setting: shared BN's retraining is reused"
+    assert len(list(tmp_path.glob("router-*"))) == 1, "the router is keyed by the router setting alone"
     for report in (shared, routed, recal):
         assert {r["method"] for r in report["rows"]} >= {"rtl", "rtl_oracle"}
     deployed = recal_run.load_deployed()
@@ -71,6 +72,11 @@ def test_routed_and_recalibrated_bn_reuse_the_tickets_and_save_one_routed_model(
     assert isinstance(served.model[1], RTLBatchNorm1d) and served.router is not None
     with torch.no_grad():
         assert torch.equal(served(x_test), deployed(x_test))
+    from rtl_kernels.cli.main import main
+
+    capsys.readouterr()
+    assert main(["info", str(tmp_path)]) == 0
+    assert "BatchNorm running statistics per ticket (routed): 1" in capsys.readouterr().out
     # a run directory from before one-call saves: the router in model/router/ is still found
     for name in ("router.json", "router.safetensors"):
         (tmp_path / "model" / "router").mkdir(exist_ok=True)

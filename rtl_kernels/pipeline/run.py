@@ -5,7 +5,7 @@ earlier result. The directory (default ``runs/<dataset>-<ticket key>``) holds th
 ``tickets.json`` (the settings that decide the tickets), ``init.safetensors`` (θ0), ``tickets/``
 and ``single_tickets/`` (every round's mask per ticket, saved as soon as found, each stored with
 the schedule that led to it, so adding a sparsity level reuses the rounds it shares). Inside it:
-``router-<eval key>/`` (the router fit on the training inputs), ``retrain-<retrain key>/`` with
+``router-<router key>/`` (the router fit on the training inputs; keyed by ``router`` alone), ``retrain-<retrain key>/`` with
 ``dense/`` (the dense baseline) and one ``sN-<schedule>/`` folder per level (retrained models
 via ``rtl.save``, ``eval-<eval key>.json``). The latest run's ``recipe.json``, ``report.json``,
 ``table.txt``, plots, ``model/`` (the RTL model at the highest sparsity and its router, one
@@ -361,8 +361,8 @@ class Run:
         )
 
     def fit_router(self) -> tuple[nn.Module, dict]:
-        """The router of the deployable figure, fit on the training inputs only (``router-<eval key>/``, reused on re-run)."""
-        path = self.directory / f"router-{self.recipe.stage_digest('eval')}"
+        """The router of the deployable figure, fit on the training inputs only (``router-<router key>/``, reused on re-run)."""
+        path = self.directory / f"router-{self.recipe.stage_digest('router')}"
         loaded = load_fitted(path)
         if loaded is not None:
             return loaded
