@@ -6,8 +6,9 @@ RTL layers) and the backward is straight-through: ``dL/dS = (dL/dW_eff ⊙ W) ·
 parameters and buffers are never changed (buffers such as BatchNorm statistics are put back).
 
 ``mixed=True`` trains all K tickets in one step on a batch that mixes them, through the routed
-kernels: the layer's forward is the routed op, its ``dx`` the routed backward, and ticket ``k``'s
-score gradient is ``(dY_kᵀ X_k) ⊙ W`` over the rows routed to ``k``.
+kernels (:mod:`.strong_mixed`): the layer's forward is the routed op, its ``dx`` the routed
+backward, and ticket ``k``'s score gradient is (ticket k's weight gradient over the rows routed to
+``k``) ⊙ W — ``(dY_kᵀ X_k) ⊙ W`` for a linear layer.
 """
 
 from __future__ import annotations
@@ -20,18 +21,14 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from ..masks.packed import PackedMasks, ones_bits, pack_masks
+from ..masks.packed import ones_bits
 from ..models.routing import routing
 from ..models.state import named_rtl_layers, set_masks
 from ..nn.base import RTLLayer
-from ..nn.linear import RTLLinear
 from ..nn.overrides import forward_overrides
-from ..ops.library import routed_linear as routed_linear_op
-from ..ops.linear import routed_linear
-from ..routing_plans.plan import RoutingPlan
-from ..routing_plans.routes import plan_for_rows
 from .progress import bar
 from .pruning import SCOPES, keep_counts
+from .strong_mixed import MIXED_LAYERS, mixed_forward
 from .training import LossFn, NonFiniteLossError, OptimizerFactory, check_positive, check_subsets, derived_seed, epoch_batches, fetch
 
 logger = logging.getLogger(__name__)
@@ -104,52 +101,6 @@ def _norm_affine(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-class _MixedLinear(torch.autograd.Function):
-    """Routed masked linear whose masks come from K float (STE) masks; gradients to x and to each mask."""
-
-    @staticmethod
-    def forward(ctx, x, masks_f, weight, bias, routes, perm, offsets, backend):
-        bits = pack_masks(masks_f.detach() > 0.5).bits
-        plan = RoutingPlan(routes=routes, perm=perm, offsets=offsets)
-        y = routed_linear(x, weight, PackedMasks(bits, weight.shape), plan, bias, backend=backend)
-        ctx.save_for_backward(x, weight, bits, routes, perm, offsets)
-        ctx.backend = backend
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        x, weight, bits, routes, perm, offsets = ctx.saved_tensors
-        dy = dy.contiguous()
-        dx = None
-        if ctx.needs_input_grad[0]:
-            dx = routed_linear_op.backward(dy, x, weight, bits, routes, perm, offsets, None, ctx.backend, needs=(True, False, False))[0]
-        dmasks = None
-        if ctx.needs_input_grad[1]:
-            k_total = bits.shape[0]
-            dmasks = weight.new_zeros((k_total, *weight.shape), dtype=torch.float32)
-            bounds = offsets.tolist()
-            w32 = weight.detach().float()
-            for k in range(k_total):
-                if bounds[k + 1] > bounds[k]:
-                    rows = perm[bounds[k] : bounds[k + 1]]
-                    dmasks[k] = (dy[rows].float().T @ x[rows].float()) * w32
-        return dx, dmasks, None, None, None, None, None, None
-
-
-def _mixed_forward(layer: RTLLinear, masks_f: torch.Tensor) -> Callable:
-    k_total = layer.num_tickets
-
-    def forward(x: torch.Tensor, routes) -> torch.Tensor:
-        lead = x.shape[:-1]
-        plan = plan_for_rows(routes, k_total, lead, x.device)
-        x2 = x.reshape(-1, x.shape[-1]).contiguous()
-        w = layer.weight.detach()
-        y = _MixedLinear.apply(x2, masks_f, w, layer.bias, plan.routes, plan.perm, plan.offsets, layer.backend)
-        return y.reshape(*lead, w.shape[0])
-
-    return forward
-
-
 def _check_finite(loss: torch.Tensor, ticket: int, epoch: int) -> None:
     if not torch.isfinite(loss).all():
         raise NonFiniteLossError(
@@ -180,7 +131,7 @@ def find_strong_tickets(
     Each ticket keeps exactly ``round((1 − sparsity) · n)`` weights per tensor (``scope="layer"``)
     or over all RTL layers (``"global"``). Scores train with Adam at ``lr`` unless ``optimizer``
     (a factory ``params -> Optimizer``) is given. ``mixed=True`` trains the K tickets together on
-    mixed batches through the routed kernels (RTL linear layers only). ``nonaffine_norms=True``
+    mixed batches through the routed kernels (linear, conv2d, HF Conv1D and attention layers). ``nonaffine_norms=True``
     computes the normalisation layers without their affine parameters (edge-popup's non-affine BN).
     Returns ``name -> bool [K, *weight.shape]``.
     """
@@ -201,9 +152,10 @@ def find_strong_tickets(
     if scope not in SCOPES:
         raise ValueError(f"scope: expected one of {SCOPES}, got {scope!r}")
     if mixed:
-        others = sorted({type(m).__name__ for m in layers.values() if type(m) is not RTLLinear})
+        others = sorted({type(m).__name__ for m in layers.values() if type(m) not in MIXED_LAYERS})
         if others:
-            raise ValueError(f"mixed: expected only RTLLinear layers for mixed-ticket steps, the model also has {others}; use mixed=False")
+            names = ", ".join(t.__name__ for t in MIXED_LAYERS)
+            raise ValueError(f"mixed: expected only {names} layers for mixed-ticket steps, the model also has {others}; use mixed=False")
     keep = keep_counts({n: m.weight.numel() for n, m in layers.items()}, sparsity, scope)
     saved_masks = {n: m.mask_bits.detach().clone() for n, m in layers.items()}
     saved_buffers = {n: b.detach().clone() for n, b in model.named_buffers() if not n.endswith("mask_bits")}
@@ -318,7 +270,7 @@ def _train_mixed(model, layers, subsets, scores, keep, epochs, loss_fn, lr, batc
             routes = torch.cat([torch.full((len(p[1]),), k, dtype=torch.int64) for k, p in enumerate(parts)]).to(device)
             stacked = {n: torch.stack([s[n] for s in scores]) for n in layers}
             masks = ste_masks(stacked, keep)
-            with forward_overrides({layers[n]: _mixed_forward(layers[n], masks[n]) for n in layers}), routing(model, routes):
+            with forward_overrides({layers[n]: mixed_forward(layers[n], masks[n]) for n in layers}), routing(model, routes):
                 out = functional_call(model, fixed, (x,), strict=False) if fixed else model(x)
             loss = out.new_zeros(())
             start = 0
