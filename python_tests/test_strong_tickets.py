@@ -1,6 +1,7 @@
 """find_strong_tickets (edge-popup): exact sparsity, frozen model, mixed-ticket gradients, errors."""
 
 import functools
+import math
 
 import pytest
 import torch
@@ -141,3 +142,23 @@ def test_bad_arguments():
         rtl.pipeline.find_strong_tickets(mlp(3), subsets(2), **kw)
     with pytest.raises(ValueError, match="scope"):
         rtl.pipeline.find_strong_tickets(mlp(2), subsets(2), **{**kw, "scope": "tensor"})
+
+
+def test_cosine_lr_schedule_per_epoch():
+    seen = []
+
+    class Recording(torch.optim.SGD):
+        def step(self, closure=None):
+            seen.append(self.param_groups[0]["lr"])
+            return super().step(closure)
+
+    rtl.pipeline.find_strong_tickets(
+        mlp(1), subsets(1, 32), sparsity=0.5, epochs=4, loss_fn=nn.functional.cross_entropy, lr=0.2, batch_size=16,
+        progress=False, optimizer=lambda p: Recording(p, lr=0.2), lr_schedule="cosine",
+    )  # fmt: skip
+    expected = [0.2 * 0.5 * (1 + math.cos(math.pi * e / 4)) for e in range(4) for _ in range(2)]  # 2 steps per epoch
+    assert seen == pytest.approx(expected)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        rtl.pipeline.find_strong_tickets(
+            mlp(1), subsets(1, 8), sparsity=0.5, epochs=1, loss_fn=nn.functional.cross_entropy, lr=0.1, batch_size=8, lr_schedule="step"
+        )
