@@ -81,15 +81,22 @@ def _project(model: nn.Module) -> None:
         w.div_(max(1.0, float(torch.linalg.matrix_norm(w, 2))))
 
 
+@torch.no_grad()
+def _uniform_target(gen: torch.Generator, *, exact_norm: bool) -> SingleHeadAttention:
+    """A d_K = d_V = 2 target with U[−1, 1] weights, each scaled to spectral norm 1 (``exact_norm``) or to at most 1."""
+    target = SingleHeadAttention(2, 2, 2)
+    for name in PROJ:
+        w = getattr(target, name).weight
+        w.copy_(torch.rand(w.shape, generator=gen) * 2 - 1)
+        norm = torch.linalg.matrix_norm(w, 2)
+        w.div_(norm if exact_norm else max(1.0, float(norm)))
+    return target
+
+
 def train_target(xs, ys, epochs: int, seed: int):
     """The theory's target: weights U[−1, 1], trained on ω at token 0, kept at spectral norm ≤ 1 (projected each step)."""
     gen = torch.Generator().manual_seed(seed)
-    target = SingleHeadAttention(2, 2, 2)
-    with torch.no_grad():
-        for name in PROJ:
-            w = getattr(target, name).weight
-            w.copy_(torch.rand(w.shape, generator=gen) * 2 - 1)
-    _project(target)
+    target = _uniform_target(gen, exact_norm=False)
     token = nn.Parameter(torch.zeros(1, 1, 2))
     opt = torch.optim.AdamW([*target.parameters(), token], lr=0.1, weight_decay=0.01)
     for _ in range(epochs):
@@ -104,14 +111,7 @@ def train_target(xs, ys, epochs: int, seed: int):
 
 def random_target(seed: int) -> tuple[SingleHeadAttention, torch.Tensor]:
     """An untrained target at the edge of the theory's class: U[−1, 1] weights scaled to spectral norm 1; zero regression token."""
-    gen = torch.Generator().manual_seed(seed)
-    target = SingleHeadAttention(2, 2, 2)
-    with torch.no_grad():
-        for name in PROJ:
-            w = getattr(target, name).weight
-            w.copy_(torch.rand(w.shape, generator=gen) * 2 - 1)
-            w.div_(torch.linalg.matrix_norm(w, 2))
-    return target.eval(), torch.zeros(1, 1, 2)
+    return _uniform_target(torch.Generator().manual_seed(seed), exact_norm=True).eval(), torch.zeros(1, 1, 2)
 
 
 def merged(model: SingleHeadAttention) -> tuple[torch.Tensor, torch.Tensor]:

@@ -43,11 +43,12 @@ def test_exact_with_temperatures_and_per_batch():
     assert torch.equal(batch(x), torch.full((9,), int(h.mean(0).argmin())))
 
 
-def test_one_shot_with_temperatures_matches_float64_superposition():
+@pytest.mark.parametrize("temperatures", [None, (0.7, 1.9, 1.1)])
+def test_one_shot_matches_float64_superposition(temperatures):
     model = _model()
     x = torch.randn(7, 6)
-    temps = torch.tensor([0.7, 1.9, 1.1], dtype=torch.float64)
-    router = rtl.routers.EntropyRouter(model, method="one_shot", temperatures=temps.float())
+    temps = torch.tensor(temperatures or (), dtype=torch.float64)
+    router = rtl.routers.EntropyRouter(model, method="one_shot", temperatures=temperatures)
     grad = router.alpha_gradients(x)
     m0, m2 = model[0].get_masks().double(), model[2].get_masks().double()
     w0, w2, b0, b2 = (t.detach().double() for t in (model[0].weight, model[2].weight, model[0].bias, model[2].bias))
@@ -55,13 +56,14 @@ def test_one_shot_with_temperatures_matches_float64_superposition():
     for b in range(7):
         a = torch.full((3,), 1 / 3, dtype=torch.float64, requires_grad=True)
         h1 = torch.relu(x[b].double() @ (w0 * torch.einsum("k,knc->nc", a, m0)).T + b0)
-        z = (h1 @ (w2 * torch.einsum("k,knc->nc", a, m2)).T + b2) / (a @ temps)
+        z = h1 @ (w2 * torch.einsum("k,knc->nc", a, m2)).T + b2
+        z = z if temperatures is None else z / (a @ temps)  # the temperatures superposed like the masks
         (g,) = torch.autograd.grad(_entropy64(z), a)
         ref.append(g)
     ref = torch.stack(ref)
     assert torch.allclose(grad.double(), ref, rtol=1e-4, atol=1e-6)
     assert torch.equal(router(x), ref.argmin(1))
-    batch = rtl.routers.EntropyRouter(model, method="one_shot", per="batch", temperatures=temps.float())
+    batch = rtl.routers.EntropyRouter(model, method="one_shot", per="batch", temperatures=temperatures)
     assert torch.equal(batch(x), torch.full((7,), int(ref.mean(0).argmin())))
 
 
