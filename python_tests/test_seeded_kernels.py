@@ -172,3 +172,27 @@ def test_packed_masks_accepted():
     a = seeded_linear(torch.randn(5, 2, 3), masks, torch.tensor([0, 1, 1, 0, 1]), seed=1, layer=2, dist="uniform", row_scale=rs)
     b = seeded_linear(torch.randn(5, 2, 3), pack_masks(masks), torch.tensor([0, 1, 1, 0, 1]), seed=1, layer=2, dist="uniform", row_scale=rs)
     assert a.shape == b.shape == (5, 2, 4)
+
+
+@needs_cpu
+@given(
+    data=st.data(), n=st.integers(1, 20), c=st.integers(1, 1100), k=st.integers(1, 4), m=st.integers(0, 70),
+    dist=st.sampled_from(["signed_constant", "uniform"]),
+)  # fmt: skip
+def test_cpu_kernels_on_every_isa_against_float64(data, n, c, k, m, dist):
+    """Panels (several chunks, a column tail, a partial row block), register tiles of 1-3 rows, more
+    rows than one accumulator window, empty tickets and K = 1, on every ISA's forward and dX."""
+    row_scale, masks, routes, x, _, seed, layer = problem(data, n, c, k, m, dist)
+    w = reference((n, c), dist, seed, layer, row_scale)
+    plan = rtl.plan_routes(routes, k)
+    bits = pack_masks(masks).bits
+    ref = float64_linear(x, w, masks, routes, None)
+    dy = torch.randn(m, n)
+    dref = torch.stack([dy[i].double() @ (w.double() * masks[routes[i]]) for i in range(m)]) if m else torch.zeros(0, c).double()
+    d = ("signed_constant", "uniform").index(dist)
+    for isa in CPU.supported_isas()[:3]:
+        y = CPU.seeded_forward(x, bits, plan.perm, plan.offsets, row_scale, None, seed, layer, d, isa)
+        dx = CPU.seeded_grad_input(dy, bits, plan.perm, plan.offsets, row_scale, c, seed, layer, d, isa)
+        assert y.shape == (m, n) and dx.shape == (m, c), isa
+        if m:
+            assert rel(y, ref) <= 1e-5 and rel(dx, dref) <= 1e-5, isa

@@ -347,7 +347,7 @@ at::Tensor seeded_forward(const at::Tensor& x, const at::Tensor& bits, const at:
   p.x = x.data_ptr<float>();
   at::Tensor y = at::zeros({p.M, p.N}, x.options());
   float* yp = y.data_ptr<float>();
-  if (p.M > 0) parallel_blocks(p.N, 4, p.M * p.C, [&](int64_t n0, int64_t n1) { ops.forward(p, yp, n0, n1); });
+  if (p.M > 0) parallel_blocks(p.N, 8, p.M * p.C, [&](int64_t n0, int64_t n1) { ops.forward(p, yp, n0, n1); });
   if (bias.has_value() && bias->defined()) {
     check_float(*bias, "bias", 1, at::kFloat);
     check_shape(*bias, "bias", {p.N});

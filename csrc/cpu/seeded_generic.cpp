@@ -4,18 +4,28 @@
 namespace rtl_seeded::generic {
 
 struct V {
-  static constexpr int L = 1;
+  static constexpr int L = 1, NR = 4, RT = 2;
   typedef float vec;
   static inline vec zero() { return 0.0f; }
   static inline vec bcast(float f) { return f; }
+  static inline vec add(vec a, vec b) { return a + b; }
+  static inline vec load(const float* p) { return *p; }
   static inline vec fmadd(vec a, vec b, vec c) { return a * b + c; }
   static inline vec load_lim(const float* p, uint32_t lim) { return lim ? *p : 0.0f; }
-  static inline vec load_bits(const float* p, uint32_t m) { return m ? *p : 0.0f; }
+  typedef uint32_t mask;
+  static inline mask window(const uint32_t* row, int64_t c) { return (row[c >> 5] >> (c & 31)) & 1u; }
+  static inline mask clip(mask m, uint32_t lim) { return m & lim; }
+  static inline vec load_bits(const float* p, mask m) { return m ? *p : 0.0f; }
   static inline void store_lim(float* p, vec v, uint32_t lim) {
     if (lim) *p = v;
   }
+  static inline void store(float* p, vec v) { *p = v; }
   static inline float reduce(vec v) { return v; }
   static inline void signs(uint32_t bits, float s, float* out) { *out = bits ? s : -s; }
+  static inline void uniform(const uint32_t* w, float s, float* out) {
+    const int32_t t = static_cast<int32_t>((*w >> 9) * 2u + 1u) - (1 << 23);
+    *out = (static_cast<float>(t) * 0x1p-23f) * s;
+  }
   static inline void philox(uint32_t key_lo, uint32_t key_hi, uint64_t b, uint32_t* out) { philox_block(key_lo, key_hi, b, out); }
 };
 

@@ -2,112 +2,138 @@
 // seeded_cpu.h for the stream layout). Each seeded_<isa>.cpp defines RTL_SEEDED_NS and `V` with
 // its target options active, then includes this file. No standard headers here.
 //
-// Traits `V`: L (lanes, divides 32), vec, zero, fmadd, load_lim (first `lim` lanes, others 0),
-// load_bits (lanes whose bit is set, others 0), reduce, store, philox (L consecutive blocks,
-// written in stream order), signs (L lanes of +s / -s from the low L bits).
+// Traits `V`: L (lanes, divides 32), NR (weight rows per panel), RT (most rows per register tile),
+// vec, mask, zero, bcast, add, load, load_lim (first `lim` lanes, others 0), window (the mask bits of
+// L columns of a mask row), clip (a mask and `lim`), load_bits (lanes whose mask bit is set, others 0), store, store_lim, fmadd, reduce, philox (L consecutive blocks = 4 L words, in
+// stream order), signs (L lanes of +s / -s from the low L bits), uniform (L words -> L values).
+//
+// Forward (weight-stationary): a panel of NR weight rows x kChunk columns is generated once in L1
+// and every active ticket's rows multiply it in register tiles of RT rows x NR outputs, the mask
+// bits of each (ticket, output row) applied as a masked load of the panel. Accumulators persist
+// across the chunks of a row (parked in a small buffer), so each output is reduced once.
 
 namespace RTL_SEEDED_NS {
 
 using rtl_seeded::Problem;
 typedef typename V::vec vec;
-static constexpr int L = V::L;
+static constexpr int L = V::L, NR = V::NR, RTM = V::RT;
 static constexpr uint32_t kFull = L == 32 ? 0xFFFFFFFFu : ((1u << L) - 1u);
-static constexpr int64_t kChunk = 512;     // forward: columns of a generated panel row (2 KiB)
-static constexpr int kRows = 4;            // forward: weight rows per panel (8 KiB in L1)
+static constexpr int64_t kChunk = 512;      // columns of a generated panel row (2 KiB)
+static constexpr int64_t kStride = kChunk + L;
+static constexpr int64_t kWindow = 64;      // forward: sorted rows whose accumulators are parked at once
+static constexpr int64_t kWords = kChunk + 8 * L + 8;  // stream words of one generated panel row chunk
 
 static inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
-static inline int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
 
-// stream words [g0, g0 + n) into out (n <= kChunk + 4 L)
-static void stream_words(const Problem& p, int64_t g0, int64_t n, uint32_t* out) {
-  if (n <= 0) return;
-  uint32_t tmp[4 * L];
-  const int64_t b_end = (g0 + n - 1) / 4 + 1;
-  for (int64_t b = g0 / 4; b < b_end; b += L) {
-    V::philox(p.key_lo, p.key_hi, static_cast<uint64_t>(b), tmp);
-    const int64_t lo = imax(b * 4, g0), hi = imin((b + L) * 4, g0 + n);
-    for (int64_t g = lo; g < hi; ++g) out[g - g0] = tmp[g - b * 4];
-  }
+// stream words of blocks [b0, b0 + count) into out (count rounded up to a multiple of L blocks)
+static inline void blocks(const Problem& p, uint64_t b0, int64_t count, uint32_t* out) {
+  for (int64_t i = 0; i < count; i += L) V::philox(p.key_lo, p.key_hi, b0 + static_cast<uint64_t>(i), out + 4 * i);
 }
 
-// W[n, c0:c1) (unmasked, scaled) into out[0 : c1 - c0), padded with zeros to a multiple of L
-static void gen_row(const Problem& p, int64_t n, int64_t c0, int64_t c1, float* out) {
-  const int64_t e0 = n * p.C + c0, cnt = c1 - c0;
+// W[n, c0 : c0 + cnt) (unmasked, scaled) into out[0 : cnt rounded up to L) (lanes past cnt: finite filler)
+static void gen_chunk(const Problem& p, int64_t n, int64_t c0, int64_t cnt, float* out) {
+  const int64_t e0 = n * p.C + c0;
   const float s = p.row_scale[n];
-  uint32_t w[kChunk + 4 * L + 8];
+  uint32_t w[kWords];
   if (p.dist == rtl_seeded::kSignedConstant) {
-    const int64_t g0 = e0 >> 5, nw = ((e0 + cnt - 1) >> 5) - g0 + 2;
-    stream_words(p, g0, nw, w);
+    // element i is bit i & 31 of stream word i >> 5; word g of the buffer is stream word 4 b0 + g
+    const int64_t b0 = e0 >> 7, last_word = ((e0 + cnt - 1) >> 5) + 1;
+    blocks(p, static_cast<uint64_t>(b0), (last_word >> 2) - b0 + 1, w);
     for (int64_t j = 0; j < cnt; j += L) {
-      const int64_t i = e0 + j, gw = (i >> 5) - g0;
-      const uint64_t two = static_cast<uint64_t>(w[gw]) | (static_cast<uint64_t>(w[gw + 1]) << 32);
-      V::signs(static_cast<uint32_t>(two >> (i & 31)) & kFull, s, out + j);
+      const int64_t bit = e0 + j - 128 * b0, g = bit >> 5;
+      const uint64_t two = static_cast<uint64_t>(w[g]) | (static_cast<uint64_t>(w[g + 1]) << 32);
+      V::signs(static_cast<uint32_t>(two >> (bit & 31)) & kFull, s, out + j);
     }
   } else {
-    stream_words(p, e0, cnt, w);
-    for (int64_t j = 0; j < cnt; ++j) {
-      const int32_t t = static_cast<int32_t>((w[j] >> 9) * 2u + 1u) - (1 << 23);
-      out[j] = (static_cast<float>(t) * 0x1p-23f) * s;
-    }
+    // element i is stream word i; the buffer starts at stream word 4 b0
+    const int64_t b0 = e0 >> 2, off = e0 - 4 * b0, span = off + (cnt + L - 1) / L * L;
+    blocks(p, static_cast<uint64_t>(b0), (span + 3) / 4, w);
+    for (int64_t j = 0; j < cnt; j += L) V::uniform(w + off + j, s, out + j);
   }
-  for (int64_t j = cnt; j % L; ++j) out[j] = 0.0f;
 }
 
-static inline uint32_t chunk_bits(const uint32_t* mrow, int64_t c) { return (mrow[c >> 5] >> (c & 31)) & kFull; }
-static inline uint32_t lim_bits(int64_t c, int64_t C) { return C - c >= L ? kFull : ((1u << (C - c)) - 1u); }
-
-// RT rows (of one ticket) x kRows panel rows over the panel's columns [c0, c1)
+// rows[0 : RT) (one ticket) x NR panel rows over columns [c0, c1); accumulators come from and go
+// back to `park` unless this is the row's first / last chunk
 template <int RT>
-static void fwd_tile(const Problem& p, const int64_t* rows, const uint32_t* const* mrow, const float* panel, int64_t n, int rn, int64_t c0,
-                     int64_t c1, float* y) {
-  vec acc[RT][kRows];
+static void fwd_tile(const Problem& p, const int64_t* rows, const uint32_t* const* mrow, const float* panel, int64_t c0, int64_t c1, vec* park,
+                     bool first, bool last, int64_t n, int rn, float* y) {
+  vec acc[RT][NR];
   const float* xr[RT];
   RTL_UNROLL
   for (int t = 0; t < RT; ++t) {
     xr[t] = p.x + rows[t] * p.C;
     RTL_UNROLL
-    for (int r = 0; r < kRows; ++r) acc[t][r] = V::zero();
+    for (int r = 0; r < NR; ++r) acc[t][r] = first ? V::zero() : park[t * NR + r];
   }
-  for (int64_t c = c0; c < c1; c += L) {
-    const uint32_t lim = lim_bits(c, p.C);
+  const int64_t cf = c0 + (c1 - c0) / L * L;
+  for (int64_t c = c0; c < cf; c += L) {
     vec xv[RT];
     RTL_UNROLL
-    for (int t = 0; t < RT; ++t) xv[t] = V::load_lim(xr[t] + c, lim);
+    for (int t = 0; t < RT; ++t) xv[t] = V::load(xr[t] + c);
     RTL_UNROLL
-    for (int r = 0; r < kRows; ++r) {
-      const vec wv = V::load_bits(panel + r * (kChunk + L) + (c - c0), chunk_bits(mrow[r], c) & lim);
+    for (int r = 0; r < NR; ++r) {
+      const vec wv = V::load_bits(panel + r * kStride + (c - c0), V::window(mrow[r], c));
+      RTL_UNROLL
+      for (int t = 0; t < RT; ++t) acc[t][r] = V::fmadd(xv[t], wv, acc[t][r]);
+    }
+  }
+  if (cf < c1) {  // tail: lanes past C are neither read nor counted
+    const uint32_t lim = (1u << (c1 - cf)) - 1u;
+    vec xv[RT];
+    RTL_UNROLL
+    for (int t = 0; t < RT; ++t) xv[t] = V::load_lim(xr[t] + cf, lim);
+    RTL_UNROLL
+    for (int r = 0; r < NR; ++r) {
+      const vec wv = V::load_bits(panel + r * kStride + (cf - c0), V::clip(V::window(mrow[r], cf), lim));
       RTL_UNROLL
       for (int t = 0; t < RT; ++t) acc[t][r] = V::fmadd(xv[t], wv, acc[t][r]);
     }
   }
   RTL_UNROLL
-  for (int t = 0; t < RT; ++t)
-    for (int r = 0; r < rn; ++r) y[rows[t] * p.N + n + r] += V::reduce(acc[t][r]);
+  for (int t = 0; t < RT; ++t) {
+    if (last) {
+      RTL_UNROLL
+      for (int r = 0; r < NR; ++r)  // constant bounds keep acc in registers
+        if (r < rn) y[rows[t] * p.N + n + r] += V::reduce(acc[t][r]);
+    } else {
+      RTL_UNROLL
+      for (int r = 0; r < NR; ++r) park[t * NR + r] = acc[t][r];
+    }
+  }
 }
 
-// weight-stationary: a panel of kRows x kChunk weights is generated once and used by every active ticket's rows
+// y[m, n] = x[m] . (W[n] & mask[route(m)][n]) for n in [n0, n1) (y zeroed by the caller)
 static void forward(const Problem& p, float* y, int64_t n0, int64_t n1) {
-  alignas(64) float panel[kRows * (kChunk + L)] = {};
-  const uint32_t* mrow[kRows];
-  for (int64_t n = n0; n < n1; n += kRows) {
-    const int rn = static_cast<int>(imin(kRows, n1 - n));
-    for (int64_t c0 = 0; c0 < p.C; c0 += kChunk) {
-      const int64_t c1 = imin(c0 + kChunk, p.C);
-      for (int r = 0; r < rn; ++r) gen_row(p, n + r, c0, c1, panel + r * (kChunk + L));
-      for (int64_t k = 0; k < p.K; ++k) {
-        const int64_t lo = p.offsets[k], hi = p.offsets[k + 1];
-        if (lo == hi) continue;
-        for (int r = 0; r < kRows; ++r) mrow[r] = p.bits + (k * p.N + n + (r < rn ? r : 0)) * p.words;  // rows past rn: computed, not stored
-        for (int64_t q = lo; q < hi;) {
-          if (hi - q >= 4) {
-            fwd_tile<4>(p, p.perm + q, mrow, panel, n, rn, c0, c1, y);
-            q += 4;
-          } else if (hi - q >= 2) {
-            fwd_tile<2>(p, p.perm + q, mrow, panel, n, rn, c0, c1, y);
-            q += 2;
-          } else {
-            fwd_tile<1>(p, p.perm + q, mrow, panel, n, rn, c0, c1, y);
-            q += 1;
+  alignas(64) float panel[NR * kStride] = {};  // rows past the last output row stay finite filler
+  alignas(64) vec park[kWindow * NR];
+  const uint32_t* mrow[NR];
+  for (int64_t q0 = 0; q0 < p.M; q0 += kWindow) {
+    const int64_t q1 = imin(p.M, q0 + kWindow);
+    for (int64_t n = n0; n < n1; n += NR) {
+      const int rn = static_cast<int>(imin(NR, n1 - n));
+      for (int64_t c0 = 0; c0 < p.C; c0 += kChunk) {
+        const int64_t c1 = imin(c0 + kChunk, p.C);
+        const bool first = c0 == 0, last = c1 == p.C;
+        for (int r = 0; r < rn; ++r) gen_chunk(p, n + r, c0, c1 - c0, panel + r * kStride);
+        for (int64_t k = 0; k < p.K; ++k) {
+          const int64_t lo = p.offsets[k] > q0 ? p.offsets[k] : q0, hi = imin(p.offsets[k + 1], q1);
+          if (lo >= hi) continue;
+          for (int r = 0; r < NR; ++r) mrow[r] = p.bits + (k * p.N + n + (r < rn ? r : 0)) * p.words;  // rows past rn: computed, not stored
+          for (int64_t r = n + NR; r < imin(n + 2 * NR, n1); ++r)  // the next panel's mask bits of this chunk
+            __builtin_prefetch(p.bits + (k * p.N + r) * p.words + (c0 >> 5));
+          for (int64_t q = lo; q < hi;) {
+            vec* pk = park + (q - q0) * NR;
+            const int64_t rem = hi - q;
+            if (RTM >= 3 && rem >= 3) {
+              fwd_tile<(RTM >= 3 ? 3 : 1)>(p, p.perm + q, mrow, panel, c0, c1, pk, first, last, n, rn, y);
+              q += RTM >= 3 ? 3 : 1;
+            } else if (rem >= 2) {
+              fwd_tile<2>(p, p.perm + q, mrow, panel, c0, c1, pk, first, last, n, rn, y);
+              q += 2;
+            } else {
+              fwd_tile<1>(p, p.perm + q, mrow, panel, c0, c1, pk, first, last, n, rn, y);
+              q += 1;
+            }
           }
         }
       }
@@ -115,39 +141,59 @@ static void forward(const Problem& p, float* y, int64_t n0, int64_t n1) {
   }
 }
 
-// dx over columns [c0, c1): every weight row's slice is generated once and added into each row's dx
-// under that row's ticket mask; dx rows accumulate in place (the caller zeroes dx).
+// dx[m, c] += sum over the panel's rows of dy[m, n] * (W[n, c] & mask[route(m)][n, c]) for c in [cb, ce)
+template <bool Tail>
+static inline void dx_step(const vec* dyv, const float* const* wrow, const uint32_t* const* mrow, int64_t c, int64_t col, uint32_t lim, float* out) {
+  vec a0 = Tail ? V::load_lim(out, lim) : V::load(out), a1 = V::zero();
+  RTL_UNROLL
+  for (int r = 0; r < NR; r += 2) {
+    a0 = V::fmadd(dyv[r], V::load_bits(wrow[r] + col, V::clip(V::window(mrow[r], c), lim)), a0);
+    if (r + 1 < NR) a1 = V::fmadd(dyv[r + 1], V::load_bits(wrow[r + 1] + col, V::clip(V::window(mrow[r + 1], c), lim)), a1);
+  }
+  a0 = V::add(a0, a1);
+  if (Tail)
+    V::store_lim(out, a0, lim);
+  else
+    V::store(out, a0);
+}
+
+// dx over columns [c0, c1) (c0 a multiple of 32): each panel of NR weight rows is generated once and
+// added into every row's dx under that row's ticket mask; the caller zeroes dx.
 static void grad_x(const Problem& p, float* dx, int64_t c0, int64_t c1) {
-  alignas(64) float wrow[kChunk + L];
+  alignas(64) float panel[NR * kStride] = {};
+  const uint32_t* mrow[NR];
+  const float* wrow[NR];
+  for (int r = 0; r < NR; ++r) wrow[r] = panel + r * kStride;
   for (int64_t cb = c0; cb < c1; cb += kChunk) {
-    const int64_t ce = imin(cb + kChunk, c1);
-    for (int64_t n = 0; n < p.N; ++n) {
-      gen_row(p, n, cb, ce, wrow);
+    const int64_t ce = imin(cb + kChunk, c1), cf = cb + (ce - cb) / L * L;
+    const uint32_t lim = (1u << (ce - cf)) - 1u;
+    for (int64_t n = 0; n < p.N; n += NR) {
+      const int rn = static_cast<int>(imin(NR, p.N - n));
+      for (int r = 0; r < rn; ++r) gen_chunk(p, n + r, cb, ce - cb, panel + r * kStride);
       for (int64_t k = 0; k < p.K; ++k) {
         const int64_t lo = p.offsets[k], hi = p.offsets[k + 1];
         if (lo == hi) continue;
-        const uint32_t* mrow = p.bits + (k * p.N + n) * p.words;
+        for (int r = 0; r < NR; ++r) mrow[r] = p.bits + (k * p.N + n + (r < rn ? r : 0)) * p.words;
         for (int64_t q = lo; q < hi; ++q) {
           const int64_t m = p.perm[q];
-          const vec d = V::bcast(p.dy[m * p.N + n]);
+          vec dyv[NR];
+          for (int r = 0; r < NR; ++r) dyv[r] = r < rn ? V::bcast(p.dy[m * p.N + n + r]) : V::zero();  // past rn: adds 0 * finite
           float* out = dx + m * p.C;
-          for (int64_t c = cb; c < ce; c += L) {
-            const uint32_t lim = lim_bits(c, p.C);
-            const vec wv = V::load_bits(wrow + (c - cb), chunk_bits(mrow, c) & lim);
-            V::store_lim(out + c, V::fmadd(d, wv, V::load_lim(out + c, lim)), lim);
-          }
+          for (int64_t c = cb; c < cf; c += L) dx_step<false>(dyv, wrow, mrow, c, c - cb, kFull, out + c);
+          if (cf < ce) dx_step<true>(dyv, wrow, mrow, cf, cf - cb, lim, out + cf);
         }
       }
     }
   }
 }
 
+// out[n, c] = W[n, c] (unmasked) for n in [n0, n1)
 static void generate(const Problem& p, float* out, int64_t n0, int64_t n1) {
-  alignas(64) float row[kChunk + L];
+  alignas(64) float row[kStride];
   for (int64_t n = n0; n < n1; ++n)
     for (int64_t c0 = 0; c0 < p.C; c0 += kChunk) {
       const int64_t c1 = imin(c0 + kChunk, p.C);
-      gen_row(p, n, c0, c1, row);
+      gen_chunk(p, n, c0, c1 - c0, row);
       for (int64_t j = 0; j < c1 - c0; ++j) out[n * p.C + c0 + j] = row[j];
     }
 }
