@@ -141,20 +141,47 @@ static void forward(const Problem& p, float* y, int64_t n0, int64_t n1) {
   }
 }
 
-// dx[m, c] += sum over the panel's rows of dy[m, n] * (W[n, c] & mask[route(m)][n, c]) for c in [cb, ce)
-template <bool Tail>
-static inline void dx_step(const vec* dyv, const float* const* wrow, const uint32_t* const* mrow, int64_t c, int64_t col, uint32_t lim, float* out) {
-  vec a0 = Tail ? V::load_lim(out, lim) : V::load(out), a1 = V::zero();
+// dx[rows[t], c] += sum over the panel's rows r of dy[rows[t], n + r] * (W[n + r, c] & mask[k][n + r, c]) for
+// the columns [cb, ce) of the panel, rows[0 : RT) of one ticket k (each masked panel vector serves all RT rows)
+template <int RT>
+static void dx_tile(const Problem& p, const int64_t* rows, const uint32_t* const* mrow, const float* panel, int64_t cb, int64_t ce, int64_t n, int rn,
+                    float* dx) {
+  vec dyv[RT][NR];
+  float* out[RT];
   RTL_UNROLL
-  for (int r = 0; r < NR; r += 2) {
-    a0 = V::fmadd(dyv[r], V::load_bits(wrow[r] + col, V::clip(V::window(mrow[r], c), lim)), a0);
-    if (r + 1 < NR) a1 = V::fmadd(dyv[r + 1], V::load_bits(wrow[r + 1] + col, V::clip(V::window(mrow[r + 1], c), lim)), a1);
+  for (int t = 0; t < RT; ++t) {
+    out[t] = dx + rows[t] * p.C;
+    RTL_UNROLL
+    for (int r = 0; r < NR; ++r) dyv[t][r] = r < rn ? V::bcast(p.dy[rows[t] * p.N + n + r]) : V::zero();  // past rn: adds 0 * finite
   }
-  a0 = V::add(a0, a1);
-  if (Tail)
-    V::store_lim(out, a0, lim);
-  else
-    V::store(out, a0);
+  const int64_t cf = cb + (ce - cb) / L * L;
+  for (int64_t c = cb; c < cf; c += L) {
+    vec acc[RT];
+    RTL_UNROLL
+    for (int t = 0; t < RT; ++t) acc[t] = V::load(out[t] + c);
+    RTL_UNROLL
+    for (int r = 0; r < NR; ++r) {
+      const vec wv = V::load_bits(panel + r * kStride + (c - cb), V::window(mrow[r], c));
+      RTL_UNROLL
+      for (int t = 0; t < RT; ++t) acc[t] = V::fmadd(dyv[t][r], wv, acc[t]);
+    }
+    RTL_UNROLL
+    for (int t = 0; t < RT; ++t) V::store(out[t] + c, acc[t]);
+  }
+  if (cf < ce) {
+    const uint32_t lim = (1u << (ce - cf)) - 1u;
+    vec acc[RT];
+    RTL_UNROLL
+    for (int t = 0; t < RT; ++t) acc[t] = V::load_lim(out[t] + cf, lim);
+    RTL_UNROLL
+    for (int r = 0; r < NR; ++r) {
+      const vec wv = V::load_bits(panel + r * kStride + (cf - cb), V::clip(V::window(mrow[r], cf), lim));
+      RTL_UNROLL
+      for (int t = 0; t < RT; ++t) acc[t] = V::fmadd(dyv[t][r], wv, acc[t]);
+    }
+    RTL_UNROLL
+    for (int t = 0; t < RT; ++t) V::store_lim(out[t] + cf, acc[t], lim);
+  }
 }
 
 // dx over columns [c0, c1) (c0 a multiple of 32): each panel of NR weight rows is generated once and
@@ -162,11 +189,8 @@ static inline void dx_step(const vec* dyv, const float* const* wrow, const uint3
 static void grad_x(const Problem& p, float* dx, int64_t c0, int64_t c1) {
   alignas(64) float panel[NR * kStride] = {};
   const uint32_t* mrow[NR];
-  const float* wrow[NR];
-  for (int r = 0; r < NR; ++r) wrow[r] = panel + r * kStride;
   for (int64_t cb = c0; cb < c1; cb += kChunk) {
-    const int64_t ce = imin(cb + kChunk, c1), cf = cb + (ce - cb) / L * L;
-    const uint32_t lim = (1u << (ce - cf)) - 1u;
+    const int64_t ce = imin(cb + kChunk, c1);
     for (int64_t n = 0; n < p.N; n += NR) {
       const int rn = static_cast<int>(imin(NR, p.N - n));
       for (int r = 0; r < rn; ++r) gen_chunk(p, n + r, cb, ce - cb, panel + r * kStride);
@@ -174,13 +198,15 @@ static void grad_x(const Problem& p, float* dx, int64_t c0, int64_t c1) {
         const int64_t lo = p.offsets[k], hi = p.offsets[k + 1];
         if (lo == hi) continue;
         for (int r = 0; r < NR; ++r) mrow[r] = p.bits + (k * p.N + n + (r < rn ? r : 0)) * p.words;
-        for (int64_t q = lo; q < hi; ++q) {
-          const int64_t m = p.perm[q];
-          vec dyv[NR];
-          for (int r = 0; r < NR; ++r) dyv[r] = r < rn ? V::bcast(p.dy[m * p.N + n + r]) : V::zero();  // past rn: adds 0 * finite
-          float* out = dx + m * p.C;
-          for (int64_t c = cb; c < cf; c += L) dx_step<false>(dyv, wrow, mrow, c, c - cb, kFull, out + c);
-          if (cf < ce) dx_step<true>(dyv, wrow, mrow, cf, cf - cb, lim, out + cf);
+        for (int64_t r = n + NR; r < imin(n + 2 * NR, p.N); ++r) __builtin_prefetch(p.bits + (k * p.N + r) * p.words + (cb >> 5));
+        for (int64_t q = lo; q < hi;) {
+          if (hi - q >= 2) {
+            dx_tile<2>(p, p.perm + q, mrow, panel, cb, ce, n, rn, dx);
+            q += 2;
+          } else {
+            dx_tile<1>(p, p.perm + q, mrow, panel, cb, ce, n, rn, dx);
+            q += 1;
+          }
         }
       }
     }
