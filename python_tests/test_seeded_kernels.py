@@ -10,7 +10,7 @@ import rtl_kernels as rtl
 from rtl_kernels.backends.extension import load_cpu
 from rtl_kernels.init.philox import generate
 from rtl_kernels.masks.packed import pack_masks
-from rtl_kernels.ops.seeded import DIRECT_ROWS, seeded_linear, seeded_weight
+from rtl_kernels.ops.seeded import seeded_linear, seeded_weight
 
 CPU = load_cpu()
 needs_cpu = pytest.mark.skipif(CPU is None, reason="CPU extension not built")
@@ -135,11 +135,11 @@ def test_in_kernel_weights_are_the_reference_bits(dist):
 
 
 @needs_cpu
-def test_large_batch_path_and_rtl_linear_uses_the_seeded_kernel():
+def test_many_rows_and_rtl_linear_uses_the_seeded_kernel():
     torch.manual_seed(0)
     model = rtl.init.seeded_(rtl.convert(nn.Sequential(nn.Linear(40, 24)), 3), 5)
     layer = model[0]
-    x = torch.randn(DIRECT_ROWS + 30, 40)
+    x = torch.randn(200, 40)  # more rows than one accumulator window (64)
     routes = torch.randint(0, 3, (x.shape[0],))
     layer.set_masks(torch.rand(3, 24, 40) < 0.5)
     expected = float64_linear(x, layer.weight.detach(), layer.get_masks(), routes, layer.bias)

@@ -2,9 +2,9 @@
 
 Weights are frozen, so the op has gradients for ``x`` (and ``bias``) only. Backends:
 
-- ``"cpu"``: the C++ kernels (AVX-512/AVX2/generic) generate each weight panel in L1 and apply
-  the mask bits while multiplying; for more than ``DIRECT_ROWS`` rows the weight is generated once
-  per call (by the same C++ generator) and the stored-weight CPU kernel runs on it.
+- ``"cpu"``: the C++ kernels (AVX-512/AVX2/generic) generate each 8-row weight panel in L1 and
+  apply the mask bits while multiplying, at every batch size (measured faster than generating W
+  once and running the stored-weight kernel up to 1024 rows: ``bench/strong_speed_storage.py``).
 - ``"triton"``: kernels that regenerate each tile with ``tl.randint4x`` (CUDA, or the interpreter).
 - ``"reference"``: the pure-PyTorch generator and the reference routed linear.
 
@@ -30,8 +30,6 @@ from .library import routed_linear as routed_linear_op
 Tensor = torch.Tensor
 KERNEL_DISTS = ("signed_constant", "uniform")
 BACKENDS = ("auto", "cpu", "triton", "reference")
-# up to this many rows the CPU kernel regenerates panels per call; above, W is generated once
-DIRECT_ROWS = 64
 
 
 def _triton_ok(device: torch.device) -> bool:
@@ -78,7 +76,7 @@ def _forward(
 ) -> Tensor:  # fmt: skip
     impl = _choose(backend, x.device)
     if dist in KERNEL_DISTS:
-        if impl == "cpu" and x.shape[0] <= DIRECT_ROWS:
+        if impl == "cpu":
             return extension.load_cpu().seeded_forward(x, bits, perm, offsets, row_scale, bias, seed, layer, KERNEL_DISTS.index(dist))
         if impl == "triton":
             from ..kernels.triton import seeded as tk
@@ -98,7 +96,7 @@ def _backward(dy, x, bits, routes, perm, offsets, bias, row_scale, in_features, 
     if need_dx:
         impl = _choose(backend, dy.device)
         dy = dy.contiguous()
-        if dist in KERNEL_DISTS and impl == "cpu" and dy.shape[0] <= DIRECT_ROWS:
+        if dist in KERNEL_DISTS and impl == "cpu":
             dx = extension.load_cpu().seeded_grad_input(
                 dy, bits, perm, offsets, row_scale, in_features, seed, layer, KERNEL_DISTS.index(dist)
             )
