@@ -48,6 +48,30 @@ struct V {
     const vec u = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(odd, _mm256_set1_epi32(1 << 23))), _mm256_set1_ps(0x1p-23f));
     _mm256_storeu_ps(out, _mm256_mul_ps(u, _mm256_set1_ps(s)));
   }
+  // normal_values traits (seeded_impl.h)
+  typedef __m256 cmask;
+  static inline vec sub(vec a, vec b) { return _mm256_sub_ps(a, b); }
+  static inline vec mul(vec a, vec b) { return _mm256_mul_ps(a, b); }
+  static inline vec div(vec a, vec b) { return _mm256_div_ps(a, b); }
+  static inline vec sqrt(vec a) { return _mm256_sqrt_ps(a); }
+  static inline cmask lt(vec a, vec b) { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
+  static inline vec select(cmask m, vec a, vec b) { return _mm256_blendv_ps(b, a, m); }
+  static inline I set_i(int v) { return _mm256_set1_epi32(v); }
+  static inline I add_i(I a, I b) { return _mm256_add_epi32(a, b); }
+  static inline I sub_i(I a, I b) { return _mm256_sub_epi32(a, b); }
+  static inline I and_i(I a, I b) { return _mm256_and_si256(a, b); }
+  static inline I or_i(I a, I b) { return _mm256_or_si256(a, b); }
+  template <int S>
+  static inline I srl(I a) { return _mm256_srli_epi32(a, S); }
+  static inline I select_i(cmask m, I a, I b) { return _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(b), _mm256_castsi256_ps(a), m)); }
+  static inline vec cvt(I a) { return _mm256_cvtepi32_ps(a); }
+  static inline I as_i(vec a) { return _mm256_castps_si256(a); }
+  static inline vec as_f(I a) { return _mm256_castsi256_ps(a); }
+  static inline void deinterleave(const uint32_t* w, I& even, I& odd) {
+    const __m256 a = _mm256_loadu_ps(reinterpret_cast<const float*>(w)), b = _mm256_loadu_ps(reinterpret_cast<const float*>(w + 8));
+    even = _mm256_permute4x64_epi64(_mm256_castps_si256(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0))), _MM_SHUFFLE(3, 1, 2, 0));
+    odd = _mm256_permute4x64_epi64(_mm256_castps_si256(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1))), _MM_SHUFFLE(3, 1, 2, 0));
+  }
   // Philox traits (seeded_simd.h)
   static inline I set1_64(uint64_t v) { return _mm256_set1_epi64x(static_cast<long long>(v)); }
   static inline I load64(const uint64_t* p) { return _mm256_load_si256(reinterpret_cast<const __m256i*>(p)); }

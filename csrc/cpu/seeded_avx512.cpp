@@ -39,6 +39,30 @@ struct V {
     const vec u = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(odd, _mm512_set1_epi32(1 << 23))), _mm512_set1_ps(0x1p-23f));
     _mm512_storeu_ps(out, _mm512_mul_ps(u, _mm512_set1_ps(s)));
   }
+  // normal_values traits (seeded_impl.h)
+  typedef __mmask16 cmask;
+  static inline vec sub(vec a, vec b) { return _mm512_sub_ps(a, b); }
+  static inline vec mul(vec a, vec b) { return _mm512_mul_ps(a, b); }
+  static inline vec div(vec a, vec b) { return _mm512_div_ps(a, b); }
+  static inline vec sqrt(vec a) { return _mm512_sqrt_ps(a); }
+  static inline cmask lt(vec a, vec b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
+  static inline vec select(cmask m, vec a, vec b) { return _mm512_mask_blend_ps(m, b, a); }
+  static inline I set_i(int v) { return _mm512_set1_epi32(v); }
+  static inline I add_i(I a, I b) { return _mm512_add_epi32(a, b); }
+  static inline I sub_i(I a, I b) { return _mm512_sub_epi32(a, b); }
+  static inline I and_i(I a, I b) { return _mm512_and_si512(a, b); }
+  static inline I or_i(I a, I b) { return _mm512_or_si512(a, b); }
+  template <int S>
+  static inline I srl(I a) { return _mm512_srli_epi32(a, S); }
+  static inline I select_i(cmask m, I a, I b) { return _mm512_mask_blend_epi32(m, b, a); }
+  static inline vec cvt(I a) { return _mm512_cvtepi32_ps(a); }
+  static inline I as_i(vec a) { return _mm512_castps_si512(a); }
+  static inline vec as_f(I a) { return _mm512_castsi512_ps(a); }
+  static inline void deinterleave(const uint32_t* w, I& even, I& odd) {
+    const I a = _mm512_loadu_si512(w), b = _mm512_loadu_si512(w + 16);
+    even = _mm512_permutex2var_epi32(a, _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30), b);
+    odd = _mm512_permutex2var_epi32(a, _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31), b);
+  }
   // Philox traits (seeded_simd.h)
   static inline I set1_64(uint64_t v) { return _mm512_set1_epi64(static_cast<long long>(v)); }
   static inline I load64(const uint64_t* p) { return _mm512_load_si512(p); }

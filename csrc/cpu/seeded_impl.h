@@ -5,7 +5,9 @@
 // Traits `V`: L (lanes, divides 32), NR (weight rows per panel), RT (most rows per register tile),
 // vec, mask, zero, bcast, add, load, load_lim (first `lim` lanes, others 0), window (the mask bits of
 // L columns of a mask row), clip (a mask and `lim`), load_bits (lanes whose mask bit is set, others 0), store, store_lim, fmadd, reduce, philox (L consecutive blocks = 4 L words, in
-// stream order), signs (L lanes of +s / -s from the low L bits), uniform (L words -> L values).
+// stream order), signs (L lanes of +s / -s from the low L bits), uniform (L words -> L values), and
+// for normal_values: sub, mul, div, sqrt, lt, select, an integer vector I with set_i, add_i, sub_i,
+// and_i, or_i, srl<n>, select_i, cvt (int32 -> float), as_i / as_f (bit casts) and deinterleave.
 //
 // Forward (weight-stationary): a panel of NR weight rows x kChunk columns is generated once in L1
 // and every active ticket's rows multiply it in register tiles of RT rows x NR outputs, the mask
@@ -21,13 +23,52 @@ static constexpr uint32_t kFull = L == 32 ? 0xFFFFFFFFu : ((1u << L) - 1u);
 static constexpr int64_t kChunk = 512;      // columns of a generated panel row (2 KiB)
 static constexpr int64_t kStride = kChunk + L;
 static constexpr int64_t kWindow = 64;      // forward: sorted rows whose accumulators are parked at once
-static constexpr int64_t kWords = kChunk + 8 * L + 8;  // stream words of one generated panel row chunk
+static constexpr int64_t kWords = 2 * kChunk + 8 * L + 8;  // stream words of one generated panel row chunk
 
 static inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 
 // stream words of blocks [b0, b0 + count) into out (count rounded up to a multiple of L blocks)
 static inline void blocks(const Problem& p, uint64_t b0, int64_t count, uint32_t* out) {
   for (int64_t i = 0; i < count; i += L) V::philox(p.key_lo, p.key_hi, b0 + static_cast<uint64_t>(i), out + 4 * i);
+}
+
+// L normal values from 2 L stream words (element i: words 2 i, 2 i + 1): Box-Muller with the same
+// float32 log / cos polynomials, operation for operation, as rtl_kernels/init/philox.py (no FMA
+// contraction: every product and sum is its own rounded intrinsic), so the bits match the reference.
+static inline void normal_values(const uint32_t* w, float s, float* out) {
+  typedef typename V::I I;
+  I w0, w1;
+  V::deinterleave(w, w0, w1);
+  const vec one = V::bcast(1.0f), two = V::bcast(2.0f), half = V::bcast(0.5f), ulp = V::bcast(0x1p-24f);
+  const vec u1 = V::mul(V::cvt(V::add_i(V::template srl<8>(w0), V::set_i(1))), ulp);  // (0, 1]
+  const vec u2 = V::mul(V::cvt(V::template srl<8>(w1)), ulp);                         // [0, 1)
+  // log(u1): frexp split (u1 is normal and positive), m in [sqrt(1/2), sqrt(2)), atanh series
+  const I ub = V::as_i(u1);
+  vec m = V::as_f(V::or_i(V::and_i(ub, V::set_i(0x807FFFFF)), V::set_i(0x3F000000)));
+  I e = V::sub_i(V::template srl<23>(ub), V::set_i(126));
+  const auto small = V::lt(m, V::bcast(static_cast<float>(0.70710677)));
+  m = V::select(small, V::mul(m, two), m);
+  e = V::select_i(small, V::sub_i(e, V::set_i(1)), e);
+  const vec sv = V::div(V::sub(m, one), V::add(m, one)), s2 = V::mul(sv, sv);
+  vec p = V::add(V::mul(s2, V::bcast(static_cast<float>(1.0 / 9.0))), V::bcast(static_cast<float>(1.0 / 7.0)));
+  p = V::add(V::mul(p, s2), V::bcast(static_cast<float>(1.0 / 5.0)));
+  p = V::add(V::mul(p, s2), V::bcast(static_cast<float>(1.0 / 3.0)));
+  p = V::add(V::mul(p, s2), one);
+  const vec lg = V::add(V::mul(V::cvt(e), V::bcast(static_cast<float>(0.6931472))), V::mul(V::mul(sv, two), p));
+  const vec radius = V::sqrt(V::mul(lg, V::bcast(-2.0f)));
+  // cos(2 pi u2): symmetry to [0, 1/4], Taylor series to x^14
+  const vec a = V::select(V::lt(half, u2), V::sub(one, u2), u2);
+  const auto neg = V::lt(V::bcast(0.25f), a);
+  const vec x = V::mul(V::select(neg, V::sub(half, a), a), V::bcast(static_cast<float>(6.2831855))), x2 = V::mul(x, x);
+  vec c = V::add(V::mul(x2, V::bcast(static_cast<float>(-1.0 / 87178291200.0))), V::bcast(static_cast<float>(1.0 / 479001600.0)));
+  c = V::add(V::mul(c, x2), V::bcast(static_cast<float>(-1.0 / 3628800.0)));
+  c = V::add(V::mul(c, x2), V::bcast(static_cast<float>(1.0 / 40320.0)));
+  c = V::add(V::mul(c, x2), V::bcast(static_cast<float>(-1.0 / 720.0)));
+  c = V::add(V::mul(c, x2), V::bcast(static_cast<float>(1.0 / 24.0)));
+  c = V::add(V::mul(c, x2), V::bcast(-0.5f));
+  c = V::add(V::mul(c, x2), one);
+  c = V::select(neg, V::mul(c, V::bcast(-1.0f)), c);
+  V::store(out, V::mul(V::mul(radius, c), V::bcast(s)));
 }
 
 // W[n, c0 : c0 + cnt) (unmasked, scaled) into out[0 : cnt rounded up to L) (lanes past cnt: finite filler)
@@ -44,6 +85,11 @@ static void gen_chunk(const Problem& p, int64_t n, int64_t c0, int64_t cnt, floa
       const uint64_t two = static_cast<uint64_t>(w[g]) | (static_cast<uint64_t>(w[g + 1]) << 32);
       V::signs(static_cast<uint32_t>(two >> (bit & 31)) & kFull, s, out + j);
     }
+  } else if (p.dist == rtl_seeded::kNormal) {
+    // element i is stream words 2 i, 2 i + 1; the buffer starts at stream word 4 b0
+    const int64_t b0 = e0 >> 1, off = 2 * e0 - 4 * b0, span = off + 2 * ((cnt + L - 1) / L * L);
+    blocks(p, static_cast<uint64_t>(b0), (span + 3) / 4, w);
+    for (int64_t j = 0; j < cnt; j += L) normal_values(w + off + 2 * j, s, out + j);
   } else {
     // element i is stream word i; the buffer starts at stream word 4 b0
     const int64_t b0 = e0 >> 2, off = e0 - 4 * b0, span = off + (cnt + L - 1) / L * L;
