@@ -46,16 +46,19 @@ def rel(a, b):
     return float((a.detach().double() - b.detach()).norm() / b.detach().norm().clamp_min(1e-12))
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(
     k=st.integers(1, 4),
     b=st.integers(2, 9),
     c=st.integers(1, 5),
     layout=st.sampled_from(["1d", "1d-seq", "2d"]),
     training=st.booleans(),
+    static=st.booleans(),
+    momentum=st.sampled_from([0.1, None]),
     seed=st.integers(0, 2**16),
 )
-def test_matches_float64_reference_forward_backward(k, b, c, layout, training, seed):
+def test_matches_float64_reference_forward_backward(k, b, c, layout, training, static, momentum, seed):
+    """``static``: the path torch.compile traces (scatter-add statistics, no host read), run eagerly."""
     g = torch.Generator().manual_seed(seed)
     shape = {"1d": (b, c), "1d-seq": (b, c, 3), "2d": (b, c, 2, 3)}[layout]
     x = torch.randn(*shape, generator=g) * 2 + 1
@@ -63,19 +66,21 @@ def test_matches_float64_reference_forward_backward(k, b, c, layout, training, s
     if training and layout == "1d":  # training needs two rows per ticket present without a spatial dim
         counts = torch.bincount(routes, minlength=k)
         routes[counts[routes] == 1] = int(counts.argmax())
-    bn = (RTLBatchNorm2d if layout == "2d" else RTLBatchNorm1d)(c, k)
+    bn = (RTLBatchNorm2d if layout == "2d" else RTLBatchNorm1d)(c, k, momentum=momentum)
     with torch.no_grad():
         bn.weight.uniform_(0.5, 1.5, generator=g)
         bn.bias.normal_(generator=g)
         bn.running_mean.normal_(generator=g)
         bn.running_var.uniform_(0.5, 2.0, generator=g)
+        bn.num_batches_tracked.fill_(3)  # momentum None: the 4th batch of every ticket gets weight 1/4
     mean0, var0 = bn.running_mean.clone(), bn.running_var.clone()
     bn.train(training)
     xr = x.clone().requires_grad_()
-    y = bn(xr, routes)
+    y = bn._train_forward_static(xr, rtl.plan_routes(routes, k)) if static and training else bn(xr, routes)
     xd = x.double().requires_grad_()
     wd, bd = bn.weight.detach().double().requires_grad_(), bn.bias.detach().double().requires_grad_()
-    ref, ref_mean, ref_var = reference_bn(xd, routes, mean0, var0, wd, bd, training=training, momentum=0.1)
+    factor = 0.25 if momentum is None else momentum
+    ref, ref_mean, ref_var = reference_bn(xd, routes, mean0, var0, wd, bd, training=training, momentum=factor)
     assert rel(y, ref) < 1e-5
     assert rel(bn.running_mean, ref_mean) < 1e-5 and rel(bn.running_var, ref_var) < 1e-5
     dy = torch.randn(y.shape, generator=g)
@@ -85,7 +90,7 @@ def test_matches_float64_reference_forward_backward(k, b, c, layout, training, s
     for got, want in ((xr.grad, xd.grad), (bn.weight.grad, wd.grad), (bn.bias.grad, bd.grad)):
         torch.testing.assert_close(got.double(), want, atol=1e-4, rtol=1e-4)
     present = torch.bincount(routes, minlength=k) > 0
-    assert torch.equal(bn.num_batches_tracked, present.long() if training else torch.zeros(k, dtype=torch.long))
+    assert torch.equal(bn.num_batches_tracked, 3 + present.long() * training)
 
 
 def test_one_ticket_batch_is_nn_batchnorm_and_momentum_none_is_a_cumulative_average():

@@ -8,8 +8,9 @@ the RTL layers; routes are never stored on the module.
 - Training: each ticket's rows are normalised with the batch statistics *of those rows* and
   update only that ticket's running statistics. So a row's output never depends on rows of
   other tickets in the batch, and what eval uses (the ticket's running statistics) estimates
-  exactly what training normalised with. A batch of one ticket computes what ``nn.BatchNorm``
-  computes.
+  exactly what training normalised with. Eagerly, a batch of one ticket computes exactly what
+  ``nn.BatchNorm`` computes; under ``torch.compile`` all tickets' statistics come from one
+  scatter-add with no host read (``fullgraph=True`` works; equal up to float rounding).
 - Eval: each row is normalised with its own ticket's running statistics.
 
 The affine ``weight`` / ``bias`` (``[C]``) are shared by all tickets, like every parameter that
@@ -133,7 +134,7 @@ class RTLBatchNorm(nn.Module):
             raise ValueError(f"x: expected a {dims} input with {self.num_features} channels in dim 1, got shape {list(x.shape)}")
         plan = plan_for_rows(resolve_routes(self, routes, self.num_tickets), self.num_tickets, (x.shape[0],), x.device, what="x.shape[:1]")
         if self.training:
-            return self._train_forward(x, plan)
+            return self._train_forward_static(x, plan) if torch.compiler.is_compiling() else self._train_forward(x, plan)
         shape = (x.shape[0], self.num_features) + (1,) * (x.dim() - 2)
         mean = self.running_mean[plan.routes].view(shape)
         invstd = torch.rsqrt(self.running_var[plan.routes].view(shape) + self.eps)
@@ -166,6 +167,32 @@ class RTLBatchNorm(nn.Module):
                 return out
             parts.append(out)
         return torch.empty_like(x).index_copy(0, plan.perm, torch.cat(parts))
+
+    def _train_forward_static(self, x: torch.Tensor, plan: RoutingPlan) -> torch.Tensor:
+        """:meth:`_train_forward` with static shapes and no host read, for ``torch.compile(fullgraph=True)``: every
+        ticket's statistics at once by scatter-add (equal up to float rounding; no check of one value per channel)."""
+        b, c, k = x.shape[0], self.num_features, self.num_tickets
+        acc = torch.promote_types(x.dtype, torch.float32)
+        flat = x.reshape(b, c, -1).to(acc)
+        routes = plan.routes
+        n = (plan.counts * flat.shape[2]).to(acc).unsqueeze(1)  # values per channel of each ticket [K, 1]
+        mean = flat.new_zeros(k, c).index_add(0, routes, flat.sum(2)) / n.clamp_min(1)
+        centered = flat - mean[routes].unsqueeze(2)
+        var = flat.new_zeros(k, c).index_add(0, routes, centered.square().sum(2)) / n.clamp_min(1)
+        y = centered * torch.rsqrt(var[routes] + self.eps).unsqueeze(2)
+        if self.affine:
+            y = y * self.weight.view(1, c, 1) + self.bias.view(1, c, 1)
+        with torch.no_grad():
+            present = n > 0
+            self.num_batches_tracked.add_(present.squeeze(1).long())
+            if self.momentum is None:
+                factor = 1.0 / self.num_batches_tracked.clamp_min(1).to(acc).unsqueeze(1)
+            else:
+                factor = torch.full_like(n, self.momentum)
+            unbiased = var * n / (n - 1).clamp_min(1)
+            for buf, stat in ((self.running_mean, mean), (self.running_var, unbiased)):
+                buf.copy_(torch.where(present, (1 - factor) * buf + factor * stat.detach(), buf))
+        return y.reshape(x.shape).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, num_tickets={self.num_tickets}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}"
