@@ -19,6 +19,7 @@ from torch import nn
 
 from ..atomic import atomic_write
 from ..masks.packed import PackedMasks
+from .norms import check_norm_map, norm_map
 from .routing import RoutedModel
 from .state import named_rtl_layers
 
@@ -89,6 +90,7 @@ def save(model: nn.Module, path: str | os.PathLike, *, metadata: dict | None = N
             for name, layer in layers.items()
         },
         "aliases": aliases,
+        "norms": norm_map(model),
         "seeded": seeded,
         "metadata": metadata or {},
     }
@@ -168,6 +170,7 @@ def _checked_state(base: Path, meta: dict, model: nn.Module) -> tuple[dict[str, 
 
     layers = named_rtl_layers(model)
     _check_layer_map(meta["layers"], layers)
+    check_norm_map(meta.get("norms"), model)
     weights = load_tensors(base / WEIGHTS)
     masks = load_tensors(base / MASKS)
     seeded, seeded_specs = regenerate_entries(meta.get("seeded", {}), layers)
