@@ -5,6 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference_math import conv_ref, rel_error
+from route_strategies import draw_routes
 
 import rtl_kernels as rtl
 from rtl_kernels.backends import cpu_backend, extension
@@ -35,13 +36,7 @@ def conv_problem(draw):
     k = draw(st.integers(1, 6))
     b = draw(st.integers(0, 5))
     g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
-    kind = draw(st.sampled_from(["uniform", "one_ticket", "some_empty"]))
-    if kind == "uniform":
-        routes = torch.randint(0, k, (b,), generator=g)
-    elif kind == "one_ticket":
-        routes = torch.full((b,), draw(st.integers(0, k - 1)), dtype=torch.long)
-    else:
-        routes = 2 * torch.randint(0, (k + 1) // 2, (b,), generator=g)
+    routes = draw_routes(draw, k, b, g)
     dtype = draw(st.sampled_from([torch.float32, torch.bfloat16]))
     weight = torch.randn(groups * ng, cg, kh, kw, generator=g).to(dtype)
     masks = torch.rand(k, *weight.shape, generator=g) < draw(st.sampled_from([0.0, 0.3, 0.7, 1.0]))

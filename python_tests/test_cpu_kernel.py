@@ -7,6 +7,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from reference_math import linear_ref, rel_error
+from route_strategies import draw_routes
 
 import rtl_kernels as rtl
 from rtl_kernels.backends import cpu_backend, extension
@@ -26,13 +27,7 @@ def problem(draw, max_rows=24):
     n = draw(st.integers(1, 37))
     c = draw(st.integers(1, 70))
     g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
-    kind = draw(st.sampled_from(["uniform", "one_ticket", "some_empty"]))
-    if kind == "uniform":
-        routes = torch.randint(0, k, (m,), generator=g)
-    elif kind == "one_ticket":
-        routes = torch.full((m,), draw(st.integers(0, k - 1)), dtype=torch.long)
-    else:
-        routes = 2 * torch.randint(0, (k + 1) // 2, (m,), generator=g)
+    routes = draw_routes(draw, k, m, g)
     dtype = draw(st.sampled_from([torch.float32, torch.bfloat16]))
     masks = torch.rand(k, n, c, generator=g) < draw(st.sampled_from([0.0, 0.3, 0.5, 0.9, 1.0]))
     x = torch.randn(m, c, generator=g).to(dtype)

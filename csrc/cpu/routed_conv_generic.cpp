@@ -1,46 +1,13 @@
-// Portable instance of the routed conv2d kernels (8-lane arrays the compiler may vectorise) and
+// Portable instance of the routed conv2d kernels (on PortableVec8) and
 // the ISA-independent tap tables.
+#include "portable_vec8.h"
 #include "routed_conv.h"
 #include "routed_cpu.h"
 
 namespace rtl_cpu::conv_generic {
 
-struct V {
-  static constexpr int L = 8, MR4 = 4, MR2 = 4, MR1 = 4, WMR = 4;
-  struct vec {
-    float v[8];
-  };
-  static inline vec zero() { return vec{}; }
-  static inline vec bcast(float f) {
-    vec r;
-    for (int i = 0; i < 8; ++i) r.v[i] = f;
-    return r;
-  }
-  static inline vec fmadd(vec a, vec b, vec c) {
-    for (int i = 0; i < 8; ++i) c.v[i] += a.v[i] * b.v[i];
-    return c;
-  }
-  static inline vec add(vec a, vec b) {
-    for (int i = 0; i < 8; ++i) a.v[i] += b.v[i];
-    return a;
-  }
-  static inline vec load(const float* p) {
-    vec r;
-    for (int i = 0; i < 8; ++i) r.v[i] = p[i];
-    return r;
-  }
-  static inline vec load_masked(const float* p, uint32_t m) {
-    vec r;
-    for (int i = 0; i < 8; ++i) r.v[i] = ((m >> i) & 1u) ? p[i] : 0.0f;
-    return r;
-  }
-  static inline void store(float* p, vec v) {
-    for (int i = 0; i < 8; ++i) p[i] = v.v[i];
-  }
-  static inline void store_masked(float* p, vec v, uint32_t m) {
-    for (int i = 0; i < 8; ++i)
-      if ((m >> i) & 1u) p[i] = v.v[i];
-  }
+struct V : PortableVec8 {
+  static constexpr int MR4 = 4, MR2 = 4, MR1 = 4, WMR = 4;
   static inline void transpose(vec r[8]) {
     for (int i = 0; i < 8; ++i)
       for (int j = i + 1; j < 8; ++j) {

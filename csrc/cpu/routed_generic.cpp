@@ -1,53 +1,22 @@
 // Portable instance of the routed kernels (plain C++ on 8-lane arrays that the compiler may
 // vectorise): used on CPUs without AVX2 and as a cross-check of the SIMD instances in tests.
 #include "masked_delta_cpu.h"
+#include "portable_vec8.h"
 #include "routed_cpu.h"
 
 namespace rtl_cpu::generic {
 
-struct V {
-  static constexpr int L = 8, RT = 2, GR = 2, GCB = 2, WRN = 2, WCB = 2;
+struct V : PortableVec8 {
+  static constexpr int RT = 2, GR = 2, GCB = 2, WRN = 2, WCB = 2;
   typedef uint32_t mask;
   // W rows per forward register tile of rt rows
   static constexpr int fwd_rn(int) { return 2; }
   static inline mask mask_at(const uint32_t* mrow, int64_t c) { return (mrow[c >> 5] >> (c & 31)) & 0xffu; }
   static inline mask to_mask(uint32_t m) { return m; }
-  struct vec {
-    float v[8];
-  };
-  static inline float f32(float x) { return x; }
-  static inline float f32(uint16_t x) {
-    const uint32_t u = static_cast<uint32_t>(x) << 16;
-    float f;
-    __builtin_memcpy(&f, &u, sizeof f);
-    return f;
-  }
-  static inline vec zero() { return vec{}; }
-  static inline vec bcast(float f) {
-    vec r;
-    for (int i = 0; i < 8; ++i) r.v[i] = f;
-    return r;
-  }
-  static inline vec fmadd(vec a, vec b, vec c) {
-    for (int i = 0; i < 8; ++i) c.v[i] += a.v[i] * b.v[i];
-    return c;
-  }
   static inline vec mask_fmadd(vec acc, uint32_t m, vec a, vec b) {
     for (int i = 0; i < 8; ++i)
       acc.v[i] += a.v[i] * (((m >> i) & 1u) ? b.v[i] : 0.0f);
     return acc;
-  }
-  template <typename T>
-  static inline vec load(const T* p) {
-    vec r;
-    for (int i = 0; i < 8; ++i) r.v[i] = f32(p[i]);
-    return r;
-  }
-  template <typename T>
-  static inline vec load_masked(const T* p, uint32_t m) {
-    vec r;
-    for (int i = 0; i < 8; ++i) r.v[i] = ((m >> i) & 1u) ? f32(p[i]) : 0.0f;
-    return r;
   }
   template <typename T>
   static inline vec load_keep(const T* p, uint32_t keep) { return load_masked(p, keep); }
@@ -61,15 +30,8 @@ struct V {
     for (int i = 0; i < 8; ++i) s += v.v[i];
     return s;
   }
-  static inline void store(float* p, vec v) {
-    for (int i = 0; i < 8; ++i) p[i] = v.v[i];
-  }
   static inline void store_stream(float* p, vec v) { store(p, v); }
   static inline void store_fence() {}
-  static inline void store_masked(float* p, vec v, uint32_t m) {
-    for (int i = 0; i < 8; ++i)
-      if ((m >> i) & 1u) p[i] = v.v[i];
-  }
   template <typename T>
   static inline void copy_keep(T* o, const T* w, uint32_t keep) {
     for (int i = 0; i < 8; ++i) o[i] = ((keep >> i) & 1u) ? w[i] : T(0);

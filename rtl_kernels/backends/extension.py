@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 import threading
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +69,13 @@ NVCC_FLAGS = ("-O3", "-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compu
 
 _lock = threading.Lock()
 _loaded: dict[str, ModuleType | None] = {}
+# torch's JIT build holds ``<build dir>/lock`` (a FileBaton) open while it builds, and every other
+# loader waits, without a timeout, until the file is gone. A build that was killed leaves the file
+# behind. One that no process holds open and that is older than this is stale (the age guard covers
+# builders this process cannot see, e.g. in another PID namespace). Without /proc only the age counts.
+STALE_LOCK_S = 60.0
+STALE_LOCK_UNSEEN_S = 30 * 60.0
+LOCK_POLL_S = 0.5
 
 
 def source_dirs() -> list[Path]:
@@ -100,6 +108,58 @@ def _import_prebuilt(spec: ExtensionSpec) -> ModuleType | None:
         return None
 
 
+def _lock_held(path: Path) -> bool | None:
+    """Whether any process has ``path`` open (None: cannot tell, no /proc)."""
+    proc = Path("/proc")
+    if not (proc / "self" / "fd").is_dir():
+        return None
+    target = os.path.realpath(path)
+    for fd_dir in proc.glob("[0-9]*/fd"):
+        try:
+            with os.scandir(fd_dir) as fds:
+                for fd in fds:
+                    try:
+                        if os.readlink(fd.path) == target:
+                            return True
+                    except OSError:
+                        continue
+        except OSError:  # the process ended, or it is not ours to read
+            continue
+    return False
+
+
+def clear_stale_lock(build_dir: Path) -> bool:
+    """Remove ``build_dir/lock`` if a killed build left it (logged as a warning); True if removed."""
+    lock = Path(build_dir) / "lock"
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    held = _lock_held(lock)
+    if held or age < (STALE_LOCK_S if held is False else STALE_LOCK_UNSEEN_S):
+        return False
+    try:
+        lock.unlink()
+    except FileNotFoundError:
+        return False
+    logger.warning("removed the stale build lock %s (%.0f s old, held by no process): a killed build left it", lock, age)
+    return True
+
+
+def wait_for_build_lock(build_dir: Path) -> None:
+    """Wait while another process builds in ``build_dir``; clear its lock if that build died.
+
+    torch's own wait has no timeout, so a lock left by a killed build would block every later load.
+    """
+    lock = Path(build_dir) / "lock"
+    logged = False
+    while lock.exists() and not clear_stale_lock(build_dir):
+        if not logged:
+            logger.info("waiting for the build that holds %s", lock)
+            logged = True
+        time.sleep(LOCK_POLL_S)
+
+
 def _jit(spec: ExtensionSpec) -> ModuleType:
     from torch.utils import cpp_extension
 
@@ -115,7 +175,11 @@ def _jit(spec: ExtensionSpec) -> ModuleType:
         name += "_" + _sanitizer().replace(",", "_")
     logger.info("loading %s from %s (compiled on first use, then cached)", name, Path(sources[0]).parent.parent)
     kwargs = {"extra_cuda_cflags": list(NVCC_FLAGS)} if spec.cuda else {}
-    return cpp_extension.load(name=name, sources=sources, extra_cflags=cflags, extra_ldflags=ldflags, verbose=False, **kwargs)
+    build_dir = cpp_extension._get_build_directory(name, verbose=False)  # torch's own choice, passed back to it
+    wait_for_build_lock(Path(build_dir))
+    return cpp_extension.load(
+        name=name, sources=sources, extra_cflags=cflags, extra_ldflags=ldflags, build_directory=build_dir, verbose=False, **kwargs
+    )
 
 
 def load(spec: ExtensionSpec) -> ModuleType | None:
