@@ -38,6 +38,13 @@ class RTLLayer(nn.Module):
         else:
             self.register_parameter("bias", None)
 
+    def _init_linear(self, in_features: int, out_features: int, num_tickets: int, bias: bool, device, dtype) -> None:
+        """``nn.Linear``'s attributes, weight and bias (initialised as ``nn.Linear`` does), and all-ones masks."""
+        self.in_features, self.out_features = in_features, out_features
+        self._init_weight((out_features, in_features), (out_features,) if bias else None, num_tickets, device, dtype)
+        nn.Linear.reset_parameters(self)
+        self._init_masks(num_tickets)
+
     @classmethod
     def _sharing(cls, module: nn.Module, num_tickets: int, **attrs: object) -> RTLLayer:
         """A layer of this class holding ``module``'s own weight and bias Parameter objects, with

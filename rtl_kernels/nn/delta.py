@@ -31,10 +31,7 @@ class RTLDeltaLinear(RTLLayer):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.in_features, self.out_features = in_features, out_features
-        self._init_weight((out_features, in_features), (out_features,) if bias else None, num_tickets, device, dtype)
-        nn.Linear.reset_parameters(self)
-        self._init_masks(num_tickets)
+        self._init_linear(in_features, out_features, num_tickets, bias, device, dtype)
         self._init_delta()
 
     def _init_delta(self) -> None:

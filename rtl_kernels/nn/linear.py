@@ -24,10 +24,7 @@ class RTLLinear(RTLLayer):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.in_features, self.out_features = in_features, out_features
-        self._init_weight((out_features, in_features), (out_features,) if bias else None, num_tickets, device, dtype)
-        nn.Linear.reset_parameters(self)
-        self._init_masks(num_tickets)
+        self._init_linear(in_features, out_features, num_tickets, bias, device, dtype)
 
     @classmethod
     def from_dense(cls, module: nn.Linear, num_tickets: int) -> RTLLinear:
