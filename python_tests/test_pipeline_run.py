@@ -65,15 +65,16 @@ def test_run_directory_contents(full_run):
         "model/rtl.json",
         "tickets/summary.json",
         "tickets.json",
-        "model/router/router.json",
+        "model/router.json",
     ):
         assert (out / name).is_file(), name
     assert len(list(out.glob("retrain-*/s50-*/eval-*.json"))) == 1
     assert len(list(out.glob("retrain-*/dense/rtl.json"))) == 1
     from rtl_kernels.routers import load_router
 
-    router = load_router(out / "model" / "router")
+    router = load_router(out / "model")  # model and router in one rtl.save of a RoutedModel
     assert router is not None and router.num_tickets == RECIPE.num_tickets
+    assert not (out / "model" / "router").exists()
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert {r["stage"] for r in records} == {"tickets", "retrain", "router", "eval"}
     assert [h["sparsity"] for h in report["similarity_history"]] == [0.5, 0.75]

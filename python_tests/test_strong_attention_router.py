@@ -104,26 +104,6 @@ def test_entropy_router_exact_is_argmin_entropy():
     assert torch.equal(router(x), h.argmin(1)) and torch.allclose(router.entropies(x), h, atol=1e-5)
 
 
-def test_entropy_router_one_shot_gradient_matches_float64_superposition():
-    model = _router_model()
-    x = torch.randn(7, 6)
-    router = rtl.routers.EntropyRouter(model, method="one_shot")
-    grad = router.alpha_gradients(x)
-    m0, m2 = model[0].get_masks().double(), model[2].get_masks().double()
-    w0, w2, b0, b2 = (t.detach().double() for t in (model[0].weight, model[2].weight, model[0].bias, model[2].bias))
-    ref = []
-    for b in range(7):
-        a = torch.full((3,), 1 / 3, dtype=torch.float64, requires_grad=True)
-        h1 = torch.relu(x[b].double() @ (w0 * torch.einsum("k,knc->nc", a, m0)).T + b0)
-        logits = h1 @ (w2 * torch.einsum("k,knc->nc", a, m2)).T + b2
-        p = torch.softmax(logits, -1)
-        (g,) = torch.autograd.grad(-(p * p.log()).sum(), a)
-        ref.append(g)
-    ref = torch.stack(ref)
-    assert torch.allclose(grad.double(), ref, rtol=1e-4, atol=1e-6)
-    assert torch.equal(router(x), ref.argmin(1))
-
-
 def test_entropy_router_errors_and_state():
     with pytest.raises(ValueError, match="method"):
         rtl.routers.EntropyRouter(_router_model(), method="binary")

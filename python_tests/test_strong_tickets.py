@@ -1,6 +1,7 @@
 """find_strong_tickets (edge-popup): exact sparsity, frozen model, mixed-ticket gradients, errors."""
 
 import functools
+import math
 
 import pytest
 import torch
@@ -9,7 +10,8 @@ from torch.utils.data import TensorDataset
 
 import rtl_kernels as rtl
 from rtl_kernels.nn.overrides import forward_overrides
-from rtl_kernels.pipeline.strong import NonFiniteLossError, _mixed_forward, ste_masks
+from rtl_kernels.pipeline.strong import NonFiniteLossError, ste_masks
+from rtl_kernels.pipeline.strong_mixed import mixed_forward
 
 
 def mlp(k: int, bn: bool = False) -> nn.Module:
@@ -83,7 +85,7 @@ def test_mixed_gradients_equal_per_ticket_gradients():
     routes = torch.tensor([2, 0, 1, 1, 2, 0, 0, 2, 1, 2])
     target = torch.randn(10, 2, generator=g)
     masks = ste_masks(scores, keep)
-    with forward_overrides({layers[n]: _mixed_forward(layers[n], masks[n]) for n in layers}), rtl.routing(model, routes):
+    with forward_overrides({layers[n]: mixed_forward(layers[n], masks[n]) for n in layers}), rtl.routing(model, routes):
         loss = ((model(x) - target) ** 2).sum()
     mixed = torch.autograd.grad(loss, list(scores.values()))
     # reference: float64, each row through its own ticket's W * mask, STE through |S|
@@ -140,6 +142,23 @@ def test_bad_arguments():
         rtl.pipeline.find_strong_tickets(mlp(3), subsets(2), **kw)
     with pytest.raises(ValueError, match="scope"):
         rtl.pipeline.find_strong_tickets(mlp(2), subsets(2), **{**kw, "scope": "tensor"})
-    conv = rtl.convert(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2, 2)), 2)
-    with pytest.raises(ValueError, match="mixed"):
-        rtl.pipeline.find_strong_tickets(conv, subsets(2), **{**kw, "mixed": True})
+
+
+def test_cosine_lr_schedule_per_epoch():
+    seen = []
+
+    class Recording(torch.optim.SGD):
+        def step(self, closure=None):
+            seen.append(self.param_groups[0]["lr"])
+            return super().step(closure)
+
+    rtl.pipeline.find_strong_tickets(
+        mlp(1), subsets(1, 32), sparsity=0.5, epochs=4, loss_fn=nn.functional.cross_entropy, lr=0.2, batch_size=16,
+        progress=False, optimizer=lambda p: Recording(p, lr=0.2), lr_schedule="cosine",
+    )  # fmt: skip
+    expected = [0.2 * 0.5 * (1 + math.cos(math.pi * e / 4)) for e in range(4) for _ in range(2)]  # 2 steps per epoch
+    assert seen == pytest.approx(expected)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        rtl.pipeline.find_strong_tickets(
+            mlp(1), subsets(1, 8), sparsity=0.5, epochs=1, loss_fn=nn.functional.cross_entropy, lr=0.1, batch_size=8, lr_schedule="step"
+        )

@@ -84,3 +84,30 @@ def test_plugin_data_and_model_in_a_run_and_the_coverage_guard(plugin_module, tm
     assert {r["method"] for r in report["rows"]} == {"rtl", "rtl_entropy", "rtl_oracle"}
     with pytest.raises(ValueError, match=r"recipe\.dataset: expected one of"):
         Recipe(dataset="imagenet")
+
+
+def test_registered_dataset_and_model_names_are_recipe_values():
+    from torch.utils.data import TensorDataset
+
+    from rtl_kernels.data import DATASETS, register_dataset
+    from rtl_kernels.pipeline.run import load_datasets
+
+    def data(*, seed, data_dir, max_train):
+        x = torch.randn(20, 4, generator=torch.Generator().manual_seed(seed))
+        return TensorDataset(x[:15], torch.arange(15) % 3), TensorDataset(x[15:], torch.arange(5) % 3)
+
+    register_dataset("tiny_registered", data)
+    register_model("tiny_registered_model", lambda **kw: torch.nn.Linear(kw["in_features"], kw["num_classes"]))
+    try:
+        recipe = Recipe(dataset="tiny_registered", model="tiny_registered_model")
+        train, test = load_datasets(recipe)
+        assert len(train) == 15 and len(test) == 5
+    finally:
+        DATASETS.pop("tiny_registered")
+        MODELS.pop("tiny_registered_model")
+    with pytest.raises(ValueError, match=r"recipe\.dataset: expected one of"):
+        Recipe(dataset="tiny_registered")
+    with pytest.raises(ValueError, match="name: expected a non-empty dataset name"):
+        register_dataset("a:b", data)
+    with pytest.raises(TypeError, match="factory: expected a callable"):
+        register_dataset("x", 3)

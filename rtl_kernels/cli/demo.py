@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     for path in report.get("plots", []):
         print(f"plot: {path}")
     print(f"saved model (rtl.save): {out / 'model'}  (inspect with: rtl-kernels info {out})")
-    _latency(pipeline, out / "model")
+    _latency(pipeline)
     print(f"pipeline time: {elapsed:.1f} s (stages: {report['timings_s']})")
     return 0
 
@@ -86,10 +86,9 @@ def _median_ms(fn, repeats: int = 30) -> float:
 
 
 @torch.no_grad()
-def _latency(pipeline: Run, model_dir: Path) -> None:
+def _latency(pipeline: Run) -> None:
     """Routed inference (each test sample on the ticket its router picks) on the fastest backend vs the dense model."""
-    model = rtl.load(model_dir, pipeline.fresh())
-    model.eval()
+    model = pipeline.load_deployed().model
     backends = rtl.available_backends("cpu")
     backend = backends[0] if backends else "auto"
     for layer in rtl.models.rtl_layers(model):

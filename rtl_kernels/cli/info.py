@@ -33,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
         "num_tickets": meta["num_tickets"],
         "layer_density": layers,
         "jaccard": sim.tolist(),
+        "routed_norms": sorted(meta.get("norms") or {}),
         "metadata": meta["metadata"],
     }
     if run_report is not None:
@@ -46,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
     k = sim.shape[0]
     off = (sim.sum() - sim.diagonal().sum()) / max(k * (k - 1), 1)
     print(f"model-level mean Jaccard similarity between tickets: {float(off):.3f}")
+    if report["routed_norms"]:
+        print(f"BatchNorm running statistics per ticket (routed): {', '.join(report['routed_norms'])}")
     if run_report is not None:
         from ..pipeline.run import format_table
 

@@ -43,6 +43,7 @@ class ConversionSummary:
     layer_types: dict[str, str] = field(default_factory=dict)  # converted name -> RTL class name
     tied: dict[str, str] = field(default_factory=dict)  # converted name -> where its weight is also used
     pruned: dict[str, str] = field(default_factory=dict)  # converted name -> what became of its torch prune mask
+    norms: list[str] = field(default_factory=list)  # BatchNorms given per-ticket running statistics (routed_norms=True)
 
     @property
     def coverage(self) -> float:
@@ -59,6 +60,7 @@ class ConversionSummary:
             "layer_types": dict(self.layer_types),
             "tied": dict(self.tied),
             "pruned": dict(self.pruned),
+            "norms": list(self.norms),
         }
 
     def __str__(self) -> str:
@@ -69,6 +71,8 @@ class ConversionSummary:
         lines += [f"  skipped {name}: {why}" for name, why in self.skipped.items()]
         lines += [f"  tied {name}: {where}" for name, where in self.tied.items()]
         lines += [f"  pruned {name}: {what}" for name, what in self.pruned.items()]
+        if self.norms:
+            lines.append(f"  per-ticket BatchNorm statistics: {', '.join(self.norms)}")
         return "\n".join(lines)
 
 
@@ -241,6 +245,7 @@ def convert(
     targets: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d),
     ignore: Iterable[str] = (),
     filter_fn: Callable[[nn.Module, str], bool] | None = None,
+    routed_norms: bool = False,
 ) -> nn.Module:
     """Replace every matching submodule by its RTL layer (all-ones masks) and return the model.
 
@@ -256,12 +261,16 @@ def convert(
     With all-ones masks the converted model computes what the original did up to float rounding
     (kernels may sum in another order). A model that already holds RTL layers may be converted
     further only with the same K (``ValueError`` otherwise); an ``ignore`` entry that matches no
-    module warns; a weight pruned with ``torch.nn.utils.prune`` keeps its Parameter (``weight_orig``)
+    module warns. ``routed_norms=True`` also swaps every ``nn.BatchNorm1d/2d`` not in ``ignore`` for
+    :class:`~rtl_kernels.nn.RTLBatchNorm` (running statistics per ticket, affine shared; see
+    ``summary.norms``); a weight pruned with ``torch.nn.utils.prune`` keeps its Parameter (``weight_orig``)
     and its prune mask becomes every ticket's mask (see ``summary.pruned``).
     """
     check_num_tickets(num_tickets)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+    if not isinstance(routed_norms, bool):
+        raise TypeError(f"routed_norms: expected a bool, got {type(routed_norms).__name__}")
     targets = tuple(targets) if isinstance(targets, Iterable) else (targets,)
     if not all(isinstance(t, type) and issubclass(t, nn.Module) for t in targets):
         raise TypeError(f"targets: expected nn.Module classes, got {targets!r}")
@@ -326,6 +335,10 @@ def convert(
         for child_name, child in list(parent._modules.items()):
             if child is not None and id(child) in replaced:
                 parent._modules[child_name] = replaced[id(child)]
+    if routed_norms:
+        from .norms import swap_norms
+
+        summary.norms = swap_norms(root, num_tickets, ignored)
     for item in ignored.unused():
         warnings.warn(f"rtl.convert: ignore entry {item!r} matched no module (check the name or pattern)", stacklevel=2)
     if not summary.converted:

@@ -21,6 +21,7 @@ from torch import nn
 from ..atomic import atomic_write
 from ..masks.flat import flat_bits, padded_bits, saved_tickets
 from ..masks.packed import PackedMasks, matrix_shape
+from .norms import check_norm_map, norm_map
 from .routing import RoutedModel
 from .state import named_rtl_layers
 
@@ -93,6 +94,7 @@ def save(model: nn.Module, path: str | os.PathLike, *, metadata: dict | None = N
         },
         "aliases": aliases,
         "flat_buffers": flat_buffers,
+        "norms": norm_map(model),
         "seeded": seeded,
         "metadata": metadata or {},
     }
@@ -197,6 +199,7 @@ def _checked_state(base: Path, meta: dict, model: nn.Module) -> tuple[dict[str, 
 
     layers = named_rtl_layers(model)
     _check_layer_map(meta["layers"], layers)
+    check_norm_map(meta.get("norms"), model)
     weights = load_tensors(base / WEIGHTS)
     masks = load_tensors(base / MASKS)
     seeded, seeded_specs = regenerate_entries(meta.get("seeded", {}), layers)

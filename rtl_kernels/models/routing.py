@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..nn.base import RTLLayer
+from ..nn.norm import RTLBatchNorm
 from ..nn.scope import route_scope
 from ..routing_plans.plan import RoutingPlan, check_plan
 from ..routing_plans.routes import plan_routes
@@ -20,15 +21,27 @@ from ..routing_plans.routes import plan_routes
 
 def rtl_layers(model: nn.Module) -> list[RTLLayer]:
     """The RTL layers of ``model`` (each once), raising when there are none or their K differ."""
+    return _routed_modules(model)[0]
+
+
+def _routed_modules(model: nn.Module) -> tuple[list[RTLLayer], list[nn.Module]]:
+    """In one walk: the RTL layers (checked as in :func:`rtl_layers`) and every module that reads the call's
+    routes (those layers and the routed BatchNorms, whose K must match)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
-    layers = [m for m in model.modules() if isinstance(m, RTLLayer)]
+    layers, routed = [], []
+    for m in model.modules():
+        if isinstance(m, RTLLayer):
+            layers.append(m)
+            routed.append(m)
+        elif isinstance(m, RTLBatchNorm):
+            routed.append(m)
     if not layers:
         raise ValueError("model: expected a model with RTL layers (convert it with rtl.convert first), found none")
-    ks = {layer.num_tickets for layer in layers}
+    ks = {m.num_tickets for m in routed}
     if len(ks) > 1:
-        raise ValueError(f"model: expected all RTL layers to have the same number of tickets, found {sorted(ks)}")
-    return layers
+        raise ValueError(f"model: expected all RTL layers (and routed BatchNorms) to have the same number of tickets, found {sorted(ks)}")
+    return layers, routed
 
 
 def _model_plan(layers: list[RTLLayer], routes: int | torch.Tensor | RoutingPlan, check: bool | None) -> RoutingPlan:
@@ -48,9 +61,9 @@ def routing(model: nn.Module, routes: int | torch.Tensor | RoutingPlan, *, check
     the plan is built once here and yielded. The routes belong to this thread or asyncio task
     only, and the enclosing routes come back when the block ends.
     """
-    layers = rtl_layers(model)
+    layers, routed = _routed_modules(model)
     plan = _model_plan(layers, routes, check)
-    with route_scope(layers, plan):
+    with route_scope(routed, plan):
         yield plan
 
 
@@ -66,7 +79,7 @@ class RoutedModel(nn.Module):
         super().__init__()
         # found once: walking every module on each call costs more than a small layer's kernel
         # (convert the model before wrapping it; layers added later are not seen)
-        self._rtl_layers = rtl_layers(model)
+        self._rtl_layers, self._routed = _routed_modules(model)
         if router is not None and not callable(router):
             raise TypeError(f"router: expected a callable router(x) -> LongTensor [B], got {type(router).__name__}")
         self.model = model
@@ -98,7 +111,7 @@ class RoutedModel(nn.Module):
             if isinstance(routes, torch.Tensor) and args:
                 _check_batch(routes, args[0], "routes")
             plan = _model_plan(layers, routes, None)
-        with route_scope(layers, plan):
+        with route_scope(self._routed, plan):
             return self.model(*args, **kwargs)
 
 

@@ -6,9 +6,13 @@ from .conv import RTLConv2d
 from .delta import RTLDeltaLinear
 from .hf_conv1d import RTLConv1DLinear
 from .linear import RTLLinear
+from .norm import RTLBatchNorm, RTLBatchNorm1d, RTLBatchNorm2d
 from .transformer import RTLTransformerDecoderLayer, RTLTransformerEncoderLayer
 
 __all__ = [
+    "RTLBatchNorm",
+    "RTLBatchNorm1d",
+    "RTLBatchNorm2d",
     "RTLConv1DLinear",
     "RTLConv2d",
     "RTLDeltaLinear",

@@ -19,6 +19,7 @@ from ..ops.linear import routed_linear
 from ..routing_plans.plan import RoutingPlan, check_plan, make_plan
 from .base import RTLLayer, check_num_tickets
 from .linear import RTLLinear
+from .overrides import override_of
 
 Routes = int | torch.Tensor | RoutingPlan
 
@@ -81,6 +82,9 @@ class RTLMultiheadAttention(RTLLayer):
     def _project(self, x: torch.Tensor, part: slice, routes: Routes) -> torch.Tensor:
         e = self.embed_dim
         rows = slice(part.start * e, part.stop * e)
+        special = override_of(self)
+        if special is not None:  # an attention override projects with the in_proj rows it is given
+            return special(x, routes, rows)
         masks = PackedMasks.trusted(self.mask_bits[:, rows].contiguous(), (rows.stop - rows.start, e))
         bias = None if self.in_proj_bias is None else self.in_proj_bias[rows]
         return routed_linear(x, self.in_proj_weight[rows], masks, routes, bias, backend=self.backend)

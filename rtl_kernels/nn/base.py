@@ -8,7 +8,7 @@ from torch import nn
 from ..masks.packed import PackedMasks, ones_bits, pack_masks
 from ..ops.checks import check_num_tickets
 from ..routing_plans.plan import RoutingPlan
-from .scope import current_routes
+from .scope import resolve_routes
 
 
 class RTLLayer(nn.Module):
@@ -97,17 +97,7 @@ class RTLLayer(nn.Module):
         self.mask_bits.copy_(packed.bits.to(self.mask_bits.device))
 
     def _resolve_routes(self, routes: int | torch.Tensor | RoutingPlan | None) -> int | torch.Tensor | RoutingPlan:
-        if routes is not None:
-            return routes
-        scoped = current_routes(self)
-        if scoped is not None:
-            return scoped
-        if self.num_tickets == 1:
-            return 0
-        raise ValueError(
-            f"routes: expected ticket ids for this {type(self).__name__} with {self.num_tickets} tickets, got None "
-            "(pass routes to forward, or call the model inside `with rtl.routing(model, routes):`)"
-        )
+        return resolve_routes(self, routes, self.num_tickets)
 
     def _masked_weight(self, ticket: int) -> torch.Tensor:
         if not 0 <= ticket < self.num_tickets:

@@ -10,6 +10,7 @@ from torch.nn.modules.utils import _pair
 from ..ops.conv import routed_conv2d
 from ..routing_plans.plan import RoutingPlan
 from .base import RTLLayer, check_num_tickets
+from .overrides import override_of
 
 _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
@@ -82,6 +83,9 @@ class RTLConv2d(RTLLayer):
         return (pw, pw, ph, ph)
 
     def forward(self, x: torch.Tensor, routes: int | torch.Tensor | RoutingPlan | None = None) -> torch.Tensor:
+        special = override_of(self)
+        if special is not None:
+            return special(x, self._resolve_routes(routes))
         padding = self.padding
         if self.padding_mode != "zeros":
             x = F.pad(x, self._explicit_padding(), mode=self.padding_mode)

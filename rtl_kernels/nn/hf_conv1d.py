@@ -14,6 +14,7 @@ from ..masks.packed import PackedMasks, pack_masks
 from ..ops.linear import routed_linear
 from ..routing_plans.plan import RoutingPlan
 from .base import RTLLayer
+from .overrides import override_of
 
 # where transformers defines Conv1D; matched by name so that importing rtl_kernels never imports transformers
 HF_CONV1D_QUALNAME = "transformers.pytorch_utils.Conv1D"
@@ -88,7 +89,11 @@ class RTLConv1DLinear(RTLLayer):
         return PackedMasks.trusted(cache[1], (self.nf, self.nx))
 
     def forward(self, x: torch.Tensor, routes: int | torch.Tensor | RoutingPlan | None = None) -> torch.Tensor:
-        return routed_linear(x, self.weight.t(), self._linear_masks(), self._resolve_routes(routes), self.bias, backend=self.backend)
+        routes = self._resolve_routes(routes)
+        special = override_of(self)
+        if special is not None:
+            return special(x, routes)
+        return routed_linear(x, self.weight.t(), self._linear_masks(), routes, self.bias, backend=self.backend)
 
     def to_dense(self, ticket: int) -> nn.Module:
         """A transformers ``Conv1D`` with ticket ``ticket``'s mask baked into a copy of the weight."""

@@ -13,7 +13,7 @@ from contextvars import ContextVar
 import torch
 from torch import nn
 
-Forward = Callable[[torch.Tensor, object], torch.Tensor]
+Forward = Callable[..., torch.Tensor]  # (x, routes); attention layers: (x, routes, in_proj rows)
 _FORWARDS: ContextVar[Mapping[int, Forward] | None] = ContextVar("rtl_forward_overrides", default=None)
 
 

@@ -76,3 +76,18 @@ def _eager_routes(layer: torch.nn.Module) -> Routes | None:
 
 
 _eager_routes_outside_graph = torch.compiler.disable(_eager_routes)
+
+
+def resolve_routes(layer: torch.nn.Module, routes: Routes | None, num_tickets: int) -> Routes:
+    """``routes`` when given, else the scope's routes for ``layer``, else ticket 0 when K = 1; otherwise a ValueError."""
+    if routes is not None:
+        return routes
+    scoped = current_routes(layer)
+    if scoped is not None:
+        return scoped
+    if num_tickets == 1:
+        return 0
+    raise ValueError(
+        f"routes: expected ticket ids for this {type(layer).__name__} with {num_tickets} tickets, got None "
+        "(pass routes to forward, or call the model inside `with rtl.routing(model, routes):`)"
+    )

@@ -12,6 +12,7 @@ from .imp import TicketSearch, TicketStore, extract_tickets, find_tickets
 from .metrics import binary_scores, classification_report, one_vs_rest, psnr, si_snr, si_snr_improvement
 from .optim import MaskedAdam, masked_step
 from .partition import Partition, class_groups, split
+from .recalibrate import recalibrate_norms
 from .recipe import Recipe, packaged_recipe
 from .retrain import joint_retrain
 from .run import Run, default_run_dir, format_table
@@ -50,6 +51,7 @@ __all__ = [
     "param_counts",
     "parse_rewind",
     "psnr",
+    "recalibrate_norms",
     "round_sparsities",
     "si_snr",
     "si_snr_improvement",

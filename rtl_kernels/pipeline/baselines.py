@@ -14,14 +14,17 @@ import torch
 from torch import nn
 
 from ..masks.packed import ones_bits
+from ..models.norms import set_norm_tickets
 from ..models.state import named_rtl_layers
 
 
 def with_num_tickets(model: nn.Module, num_tickets: int) -> nn.Module:
-    """A deep copy of a converted model with ``num_tickets`` all-ones masks per RTL layer."""
+    """A deep copy of a converted model with ``num_tickets`` all-ones masks per RTL layer (routed BatchNorms:
+    every ticket with the pooled statistics)."""
     out = copy.deepcopy(model)
     for layer in named_rtl_layers(out).values():
         layer.mask_bits = ones_bits(num_tickets, layer.weight.shape, device=layer.weight.device)
+    set_norm_tickets(out, num_tickets, keep=False)
     return out
 
 

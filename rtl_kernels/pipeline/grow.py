@@ -6,11 +6,16 @@ import torch
 from torch import nn
 
 from ..masks.packed import ones_bits
+from ..models.norms import set_norm_tickets
 from ..models.state import named_rtl_layers
 
 
 def add_tickets(model: nn.Module, count: int = 1) -> list[int]:
     """Grow K by ``count`` in place: existing masks are kept bit for bit, new tickets start all ones; returns the new ids.
+
+    Routed BatchNorms grow too: existing tickets keep their running statistics bit for bit, new
+    ones start from the pooled statistics of the old ones (recalibrate them with
+    ``recalibrate_norms(model, subsets, tickets=new_ids)`` once their masks are found).
 
     Search masks for the new tickets with ``find_tickets(model, subsets, tickets=new_ids, ...)``;
     ticket ``k < K`` computes exactly what it computed before.
@@ -27,4 +32,5 @@ def add_tickets(model: nn.Module, count: int = 1) -> list[int]:
     for layer in layers.values():
         extra = ones_bits(count, layer.weight.shape, device=layer.mask_bits.device)
         layer.mask_bits = torch.cat([layer.mask_bits, extra])
+    set_norm_tickets(model, k_old + count)
     return list(range(k_old, k_old + count))

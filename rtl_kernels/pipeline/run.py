@@ -5,16 +5,18 @@ earlier result. The directory (default ``runs/<dataset>-<ticket key>``) holds th
 ``tickets.json`` (the settings that decide the tickets), ``init.safetensors`` (θ0), ``tickets/``
 and ``single_tickets/`` (every round's mask per ticket, saved as soon as found, each stored with
 the schedule that led to it, so adding a sparsity level reuses the rounds it shares). Inside it:
-``router-<eval key>/`` (the router fit on the training inputs), ``retrain-<retrain key>/`` with
+``router-<router key>/`` (the router fit on the training inputs; keyed by ``router`` alone), ``retrain-<retrain key>/`` with
 ``dense/`` (the dense baseline) and one ``sN-<schedule>/`` folder per level (retrained models
 via ``rtl.save``, ``eval-<eval key>.json``). The latest run's ``recipe.json``, ``report.json``,
-``table.txt``, plots, ``model/`` (the RTL model at the highest sparsity, with its router in
-``model/router/``) and ``metrics.jsonl`` sit at the top. A run killed at any point resumes
+``table.txt``, plots, ``model/`` (the RTL model at the highest sparsity and its router, one
+``rtl.save`` of a :class:`RoutedModel`; runs before it kept the router in ``model/router/``) and
+``metrics.jsonl`` sit at the top. A run killed at any point resumes
 where it stopped and gives the same result.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import json
@@ -30,6 +32,8 @@ from torch import nn
 
 from ..models.convert import LOW_COVERAGE, convert, coverage_of, low_coverage_message
 from ..models.io import LoadError, load, save
+from ..models.norms import convert_norms, named_routed_norms
+from ..models.routing import RoutedModel
 from ..models.state import named_rtl_layers, set_masks
 from ..routers import EntropyRouter
 from ..zoo import build_model
@@ -38,6 +42,7 @@ from .distributed import world
 from .imp import dense_state, extract_tickets
 from .metrics import classification_report, one_vs_rest
 from .partition import Partition, split, with_negatives
+from .recalibrate import recalibrate_norms
 from .recipe import Recipe
 from .retrain import joint_retrain
 from .router_stage import fit_router, load_fitted, save_fitted
@@ -77,22 +82,16 @@ def schedule_key(schedule: list[float]) -> str:
 
 
 def load_datasets(recipe: Recipe) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:
-    """The recipe's (train, test) datasets: a built-in by name or a plug-in ``module:factory(seed=, data_dir=, max_train=)``."""
-    if recipe.dataset == "digits":
-        from ..data import load_digits
+    """The recipe's (train, test) datasets: a registered name (``rtl_kernels.data.DATASETS``) or a plug-in
+    ``module:factory``, called with ``seed=, data_dir=, max_train=``."""
+    from ..data import DATASETS
 
-        return load_digits(seed=recipe.seed)
-    if recipe.dataset == "mnist":
-        from ..data import load_mnist_5k, load_mnist_idx
+    if recipe.dataset in DATASETS:
+        factory = DATASETS[recipe.dataset]
+    else:
+        from ..plugins import load_object
 
-        return load_mnist_idx(recipe.data_dir) if recipe.data_dir else load_mnist_5k(seed=recipe.seed)
-    if recipe.dataset == "cifar10":
-        from ..data import load_cifar10
-
-        return load_cifar10(recipe.data_dir, max_train=recipe.max_train)
-    from ..plugins import load_object
-
-    factory = load_object(recipe.dataset, "dataset")
+        factory = load_object(recipe.dataset, "dataset")
     data = factory(seed=recipe.seed, data_dir=recipe.data_dir, max_train=recipe.max_train)
     if not (isinstance(data, tuple) and len(data) == 2 and all(isinstance(d, torch.utils.data.TensorDataset) for d in data)):
         raise TypeError(
@@ -154,8 +153,9 @@ class Run:
     def _setup(self) -> None:
         r = self.recipe
         self.train, self.test = load_datasets(r)
-        if r.max_train and len(self.train) > r.max_train:
-            self.train = torch.utils.data.TensorDataset(*(t[: r.max_train] for t in self.train.tensors))
+        if r.max_train and len(self.train) > r.max_train:  # a seeded random subset (files may be sorted by class)
+            keep = torch.randperm(len(self.train), generator=torch.Generator().manual_seed(r.seed))[: r.max_train].sort().values
+            self.train = torch.utils.data.TensorDataset(*(t[keep] for t in self.train.tensors))
         x_train, y_train = self.train.tensors
         x_test, y_test = self.test.tensors
         self.num_classes = NUM_CLASSES.get(r.dataset) or int(max(int(y_train.max()), int(y_test.max()))) + 1
@@ -186,6 +186,39 @@ class Run:
         """A copy of the converted model at θ0 with all-ones masks (``num_tickets`` defaults to K)."""
         return with_num_tickets(self.model, num_tickets or self.recipe.num_tickets)
 
+    def rtl_model(self) -> nn.Module:
+        """:meth:`fresh` with K tickets, its BatchNorms routed (per-ticket statistics) when the recipe asks for it."""
+        model = self.fresh()
+        if self.recipe.routed_bn:
+            convert_norms(model, self.recipe.num_tickets)
+        return model
+
+    def recalibrated(self, model: nn.Module) -> nn.Module:
+        """A copy of a retrained RTL model whose tickets each have BatchNorm statistics from their own training subset."""
+        out = copy.deepcopy(model)
+        if not named_routed_norms(out) and not convert_norms(out, self.recipe.num_tickets):
+            logger.info("recalibrate_bn: the model has no BatchNorm with running statistics; nothing to recalibrate")
+            return model
+        recalibrate_norms(out, self.subsets, batch_size=max(self.recipe.batch_size, 256))
+        return out
+
+    def load_deployed(self) -> RoutedModel:
+        """``model/`` (the report's RTL model and its router, one ``rtl.save``) as an eval-mode :class:`RoutedModel`.
+
+        Run directories from before one-call saves keep the router in ``model/router/``; it is read from there.
+        """
+        from ..models.io import read_metadata
+        from ..routers import load_router
+
+        path = self.directory / "model"
+        model = self.fresh()
+        if read_metadata(path).get("norms"):
+            convert_norms(model, self.recipe.num_tickets)
+        routed = load(path, RoutedModel(model))
+        if routed.router is None:
+            routed.router = load_router(path / "router", model)
+        return routed.eval()
+
     def log(self, record: dict) -> None:
         """Append one metrics record to ``metrics.jsonl``."""
         with open(self.directory / "metrics.jsonl", "a") as fh:
@@ -209,6 +242,8 @@ class Run:
         if stop < STAGES.index("eval"):
             return None
         t = time.perf_counter()
+        if self.recipe.recalibrate_bn:
+            models = [{**m, "rtl": self.recalibrated(m["rtl"])} for m in models]
         self.router, self.router_info = self.fit_router()
         evals = [self.evaluate_level(level, m, dense) for level, m in zip(levels, models)]
         self.timings["eval"] = time.perf_counter() - t
@@ -282,7 +317,7 @@ class Run:
         """Joint retraining of RTL at one level, and the two baselines; each saved when done."""
         base = self.retrain_dir / level.name
         tags = {"level": level.target, "sparsity": level.achieved}
-        out = {"rtl": self._retrained(base / "rtl", self.fresh(), level.masks, self.ticket_data, {"method": "rtl", **tags})}
+        out = {"rtl": self._retrained(base / "rtl", self.rtl_model(), level.masks, self.ticket_data, {"method": "rtl", **tags})}
         if level.single_masks is not None:
             out["single"] = self._retrained(
                 base / "single", self.fresh(1), level.single_masks, [concat(self.subsets)], {"method": "single", **tags}
@@ -326,8 +361,8 @@ class Run:
         )
 
     def fit_router(self) -> tuple[nn.Module, dict]:
-        """The router of the deployable figure, fit on the training inputs only (``router-<eval key>/``, reused on re-run)."""
-        path = self.directory / f"router-{self.recipe.stage_digest('eval')}"
+        """The router of the deployable figure, fit on the training inputs only (``router-<router key>/``, reused on re-run)."""
+        path = self.directory / f"router-{self.recipe.stage_digest('router')}"
         loaded = load_fitted(path)
         if loaded is not None:
             return loaded
@@ -444,8 +479,9 @@ class Run:
         (self.directory / "report.json").write_text(json.dumps(report, indent=2))
         (self.directory / "table.txt").write_text(format_table(report["rows"], evals[0]["params"]["dense"], report["router"]) + "\n")
         final = self.directory / "model"
-        shutil.copytree(self.retrain_dir / levels[-1].name / "rtl", final, dirs_exist_ok=True)
-        shutil.copytree(self.directory / f"router-{self.recipe.stage_digest('eval')}", final / "router", dirs_exist_ok=True)
+        shutil.rmtree(final / "router", ignore_errors=True)  # where runs before one-call saves kept the router
+        meta = {"method": "rtl", "level": levels[-1].target, "sparsity": levels[-1].achieved, "recipe": self.recipe.to_dict()}
+        save(RoutedModel(models[-1]["rtl"], self.router), final, metadata=meta)
         try:
             from .plots import plot_run
 

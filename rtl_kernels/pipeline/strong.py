@@ -6,8 +6,9 @@ RTL layers) and the backward is straight-through: ``dL/dS = (dL/dW_eff ⊙ W) ·
 parameters and buffers are never changed (buffers such as BatchNorm statistics are put back).
 
 ``mixed=True`` trains all K tickets in one step on a batch that mixes them, through the routed
-kernels: the layer's forward is the routed op, its ``dx`` the routed backward, and ticket ``k``'s
-score gradient is ``(dY_kᵀ X_k) ⊙ W`` over the rows routed to ``k``.
+kernels (:mod:`.strong_mixed`): the layer's forward is the routed op, its ``dx`` the routed
+backward, and ticket ``k``'s score gradient is (ticket k's weight gradient over the rows routed to
+``k``) ⊙ W — ``(dY_kᵀ X_k) ⊙ W`` for a linear layer.
 """
 
 from __future__ import annotations
@@ -15,27 +16,25 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
-from ..masks.packed import PackedMasks, ones_bits, pack_masks
+from ..masks.packed import ones_bits
 from ..models.routing import routing
 from ..models.state import named_rtl_layers, set_masks
 from ..nn.base import RTLLayer
-from ..nn.linear import RTLLinear
 from ..nn.overrides import forward_overrides
-from ..ops.library import routed_linear as routed_linear_op
-from ..ops.linear import routed_linear
-from ..routing_plans.plan import RoutingPlan
-from ..routing_plans.routes import plan_for_rows
 from .progress import bar
 from .pruning import SCOPES, keep_counts
+from .strong_mixed import MIXED_LAYERS, mixed_forward
 from .training import LossFn, NonFiniteLossError, OptimizerFactory, check_positive, check_subsets, derived_seed, epoch_batches, fetch
 
 logger = logging.getLogger(__name__)
 _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+LR_SCHEDULES = ("constant", "cosine")
 
 
 def check_open_sparsity(value: object) -> float:
@@ -104,52 +103,6 @@ def _norm_affine(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-class _MixedLinear(torch.autograd.Function):
-    """Routed masked linear whose masks come from K float (STE) masks; gradients to x and to each mask."""
-
-    @staticmethod
-    def forward(ctx, x, masks_f, weight, bias, routes, perm, offsets, backend):
-        bits = pack_masks(masks_f.detach() > 0.5).bits
-        plan = RoutingPlan(routes=routes, perm=perm, offsets=offsets)
-        y = routed_linear(x, weight, PackedMasks(bits, weight.shape), plan, bias, backend=backend)
-        ctx.save_for_backward(x, weight, bits, routes, perm, offsets)
-        ctx.backend = backend
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        x, weight, bits, routes, perm, offsets = ctx.saved_tensors
-        dy = dy.contiguous()
-        dx = None
-        if ctx.needs_input_grad[0]:
-            dx = routed_linear_op.backward(dy, x, weight, bits, routes, perm, offsets, None, ctx.backend, needs=(True, False, False))[0]
-        dmasks = None
-        if ctx.needs_input_grad[1]:
-            k_total = bits.shape[0]
-            dmasks = weight.new_zeros((k_total, *weight.shape), dtype=torch.float32)
-            bounds = offsets.tolist()
-            w32 = weight.detach().float()
-            for k in range(k_total):
-                if bounds[k + 1] > bounds[k]:
-                    rows = perm[bounds[k] : bounds[k + 1]]
-                    dmasks[k] = (dy[rows].float().T @ x[rows].float()) * w32
-        return dx, dmasks, None, None, None, None, None, None
-
-
-def _mixed_forward(layer: RTLLinear, masks_f: torch.Tensor) -> Callable:
-    k_total = layer.num_tickets
-
-    def forward(x: torch.Tensor, routes) -> torch.Tensor:
-        lead = x.shape[:-1]
-        plan = plan_for_rows(routes, k_total, lead, x.device)
-        x2 = x.reshape(-1, x.shape[-1]).contiguous()
-        w = layer.weight.detach()
-        y = _MixedLinear.apply(x2, masks_f, w, layer.bias, plan.routes, plan.perm, plan.offsets, layer.backend)
-        return y.reshape(*lead, w.shape[0])
-
-    return forward
-
-
 def _check_finite(loss: torch.Tensor, ticket: int, epoch: int) -> None:
     if not torch.isfinite(loss).all():
         raise NonFiniteLossError(
@@ -173,6 +126,7 @@ def find_strong_tickets(
     optimizer: OptimizerFactory | None = None,
     mixed: bool = False,
     nonaffine_norms: bool = False,
+    lr_schedule: str = "constant",
     log: Callable[[dict], None] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Edge-popup per subset: one ticket per subset over the model's frozen weights; sets and returns the masks.
@@ -180,8 +134,9 @@ def find_strong_tickets(
     Each ticket keeps exactly ``round((1 − sparsity) · n)`` weights per tensor (``scope="layer"``)
     or over all RTL layers (``"global"``). Scores train with Adam at ``lr`` unless ``optimizer``
     (a factory ``params -> Optimizer``) is given. ``mixed=True`` trains the K tickets together on
-    mixed batches through the routed kernels (RTL linear layers only). ``nonaffine_norms=True``
+    mixed batches through the routed kernels (linear, conv2d, HF Conv1D and attention layers). ``nonaffine_norms=True``
     computes the normalisation layers without their affine parameters (edge-popup's non-affine BN).
+    ``lr_schedule="cosine"`` anneals the lr per epoch as edge-popup does, ``0.5 (1 + cos(π e / epochs)) lr``.
     Returns ``name -> bool [K, *weight.shape]``.
     """
     subsets = check_subsets(subsets)
@@ -200,41 +155,27 @@ def find_strong_tickets(
         raise ValueError(f"lr: expected a positive float, got {lr!r}")
     if scope not in SCOPES:
         raise ValueError(f"scope: expected one of {SCOPES}, got {scope!r}")
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule: expected one of {LR_SCHEDULES}, got {lr_schedule!r}")
     if mixed:
-        others = sorted({type(m).__name__ for m in layers.values() if type(m) is not RTLLinear})
+        others = sorted({type(m).__name__ for m in layers.values() if type(m) not in MIXED_LAYERS})
         if others:
-            raise ValueError(f"mixed: expected only RTLLinear layers for mixed-ticket steps, the model also has {others}; use mixed=False")
+            names = ", ".join(t.__name__ for t in MIXED_LAYERS)
+            raise ValueError(f"mixed: expected only {names} layers for mixed-ticket steps, the model also has {others}; use mixed=False")
     keep = keep_counts({n: m.weight.numel() for n, m in layers.items()}, sparsity, scope)
     saved_masks = {n: m.mask_bits.detach().clone() for n, m in layers.items()}
     saved_buffers = {n: b.detach().clone() for n, b in model.named_buffers() if not n.endswith("mask_bits")}
     was_training = model.training
     scores = init_scores(layers, k_total, seed)
+    run = _Search(keep, epochs, loss_fn, lr, batch_size, seed, progress, optimizer, nonaffine_norms, lr_schedule, log)
     ok = False
     try:
         model.train()
         if mixed:
-            _train_mixed(
-                model, layers, subsets, scores, keep, epochs, loss_fn, lr, batch_size, seed, progress, optimizer, nonaffine_norms, log
-            )
+            _train_mixed(model, layers, subsets, scores, run)
         else:
             for k in range(k_total):
-                _train_one(
-                    model,
-                    layers,
-                    subsets[k],
-                    k,
-                    scores[k],
-                    keep,
-                    epochs,
-                    loss_fn,
-                    lr,
-                    batch_size,
-                    seed,
-                    progress,
-                    optimizer,
-                    nonaffine_norms,
-                    log,
-                )
+                _train_one(model, layers, subsets[k], k, scores[k], run)
         with torch.no_grad():
             final = {n: torch.stack([s[n].detach() for s in scores]) for n in layers}
             masks = {n: m.to("cpu") > 0.5 for n, m in ste_masks(final, keep).items()}
@@ -257,7 +198,32 @@ def _restore(model, layers, saved_masks, saved_buffers, *, restore_masks: bool) 
             layer.mask_bits.copy_(saved_masks[n])
 
 
-def _make_opt(params: list[nn.Parameter], lr: float, optimizer: OptimizerFactory | None) -> torch.optim.Optimizer:
+@dataclass(frozen=True)
+class _Search:
+    """The checked settings of one ``find_strong_tickets`` call."""
+
+    keep: dict[str, int] | int
+    epochs: int
+    loss_fn: LossFn
+    lr: float
+    batch_size: int
+    seed: int
+    progress: bool
+    optimizer: OptimizerFactory | None
+    nonaffine: bool
+    lr_schedule: str
+    log: Callable[[dict], None] | None
+
+
+def _make_opt(params: list[nn.Parameter], run: _Search) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
+    """The optimizer over ``params`` and, for ``lr_schedule="cosine"``, its per-epoch cosine schedule."""
+    opt = _build_opt(params, run.lr, run.optimizer)
+    if run.lr_schedule == "cosine":
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 0.5 * (1.0 + math.cos(math.pi * e / run.epochs)))
+    return opt, None
+
+
+def _build_opt(params: list[nn.Parameter], lr: float, optimizer: OptimizerFactory | None) -> torch.optim.Optimizer:
     if optimizer is None:
         return torch.optim.Adam(params, lr=lr)
     if not callable(optimizer):
@@ -268,63 +234,65 @@ def _make_opt(params: list[nn.Parameter], lr: float, optimizer: OptimizerFactory
     return built
 
 
-def _train_one(model, layers, subset, k, scores, keep, epochs, loss_fn, lr, batch_size, seed, progress, optimizer, nonaffine, log) -> None:
+def _train_one(model, layers, subset, k: int, scores: dict[str, nn.Parameter], run: _Search) -> None:
     """Edge-popup for ticket ``k`` alone: the layers see ``W ⊙ mask(S_k)`` and all-ones masks."""
     device = next(iter(layers.values())).weight.device
-    opt = _make_opt(list(scores.values()), lr, optimizer)
-    gen = torch.Generator().manual_seed(derived_seed(seed, k, 1))
+    opt, schedule = _make_opt(list(scores.values()), run)
+    gen = torch.Generator().manual_seed(derived_seed(run.seed, k, 1))
     weights = {n: m.weight.detach() for n, m in layers.items()}
     keys = {n: _param_key(n, _weight_attr(m)) for n, m in layers.items()}
     fixed = {_param_key(n, "mask_bits"): ones_bits(m.num_tickets, m.weight.shape, device) for n, m in layers.items()}
-    if nonaffine:
+    if run.nonaffine:
         fixed.update(_norm_affine(model))
-    epoch_bar = bar(epochs, f"strong ticket {k}", 0, progress)
-    for epoch in range(epochs):
+    epoch_bar = bar(run.epochs, f"strong ticket {k}", 0, run.progress)
+    for epoch in range(run.epochs):
         total, count = 0.0, 0
-        for idx in epoch_batches(len(subset), batch_size, gen):
+        for idx in epoch_batches(len(subset), run.batch_size, gen):
             x, y = fetch(subset, idx)
-            masks = ste_masks({n: s.unsqueeze(0) for n, s in scores.items()}, keep)
+            masks = ste_masks({n: s.unsqueeze(0) for n, s in scores.items()}, run.keep)
             tensors = {keys[n]: weights[n] * masks[n][0].to(weights[n].dtype) for n in layers}
             with routing(model, k):
                 out = functional_call(model, {**tensors, **fixed}, (x.to(device),), strict=False)
-            loss = loss_fn(out, y.to(device))
+            loss = run.loss_fn(out, y.to(device))
             _check_finite(loss, k, epoch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             total, count = total + float(loss.detach()), count + 1
+        if schedule is not None:
+            schedule.step()
         epoch_bar.update(1)
         epoch_bar.set_postfix(loss=f"{total / max(count, 1):.3f}")
-        if log is not None:
-            log({"stage": "strong_tickets", "ticket": k, "epoch": epoch, "train_loss": total / max(count, 1)})
+        if run.log is not None:
+            run.log({"stage": "strong_tickets", "ticket": k, "epoch": epoch, "train_loss": total / max(count, 1)})
     epoch_bar.close()
 
 
-def _train_mixed(model, layers, subsets, scores, keep, epochs, loss_fn, lr, batch_size, seed, progress, optimizer, nonaffine, log) -> None:
+def _train_mixed(model, layers, subsets, scores: list[dict[str, nn.Parameter]], run: _Search) -> None:
     """All K tickets per step: one batch of each subset, concatenated and routed; per-ticket score gradients."""
     k_total = len(subsets)
     device = next(iter(layers.values())).weight.device
-    opt = _make_opt([p for s in scores for p in s.values()], lr, optimizer)
-    gens = [torch.Generator().manual_seed(derived_seed(seed, k, 1)) for k in range(k_total)]
-    steps = max(-(-len(s) // batch_size) for s in subsets)
-    fixed = _norm_affine(model) if nonaffine else {}
-    epoch_bar = bar(epochs, "strong tickets (mixed)", 0, progress)
-    for epoch in range(epochs):
-        batches = [epoch_batches(len(s), batch_size, g, steps) for s, g in zip(subsets, gens)]
+    opt, schedule = _make_opt([p for s in scores for p in s.values()], run)
+    gens = [torch.Generator().manual_seed(derived_seed(run.seed, k, 1)) for k in range(k_total)]
+    steps = max(-(-len(s) // run.batch_size) for s in subsets)
+    fixed = _norm_affine(model) if run.nonaffine else {}
+    epoch_bar = bar(run.epochs, "strong tickets (mixed)", 0, run.progress)
+    for epoch in range(run.epochs):
+        batches = [epoch_batches(len(s), run.batch_size, g, steps) for s, g in zip(subsets, gens)]
         totals = [0.0] * k_total
         for step in range(steps):
             parts = [fetch(subsets[k], batches[k][step]) for k in range(k_total)]
             x = torch.cat([p[0] for p in parts]).to(device)
             routes = torch.cat([torch.full((len(p[1]),), k, dtype=torch.int64) for k, p in enumerate(parts)]).to(device)
             stacked = {n: torch.stack([s[n] for s in scores]) for n in layers}
-            masks = ste_masks(stacked, keep)
-            with forward_overrides({layers[n]: _mixed_forward(layers[n], masks[n]) for n in layers}), routing(model, routes):
+            masks = ste_masks(stacked, run.keep)
+            with forward_overrides({layers[n]: mixed_forward(layers[n], masks[n]) for n in layers}), routing(model, routes):
                 out = functional_call(model, fixed, (x,), strict=False) if fixed else model(x)
             loss = out.new_zeros(())
             start = 0
             for k, p in enumerate(parts):
                 y = p[1].to(device)
-                lk = loss_fn(out[start : start + len(y)], y)
+                lk = run.loss_fn(out[start : start + len(y)], y)
                 _check_finite(lk, k, epoch)
                 totals[k] += float(lk.detach())
                 loss = loss + lk
@@ -332,7 +300,9 @@ def _train_mixed(model, layers, subsets, scores, keep, epochs, loss_fn, lr, batc
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+        if schedule is not None:
+            schedule.step()
         epoch_bar.update(1)
-        if log is not None:
-            log({"stage": "strong_tickets", "epoch": epoch, "train_loss": [t / steps for t in totals]})
+        if run.log is not None:
+            run.log({"stage": "strong_tickets", "epoch": epoch, "train_loss": [t / steps for t in totals]})
     epoch_bar.close()

@@ -12,6 +12,7 @@ from torch import nn
 
 from ..models.convert import convert
 from ..models.io import LoadError, load, read_metadata
+from ..models.norms import swap_norms
 from ..models.routing import RoutedModel
 from ..models.state import named_rtl_layers
 from ..routers.store import load_router
@@ -40,7 +41,16 @@ def _converted(model: object, save_dir: Path) -> nn.Module:
         return model
     meta = read_metadata(save_dir)
     saved = set(meta["layers"])
-    return convert(model, int(meta["num_tickets"]), filter_fn=lambda module, name: name in saved)
+    converted = convert(model, int(meta["num_tickets"]), filter_fn=lambda module, name: name in saved)
+    return _routed_norms_like(converted, meta)
+
+
+def _routed_norms_like(model: nn.Module, meta: dict) -> nn.Module:
+    """The BatchNorms the save keeps per ticket (``rtl.json`` ``norms``) made routed in ``model``."""
+    routed = set(meta.get("norms") or {})
+    if routed:
+        swap_norms(model, int(meta["num_tickets"]), lambda name: name not in routed)
+    return model
 
 
 def _zoo_model(run_dir: Path, save_dir: Path) -> nn.Module:
@@ -50,11 +60,12 @@ def _zoo_model(run_dir: Path, save_dir: Path) -> nn.Module:
     from ..zoo import build_model
 
     recipe = Recipe.from_json((run_dir / "recipe.json").read_text())
-    layers = read_metadata(save_dir)["layers"]
+    meta = read_metadata(save_dir)
+    layers = meta["layers"]
 
     def build(in_features: int) -> nn.Module:
         dense = build_model(recipe.model, in_features=in_features, num_classes=NUM_CLASSES.get(recipe.dataset, 10), hidden=recipe.hidden)
-        return convert(dense, recipe.num_tickets, ignore=recipe.ignore)
+        return _routed_norms_like(convert(dense, recipe.num_tickets, ignore=recipe.ignore), meta)
 
     # the input size is not in the recipe: take it from the saved first layer (a flat-input MLP's)
     first = next(iter(named_rtl_layers(build(1))))
