@@ -542,7 +542,7 @@ def write(result: dict, out: Path) -> None:
     ax1.set_xlabel("mean test accuracy over tasks (%)")
     ax1.invert_yaxis()
     groups = [(f"{r} rows", result["latency_s"][r]) for r in result["latency_s"]]
-    groups += [(f"{r} rows, width {result['latency_wide_hidden']}", result["latency_wide_s"][r]) for r in result["latency_wide_s"]]
+    groups += [(f"{r} rows,\nwidth {result['latency_wide_hidden']}", result["latency_wide_s"][r]) for r in result["latency_wide_s"]]
     width = 0.25
     for i, name in enumerate(("routed", "separate", "rebuild")):
         ax2.bar([j + i * width for j in range(len(groups))], [1e3 * g[name] for _, g in groups], width, label=name)
@@ -557,4 +557,4 @@ def write(result: dict, out: Path) -> None:
 
 if __name__ == "__main__":
     res = main()
-    print(markdown(res))
+    print(markdown(res) if "latency_s" in res else json.dumps(res, indent=2))
