@@ -81,10 +81,10 @@ def main() -> None:
         p.error("--out is required")
     torch.set_num_threads(1)
     base = packaged_recipe("mnist").replace(model="cnn")
-    name = "routed_bn_cnn_mnist5k"
+    stem = "routed_bn_cnn_mnist5k"
     if args.inverted:
         register_dataset("mnist_inverted_pairs", inverted_pairs)
-        base, name = base.replace(dataset="mnist_inverted_pairs"), name + "_inverted"
+        base, stem = base.replace(dataset="mnist_inverted_pairs"), stem + "_inverted"
     results: dict = {"recipe": base.to_dict(), "inverted": args.inverted, "variants": {}, "timings_s": {}}
     start = time.perf_counter()
     for mode in args.modes:
@@ -109,8 +109,8 @@ def main() -> None:
         "total_s": round(time.perf_counter() - start, 1),
     }
     args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / f"{name}.json").write_text(json.dumps(results, indent=2))
-    (args.results / f"{name}.md").write_text(table(results) + "\n")
+    (args.results / f"{stem}.json").write_text(json.dumps(results, indent=2))
+    (args.results / f"{stem}.md").write_text(table(results) + "\n")
     print(table(results))
 
 

@@ -297,3 +297,16 @@ def test_errors_name_the_argument():
     with pytest.raises(ValueError, match="same number of tickets"):
         with rtl.routing(mixed, 0):
             pass
+
+
+def test_recalibrating_on_nan_inputs_raises_and_restores_every_statistic():
+    model = small_cnn(k=3)
+    subsets = ticket_data()
+    recalibrate_norms(model, subsets, batch_size=4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    bad = list(subsets)
+    bad[2] = TensorDataset(torch.full_like(subsets[2].tensors[0], float("nan")), subsets[2].tensors[1])
+    with pytest.raises(ValueError, match=r"subsets\[2\]: recalibrating ticket 2 gave non-finite"):
+        recalibrate_norms(model, bad, batch_size=4)
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())

@@ -332,7 +332,7 @@ rtl_seeded::Problem seeded_problem(const at::Tensor& row_scale, int64_t in_featu
   TORCH_CHECK_VALUE(in_features >= 0, "in_features: expected a non-negative int, got ", in_features);
   TORCH_CHECK_VALUE(seed >= 0 && seed <= 0xFFFFFFFFLL, "seed: expected an int in [0, 2**32 - 1], got ", seed);
   TORCH_CHECK_VALUE(layer >= 0 && layer <= 0xFFFFFFFFLL, "layer: expected an int in [0, 2**32 - 1], got ", layer);
-  TORCH_CHECK_VALUE(dist == rtl_seeded::kSignedConstant || dist == rtl_seeded::kUniform, "dist: expected 0 (signed_constant) or 1 (uniform), got ", dist);
+  TORCH_CHECK_VALUE(dist >= rtl_seeded::kSignedConstant && dist <= rtl_seeded::kNormal, "dist: expected 0 (signed_constant), 1 (uniform) or 2 (normal), got ", dist);
   rtl_seeded::Problem p{};
   p.N = row_scale.size(0);
   p.C = in_features;
@@ -368,7 +368,7 @@ at::Tensor seeded_forward(const at::Tensor& x, const at::Tensor& bits, const at:
   p.x = x.data_ptr<float>();
   at::Tensor y = at::zeros({p.M, p.N}, x.options());
   float* yp = y.data_ptr<float>();
-  if (p.M > 0) parallel_blocks(p.N, 4, p.M * p.C, [&](int64_t n0, int64_t n1) { ops.forward(p, yp, n0, n1); });
+  if (p.M > 0) parallel_blocks(p.N, 8, p.M * p.C, [&](int64_t n0, int64_t n1) { ops.forward(p, yp, n0, n1); });
   if (bias.has_value() && bias->defined()) {
     check_float(*bias, "bias", 1, at::kFloat);
     check_shape(*bias, "bias", {p.N});

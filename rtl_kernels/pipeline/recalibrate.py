@@ -38,6 +38,8 @@ def recalibrate_norms(
     eval mode (dropout off; shared BatchNorms keep their statistics) and no gradient. ``tickets``
     limits it to some tickets (the others' statistics, and so their outputs, stay bit for bit; their
     subsets may be None). Every module's training mode and every momentum are restored afterwards.
+    Non-finite statistics (NaN/Inf in a subset) raise a ValueError naming the subset, with every
+    ticket's statistics restored.
     """
     batching = check_batching(batching)
     check_positive("batch_size", batch_size)
@@ -55,6 +57,7 @@ def recalibrate_norms(
     device = next(model.parameters()).device
     modes = [(m, m.training) for m in model.modules()]
     momenta = [(n, n.momentum) for n in norms]
+    saved = [(n, n.running_mean.clone(), n.running_var.clone(), n.num_batches_tracked.clone()) for n in norms]
     tickets_bar = bar(len(done), "recalibrating BatchNorm", 0, progress)
     try:
         model.eval()
@@ -71,6 +74,15 @@ def recalibrate_norms(
                 x, _, kwargs = to_device(batching.split(fetch(subsets[k], idx, batching.collate_fn)), device)
                 with routing(model, k):
                     model(x, **kwargs)
+            if not all(bool(torch.isfinite(n.running_mean[k]).all() and torch.isfinite(n.running_var[k]).all()) for n in norms):
+                for n, mean, var, tracked in saved:
+                    n.running_mean.copy_(mean)
+                    n.running_var.copy_(var)
+                    n.num_batches_tracked.copy_(tracked)
+                raise ValueError(
+                    f"subsets[{k}]: recalibrating ticket {k} gave non-finite BatchNorm statistics (NaN/Inf inputs?); "
+                    "every ticket's statistics were restored"
+                )
             tickets_bar.update(1)
     finally:
         for m, training in modes:
