@@ -8,9 +8,9 @@ from torch import nn
 
 import rtl_kernels as rtl
 from rtl_kernels.backends.extension import load_cpu
-from rtl_kernels.init.philox import generate
+from rtl_kernels.init.philox import DISTS, generate
 from rtl_kernels.masks.packed import pack_masks
-from rtl_kernels.ops.seeded import DIRECT_ROWS, seeded_linear, seeded_weight
+from rtl_kernels.ops.seeded import seeded_linear, seeded_weight
 
 CPU = load_cpu()
 needs_cpu = pytest.mark.skipif(CPU is None, reason="CPU extension not built")
@@ -52,16 +52,16 @@ def rel(a, b):
 
 
 @needs_cpu
-@given(data=st.data(), n=st.integers(1, 40), c=st.integers(1, 1100), dist=st.sampled_from(["signed_constant", "uniform"]))
+@given(data=st.data(), n=st.integers(1, 40), c=st.integers(1, 1100), dist=st.sampled_from(DISTS))
 def test_cpu_generator_bits_equal_reference_on_every_isa(data, n, c, dist):
     seed, layer = data.draw(st.integers(0, 2**32 - 1)), data.draw(st.integers(0, 2**31 - 1))
     row_scale = torch.rand(n) + 0.5
     ref = reference((n, c), dist, seed, layer, row_scale)
     for isa in CPU.supported_isas()[:3]:
-        assert torch.equal(CPU.seeded_generate(row_scale, c, seed, layer, ("signed_constant", "uniform").index(dist), isa), ref)
+        assert torch.equal(CPU.seeded_generate(row_scale, c, seed, layer, DISTS.index(dist), isa), ref), isa
 
 
-@given(data=st.data(), dist=st.sampled_from(["signed_constant", "uniform"]))
+@given(data=st.data(), dist=st.sampled_from(DISTS))
 def test_triton_generator_bits_equal_reference(data, dist):
     _triton()
     n, c = data.draw(st.integers(1, 20)), data.draw(st.integers(1, 90))
@@ -108,7 +108,7 @@ def test_triton_forward_and_dx_against_float64(data, dist):
         assert rel(dx, torch.stack([dy[i].double() @ (w.double() * masks[routes[i]]) for i in range(m)])) <= 1e-5
 
 
-@pytest.mark.parametrize("dist", ["signed_constant", "uniform"])
+@pytest.mark.parametrize("dist", DISTS)
 def test_in_kernel_weights_are_the_reference_bits(dist):
     """One-hot rows read single masked weights out of the kernels' own generation: exact equality."""
     n, c, seed, layer = 5, 36, 123, 4567
@@ -135,11 +135,11 @@ def test_in_kernel_weights_are_the_reference_bits(dist):
 
 
 @needs_cpu
-def test_large_batch_path_and_rtl_linear_uses_the_seeded_kernel():
+def test_many_rows_and_rtl_linear_uses_the_seeded_kernel():
     torch.manual_seed(0)
     model = rtl.init.seeded_(rtl.convert(nn.Sequential(nn.Linear(40, 24)), 3), 5)
     layer = model[0]
-    x = torch.randn(DIRECT_ROWS + 30, 40)
+    x = torch.randn(200, 40)  # more rows than one accumulator window (64)
     routes = torch.randint(0, 3, (x.shape[0],))
     layer.set_masks(torch.rand(3, 24, 40) < 0.5)
     expected = float64_linear(x, layer.weight.detach(), layer.get_masks(), routes, layer.bias)
@@ -172,3 +172,30 @@ def test_packed_masks_accepted():
     a = seeded_linear(torch.randn(5, 2, 3), masks, torch.tensor([0, 1, 1, 0, 1]), seed=1, layer=2, dist="uniform", row_scale=rs)
     b = seeded_linear(torch.randn(5, 2, 3), pack_masks(masks), torch.tensor([0, 1, 1, 0, 1]), seed=1, layer=2, dist="uniform", row_scale=rs)
     assert a.shape == b.shape == (5, 2, 4)
+
+
+@needs_cpu
+@given(
+    data=st.data(), n=st.integers(1, 20), c=st.integers(1, 1100), k=st.integers(1, 4), m=st.integers(0, 70),
+    dist=st.sampled_from(DISTS),
+)  # fmt: skip
+def test_cpu_kernels_on_every_isa_against_float64(data, n, c, k, m, dist):
+    """Panels (several chunks, a column tail, a partial row block), register tiles of 1-3 rows, more
+    rows than one accumulator window, empty tickets and K = 1, on every ISA's forward and dX."""
+    row_scale, masks, routes, x, _, seed, layer = problem(data, n, c, k, m, dist)
+    w = reference((n, c), dist, seed, layer, row_scale)
+    plan = rtl.plan_routes(routes, k)
+    bits = pack_masks(masks).bits
+    dy = torch.randn(m, n)
+    wm = [w.double() * masks[routes[i]] for i in range(m)]
+    ref = torch.stack([x[i].double() @ wm[i].T for i in range(m)]) if m else torch.zeros(0, n).double()
+    dref = torch.stack([dy[i].double() @ wm[i] for i in range(m)]) if m else torch.zeros(0, c).double()
+    # float32 summation of c (or n) products: |error| <= (terms + 2) 2**-24 sum |products|
+    y_tol = torch.stack([x[i].double().abs() @ wm[i].abs().T for i in range(m)]) * (c + 2) * 2.0**-24 if m else ref
+    dx_tol = torch.stack([dy[i].double().abs() @ wm[i].abs() for i in range(m)]) * (n + 2) * 2.0**-24 if m else dref
+    d = DISTS.index(dist)
+    for isa in CPU.supported_isas()[:3]:
+        y = CPU.seeded_forward(x, bits, plan.perm, plan.offsets, row_scale, None, seed, layer, d, isa)
+        dx = CPU.seeded_grad_input(dy, bits, plan.perm, plan.offsets, row_scale, c, seed, layer, d, isa)
+        assert y.shape == (m, n) and dx.shape == (m, c), isa
+        assert bool(((y.double() - ref).abs() <= y_tol).all()) and bool(((dx.double() - dref).abs() <= dx_tol).all()), isa

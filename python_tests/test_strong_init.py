@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 import rtl_kernels as rtl
-from rtl_kernels.init.philox import philox4x32, randint4x, unit_values
-from rtl_kernels.init.seeded import SeededWeightError, checksum, spec_of
+from rtl_kernels.init.philox import generate, philox4x32, randint4x, sqrt_rn, unit_values
+from rtl_kernels.init.seeded import SeededWeightError, checksum, seeded_forward_args, spec_of
 
 
 def small_mlp() -> nn.Module:
@@ -145,3 +145,40 @@ def test_mismatched_seeded_save_leaves_model_untouched(tmp_path, field, value):
 def test_checksum_sees_dtype_and_values():
     t = torch.ones(3)
     assert checksum(t) == checksum(t.clone()) != checksum(t.double()) and checksum(t) != checksum(t * 2)
+
+
+@given(st.lists(st.floats(0.0, 3.4028234663852886e38, width=32), min_size=1, max_size=200))
+def test_sqrt_rn_is_correctly_rounded(values):
+    import numpy as np
+
+    x = torch.tensor([*values, 0.0, -0.0, 1e-45], dtype=torch.float32)
+    exact = torch.from_numpy(np.sqrt(x.double().numpy()).astype(np.float32))  # float64 root, one rounding: exact
+    got = sqrt_rn(x)
+    assert torch.equal(got, exact) and torch.equal(torch.signbit(got), torch.signbit(x))
+
+
+@pytest.mark.parametrize("dist", ["normal", "signed_constant"])
+def test_version_1_saves_still_load(tmp_path, dist):
+    """A save written by generator version 1 regenerates by the version 1 rule; its normal weights
+    (torch.sqrt, one ulp off for some values) are never run by the kernels, which implement version 2."""
+    model = rtl.init.seeded_(small_mlp(), 9, dist=dist)
+    rtl.save(model, tmp_path)
+    meta = json.loads((tmp_path / "rtl.json").read_text())
+    old = {}
+    for name, e in meta["seeded"].items():
+        layer = model[int(name)]
+        unit = generate(tuple(layer.weight.shape), dist, e["seed"], e["layer_id"], 1.0, version=1)
+        old[name] = unit * torch.tensor(e["scales"], dtype=torch.float32)
+        e.update(generator_version=1, checksum=checksum(old[name]))
+    (tmp_path / "rtl.json").write_text(json.dumps(meta))
+    differs = any(not torch.equal(w, model[int(name)].weight) for name, w in old.items())
+    assert differs == (dist == "normal")  # only normal's rule changed
+    fresh = rtl.load(tmp_path, small_mlp())
+    for name, w in old.items():
+        layer = fresh[int(name)]
+        assert torch.equal(layer.weight, w) and spec_of(layer).version == 1
+        uses_kernel = seeded_forward_args(layer, torch.ones(1)) is not None
+        assert uses_kernel == (dist != "normal")
+    rtl.save(fresh, tmp_path / "again")
+    again = json.loads((tmp_path / "again" / "rtl.json").read_text())
+    assert {e["generator_version"] for e in again["seeded"].values()} == {1}

@@ -5,6 +5,7 @@
 
 #include <ATen/Parallel.h>
 
+#include <atomic>
 #include <string>
 #include <vector>
 
@@ -156,6 +157,26 @@ void parallel_blocks(int64_t items, int64_t block, int64_t work_per_item, const 
   const int64_t blocks = (items + block - 1) / block;
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, block * work_per_item));
   at::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) { fn(b0 * block, std::min(items, b1 * block)); });
+}
+
+// fn(i0, i1) over [0, n) in chunks of `grain` that the team's threads claim one at a time. With
+// at::parallel_for's fixed halves, a thread that loses its core on a busy machine holds the whole
+// call up by its share; here the running threads take over the chunks it has not started.
+template <typename F>
+void parallel_claim(int64_t n, int64_t grain, const F& fn) {
+  if (n <= 0) return;
+  grain = std::max<int64_t>(grain, 1);
+  const int64_t chunks = (n + grain - 1) / grain;
+  const int64_t threads = std::min<int64_t>(at::get_num_threads(), chunks);
+  if (threads <= 1 || at::in_parallel_region()) {
+    fn(0, n);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+    for (int64_t c = next.fetch_add(1, std::memory_order_relaxed); c < chunks; c = next.fetch_add(1, std::memory_order_relaxed))
+      fn(c * grain, std::min(n, (c + 1) * grain));
+  });
 }
 
 void materialize_into(const rtl_cpu::Ops& ops, const rtl_cpu::Problem& p, int64_t k, at::Tensor& out) {
@@ -311,7 +332,7 @@ rtl_seeded::Problem seeded_problem(const at::Tensor& row_scale, int64_t in_featu
   TORCH_CHECK_VALUE(in_features >= 0, "in_features: expected a non-negative int, got ", in_features);
   TORCH_CHECK_VALUE(seed >= 0 && seed <= 0xFFFFFFFFLL, "seed: expected an int in [0, 2**32 - 1], got ", seed);
   TORCH_CHECK_VALUE(layer >= 0 && layer <= 0xFFFFFFFFLL, "layer: expected an int in [0, 2**32 - 1], got ", layer);
-  TORCH_CHECK_VALUE(dist == rtl_seeded::kSignedConstant || dist == rtl_seeded::kUniform, "dist: expected 0 (signed_constant) or 1 (uniform), got ", dist);
+  TORCH_CHECK_VALUE(dist >= rtl_seeded::kSignedConstant && dist <= rtl_seeded::kNormal, "dist: expected 0 (signed_constant), 1 (uniform) or 2 (normal), got ", dist);
   rtl_seeded::Problem p{};
   p.N = row_scale.size(0);
   p.C = in_features;
@@ -347,7 +368,7 @@ at::Tensor seeded_forward(const at::Tensor& x, const at::Tensor& bits, const at:
   p.x = x.data_ptr<float>();
   at::Tensor y = at::zeros({p.M, p.N}, x.options());
   float* yp = y.data_ptr<float>();
-  if (p.M > 0) parallel_blocks(p.N, 4, p.M * p.C, [&](int64_t n0, int64_t n1) { ops.forward(p, yp, n0, n1); });
+  if (p.M > 0) parallel_blocks(p.N, 8, p.M * p.C, [&](int64_t n0, int64_t n1) { ops.forward(p, yp, n0, n1); });
   if (bias.has_value() && bias->defined()) {
     check_float(*bias, "bias", 1, at::kFloat);
     check_shape(*bias, "bias", {p.N});
@@ -467,7 +488,7 @@ at::Tensor conv_pack(const rtl_cpu::ConvOps& ops, const ConvCall& call, bool dx,
   at::Tensor packed = at::empty({std::max<int64_t>(blocks * *floats, 1)}, at::kFloat);
   float* out = packed.data_ptr<float>();
   const int64_t n = *floats;
-  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+  parallel_claim(blocks, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) ops.pack(p, dx, call.active[b / groups], b % groups, out + b * n);
   });
   return packed;
@@ -516,7 +537,7 @@ at::Tensor conv_gather(const rtl_cpu::ConvOps& ops, const ConvCall& call, bool d
   const int64_t work = std::max<int64_t>(1, kConvChunkRows * a.taps * a.cr * std::max<int64_t>(a.nout, 1));
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / work);
   auto fn = depthwise ? ops.gather_depthwise : ops.gather;
-  if (items > 0) at::parallel_for(0, items, grain, [&](int64_t i0, int64_t i1) { fn(a, i0, i1); });
+  parallel_claim(items, grain, [&](int64_t i0, int64_t i1) { fn(a, i0, i1); });
   return out;
 }
 
@@ -562,7 +583,7 @@ std::tuple<at::Tensor, at::Tensor> conv_backward(const at::Tensor& dy, const at:
     const int32_t* tp = table.data_ptr<int32_t>();
     float* dwp = dw32.data_ptr<float>();
     if (p.B > 0)
-      at::parallel_for(0, items, std::max<int64_t>(1, (int64_t{1} << 18) / work), [&](int64_t i0, int64_t i1) { ops.grad_w(p, tp, xp, dyp, dwp, i0, i1); });
+      parallel_claim(items, std::max<int64_t>(1, (int64_t{1} << 18) / work), [&](int64_t i0, int64_t i1) { ops.grad_w(p, tp, xp, dyp, dwp, i0, i1); });
     dw = dw32.to(weight.scalar_type());
   }
   return {dx, dw};

@@ -5,16 +5,26 @@
 //
 // Stream: word g of a layer is word (g & 3) of Philox4x32-10(counter = (g >> 2 as lo, hi, 0, 0),
 // key = (seed, layer_id)). signed_constant element i is bit (i & 31) of word i >> 5 (1 -> +s,
-// 0 -> -s); uniform element i is word i: (2 * (w >> 9) + 1 - 2^23) * 2^-23 * s. s is the row's
-// float32 scale. Elements are numbered row-major over the [N, C] weight.
+// 0 -> -s); uniform element i is word i: (2 * (w >> 9) + 1 - 2^23) * 2^-23 * s; normal element i is
+// Box-Muller of words 2 i and 2 i + 1 (seeded_impl.h, normal_values). s is the row's float32 scale.
+// Elements are numbered row-major over the [N, C] weight.
 #pragma once
 #include <cstdint>
 
 #include "routed_cpu.h"
 
+// The generators must round every product and sum on its own, like the reference (normal's
+// polynomials): no contraction of a multiply and an add into an FMA in the seeded translation
+// units. Explicit FMA intrinsics (the matrix products) are unaffected.
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
 namespace rtl_seeded {
 
-enum Dist : int { kSignedConstant = 0, kUniform = 1 };
+enum Dist : int { kSignedConstant = 0, kUniform = 1, kNormal = 2 };
 
 struct Problem {
   int64_t M, N, C;          // rows, out features, in features

@@ -18,7 +18,7 @@ from torch import nn
 from ..models.io import LoadError
 from ..models.state import named_rtl_layers
 from ..nn.base import RTLLayer
-from .philox import DISTS, GENERATOR, GENERATOR_VERSION, generate
+from .philox import DISTS, GENERATOR, GENERATOR_VERSION, VERSIONS, generate, kernel_rule
 
 MAX_SEED = 2**32 - 1
 _ATTR = "_rtl_seeded"
@@ -38,10 +38,11 @@ class SeedSpec:
     scales: tuple[float, ...]
     axis: int = 0
     checksum: str = ""
+    version: int = GENERATOR_VERSION  # the generator version whose rule made the weight (older saves: older)
 
     def weight(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str = "cpu") -> torch.Tensor:
         """The weight this spec describes, float32 values cast to ``dtype``."""
-        unit = generate(tuple(shape), self.dist, self.seed, self.layer_id, 1.0, device)
+        unit = generate(tuple(shape), self.dist, self.seed, self.layer_id, 1.0, device, self.version)
         return (unit * self.scale_tensor(shape, device)).to(dtype)
 
     def scale_tensor(self, shape: tuple[int, ...], device: torch.device | str = "cpu") -> torch.Tensor:
@@ -61,7 +62,7 @@ class SeedSpec:
     def to_json(self) -> dict:
         return {
             "generator": GENERATOR,
-            "generator_version": GENERATOR_VERSION,
+            "generator_version": self.version,
             "seed": self.seed,
             "layer_id": self.layer_id,
             "dist": self.dist,
@@ -128,7 +129,7 @@ def seeded_forward_args(layer: nn.Module, x: torch.Tensor) -> tuple[SeedSpec, to
     if w.dtype != torch.float32 or (w.requires_grad and torch.is_grad_enabled()):
         return None
     spec = spec_of(layer)
-    if spec is None or spec.axis != 0:
+    if spec is None or spec.axis != 0 or not kernel_rule(spec.dist, spec.version):
         return None
     cache = layer.__dict__.get("_rtl_row_scale")
     if cache is None or cache[0] is not spec or cache[1].device != x.device:
@@ -242,10 +243,11 @@ def regenerate_entries(entries: dict, layers: dict[str, RTLLayer]) -> tuple[dict
             raise SeededWeightError(f"path: {where} is not an RTL layer of the model")
         if not isinstance(e, dict):
             raise SeededWeightError(f"path: {where}: expected an object, got {type(e).__name__}")
-        if e.get("generator") != GENERATOR or e.get("generator_version") != GENERATOR_VERSION:
+        version = e.get("generator_version")
+        if e.get("generator") != GENERATOR or isinstance(version, bool) or version not in VERSIONS:
             raise SeededWeightError(
-                f"path: {where}: expected generator {GENERATOR!r} version {GENERATOR_VERSION}, "
-                f"got {e.get('generator')!r} version {e.get('generator_version')!r}"
+                f"path: {where}: expected generator {GENERATOR!r} version {' or '.join(map(str, VERSIONS))}, "
+                f"got {e.get('generator')!r} version {version!r}"
             )
         try:
             spec = SeedSpec(
@@ -255,6 +257,7 @@ def regenerate_entries(entries: dict, layers: dict[str, RTLLayer]) -> tuple[dict
                 scales=tuple(float(s) for s in e["scales"]),
                 axis=int(e["axis"]),
                 checksum=str(e["checksum"]),
+                version=int(version),
             )
             dtype = getattr(torch, str(e["dtype"]))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:

@@ -2,7 +2,8 @@
 
 Same stream as :mod:`rtl_kernels.init.philox` (key ``(layer << 32) | seed``): signed_constant
 element ``i`` is bit ``i & 31`` of word ``(i >> 5) & 3`` of block ``i >> 7``; uniform element ``i``
-is word ``i & 3`` of block ``i >> 2``. Each program owns one row and ``BLOCK_N`` outputs (forward)
+is word ``i & 3`` of block ``i >> 2``; normal element ``i`` is Box–Muller of words ``2 (i & 1)``
+and ``2 (i & 1) + 1`` of block ``i >> 1``. Each program owns one row and ``BLOCK_N`` outputs (forward)
 or ``BLOCK_C`` inputs (dX) and loops over the reduction in tiles, generating each weight tile,
 masking it with that row's ticket bits and reducing in float32.
 """
@@ -13,7 +14,9 @@ import torch
 import triton
 import triton.language as tl
 
-DIST_IDS = {"signed_constant": 0, "uniform": 1}
+DIST_IDS = {"signed_constant": 0, "uniform": 1, "normal": 2}
+# the generators round every product and sum on their own (as the reference): no FMA contraction
+NO_FMA = {"enable_fp_fusion": False}
 
 
 @triton.jit
@@ -29,11 +32,49 @@ def _unit(key, idx, DIST: tl.constexpr):
         w = _word(r0, r1, r2, r3, (idx >> 5) & 3)
         bit = (w >> (idx & 31).to(tl.uint32)) & 1
         return tl.where(bit == 1, 1.0, -1.0).to(tl.float32)
-    else:
+    elif DIST == 1:
         r0, r1, r2, r3 = tl.randint4x(key, idx >> 2)
         w = _word(r0, r1, r2, r3, idx & 3)
         t = ((w >> 9) * 2 + 1).to(tl.int32) - (1 << 23)
         return t.to(tl.float32) * 1.1920928955078125e-07
+    else:
+        r0, r1, r2, r3 = tl.randint4x(key, idx >> 1)
+        odd = (idx & 1) == 1
+        return _normal(tl.where(odd, r2, r0), tl.where(odd, r3, r1))
+
+
+@triton.jit
+def _normal(w0, w1):
+    """Box–Muller of two uint32 words, operation for operation as ``init/philox.py`` (correctly rounded
+    ``/`` and sqrt; the kernels are launched without FMA contraction)."""
+    u1 = ((w0 >> 8) + 1).to(tl.float32) * 5.9604644775390625e-08  # (0, 1]
+    u2 = (w1 >> 8).to(tl.float32) * 5.9604644775390625e-08  # [0, 1)
+    ub = u1.to(tl.uint32, bitcast=True)
+    m = ((ub & 0x807FFFFF) | 0x3F000000).to(tl.float32, bitcast=True)
+    e = (ub >> 23).to(tl.int32) - 126
+    small = m < 0.70710677
+    m = tl.where(small, m * 2.0, m)
+    e = tl.where(small, e - 1, e)
+    s = tl.math.div_rn(m - 1.0, m + 1.0)
+    s2 = s * s
+    p = s2 * 0.1111111111111111 + 0.14285714285714285
+    p = p * s2 + 0.2
+    p = p * s2 + 0.3333333333333333
+    p = p * s2 + 1.0
+    lg = e.to(tl.float32) * 0.6931472 + (s * 2.0) * p
+    radius = tl.sqrt_rn(lg * -2.0)
+    a = tl.where(u2 > 0.5, 1.0 - u2, u2)
+    neg = a > 0.25
+    x = tl.where(neg, 0.5 - a, a) * 6.2831855
+    x2 = x * x
+    c = x2 * -1.1470745597729725e-11 + 2.08767569878681e-09
+    c = c * x2 + -2.755731922398589e-07
+    c = c * x2 + 2.48015873015873e-05
+    c = c * x2 + -0.001388888888888889
+    c = c * x2 + 0.041666666666666664
+    c = c * x2 + -0.5
+    c = c * x2 + 1.0
+    return radius * tl.where(neg, -c, c)
 
 
 @triton.jit
@@ -107,7 +148,9 @@ def generate(row_scale: torch.Tensor, in_features: int, seed: int, layer: int, d
     out = torch.empty(n, in_features, dtype=torch.float32, device=row_scale.device)
     if out.numel():
         grid = (triton.cdiv(n, 16), triton.cdiv(in_features, 64))
-        _generate_kernel[grid](out, row_scale, n, in_features, triton_key(seed, layer), DIST=DIST_IDS[dist], BLOCK_N=16, BLOCK_C=64)
+        _generate_kernel[grid](
+            out, row_scale, n, in_features, triton_key(seed, layer), DIST=DIST_IDS[dist], BLOCK_N=16, BLOCK_C=64, **NO_FMA
+        )
     return out
 
 
@@ -120,7 +163,7 @@ def forward(x, bits, routes, row_scale, bias, seed: int, layer: int, dist: str) 
         grid = (m, triton.cdiv(n, 32))
         _forward_kernel[grid](
             x, bits, routes, row_scale, bias if bias is not None else row_scale, y, n, c, bits.shape[2], triton_key(seed, layer),
-            DIST=DIST_IDS[dist], HAS_BIAS=bias is not None, BLOCK_N=32, BLOCK_C=64,
+            DIST=DIST_IDS[dist], HAS_BIAS=bias is not None, BLOCK_N=32, BLOCK_C=64, **NO_FMA,
         )  # fmt: skip
     return y
 
@@ -144,6 +187,7 @@ def grad_x(dy, bits, routes, row_scale, in_features: int, seed: int, layer: int,
             DIST=DIST_IDS[dist],
             BLOCK_N=32,
             BLOCK_C=64,
+            **NO_FMA,
         )
     elif m:
         dx.zero_()
