@@ -61,6 +61,20 @@ def test_tall_mask_rule_is_strict_and_per_task():
     assert m.ticket_state(0)["w"].tolist() == pytest.approx([2.0, 0.0, 0.0])
 
 
+def test_tall_over_the_ties_multi_task_vector_trims_elects_and_sums():
+    base = _state([0.0, 0.0, 0.0, 0.0, 0.0])
+    v1, v2 = _state([3.0, -1.0, 2.0, 0.1, 0.0]), _state([-1.0, -2.0, 4.0, 0.2, 5.0])
+    m = tall(base, [v1, v2], [0.5, 0.5], mtl="ties")  # TIES keeps the top 20 %: one entry per task (3.0 and 5.0)
+    assert m.delta["w"].tolist() == [3.0, 0.0, 0.0, 0.0, 5.0] and m.info["mtl"] == "ties"
+    # task 1: |v1| > 0.5·|τ_MTL − v1| = [0, 0.5, 1, 0.05, 2.5] → [T, T, T, T, F]
+    assert m.masks["w"][0].tolist() == [True, True, True, True, False]
+    with pytest.raises(ValueError, match="mtl: expected one of"):
+        tall(base, [v1, v2], 0.4, mtl="mean")
+    b, experts = _experts(3)
+    merged = rtl.merge.merge_experts(b, experts, method="tall", mtl="ties")
+    assert merged.fc1.delta.count_nonzero() <= 0.2 * 3 * merged.fc1.delta.numel() + 3
+
+
 def test_task_arithmetic_sums_scaled_vectors():
     base = _state([1.0, 1.0])
     m = task_arithmetic(base, [_state([1.0, 2.0]), _state([3.0, -2.0])], lam=0.5)

@@ -5,6 +5,7 @@
 
 #include <ATen/Parallel.h>
 
+#include <atomic>
 #include <string>
 #include <vector>
 
@@ -156,6 +157,26 @@ void parallel_blocks(int64_t items, int64_t block, int64_t work_per_item, const 
   const int64_t blocks = (items + block - 1) / block;
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, block * work_per_item));
   at::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) { fn(b0 * block, std::min(items, b1 * block)); });
+}
+
+// fn(i0, i1) over [0, n) in chunks of `grain` that the team's threads claim one at a time. With
+// at::parallel_for's fixed halves, a thread that loses its core on a busy machine holds the whole
+// call up by its share; here the running threads take over the chunks it has not started.
+template <typename F>
+void parallel_claim(int64_t n, int64_t grain, const F& fn) {
+  if (n <= 0) return;
+  grain = std::max<int64_t>(grain, 1);
+  const int64_t chunks = (n + grain - 1) / grain;
+  const int64_t threads = std::min<int64_t>(at::get_num_threads(), chunks);
+  if (threads <= 1 || at::in_parallel_region()) {
+    fn(0, n);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+    for (int64_t c = next.fetch_add(1, std::memory_order_relaxed); c < chunks; c = next.fetch_add(1, std::memory_order_relaxed))
+      fn(c * grain, std::min(n, (c + 1) * grain));
+  });
 }
 
 void materialize_into(const rtl_cpu::Ops& ops, const rtl_cpu::Problem& p, int64_t k, at::Tensor& out) {
@@ -469,7 +490,7 @@ at::Tensor conv_pack(const rtl_cpu::ConvOps& ops, const ConvCall& call, bool dx,
   at::Tensor packed = at::empty({std::max<int64_t>(blocks * *floats, 1)}, at::kFloat);
   float* out = packed.data_ptr<float>();
   const int64_t n = *floats;
-  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+  parallel_claim(blocks, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) ops.pack(p, dx, call.active[b / groups], b % groups, out + b * n);
   });
   return packed;
@@ -518,7 +539,7 @@ at::Tensor conv_gather(const rtl_cpu::ConvOps& ops, const ConvCall& call, bool d
   const int64_t work = std::max<int64_t>(1, kConvChunkRows * a.taps * a.cr * std::max<int64_t>(a.nout, 1));
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / work);
   auto fn = depthwise ? ops.gather_depthwise : ops.gather;
-  if (items > 0) at::parallel_for(0, items, grain, [&](int64_t i0, int64_t i1) { fn(a, i0, i1); });
+  parallel_claim(items, grain, [&](int64_t i0, int64_t i1) { fn(a, i0, i1); });
   return out;
 }
 
@@ -564,7 +585,7 @@ std::tuple<at::Tensor, at::Tensor> conv_backward(const at::Tensor& dy, const at:
     const int32_t* tp = table.data_ptr<int32_t>();
     float* dwp = dw32.data_ptr<float>();
     if (p.B > 0)
-      at::parallel_for(0, items, std::max<int64_t>(1, (int64_t{1} << 18) / work), [&](int64_t i0, int64_t i1) { ops.grad_w(p, tp, xp, dyp, dwp, i0, i1); });
+      parallel_claim(items, std::max<int64_t>(1, (int64_t{1} << 18) / work), [&](int64_t i0, int64_t i1) { ops.grad_w(p, tp, xp, dyp, dwp, i0, i1); });
     dw = dw32.to(weight.scalar_type());
   }
   return {dx, dw};
