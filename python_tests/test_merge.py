@@ -61,6 +61,20 @@ def test_tall_mask_rule_is_strict_and_per_task():
     assert m.ticket_state(0)["w"].tolist() == pytest.approx([2.0, 0.0, 0.0])
 
 
+def test_tall_over_the_ties_multi_task_vector_trims_elects_and_sums():
+    base = _state([0.0, 0.0, 0.0, 0.0, 0.0])
+    v1, v2 = _state([3.0, -1.0, 2.0, 0.1, 0.0]), _state([-1.0, -2.0, 4.0, 0.2, 5.0])
+    m = tall(base, [v1, v2], [0.5, 0.5], mtl="ties")  # TIES keeps the top 20 %: one entry per task (3.0 and 5.0)
+    assert m.delta["w"].tolist() == [3.0, 0.0, 0.0, 0.0, 5.0] and m.info["mtl"] == "ties"
+    # task 1: |v1| > 0.5·|τ_MTL − v1| = [0, 0.5, 1, 0.05, 2.5] → [T, T, T, T, F]
+    assert m.masks["w"][0].tolist() == [True, True, True, True, False]
+    with pytest.raises(ValueError, match="mtl: expected one of"):
+        tall(base, [v1, v2], 0.4, mtl="mean")
+    b, experts = _experts(3)
+    merged = rtl.merge.merge_experts(b, experts, method="tall", mtl="ties")
+    assert merged.fc1.delta.count_nonzero() <= 0.2 * 3 * merged.fc1.delta.numel() + 3
+
+
 def test_task_arithmetic_sums_scaled_vectors():
     base = _state([1.0, 1.0])
     m = task_arithmetic(base, [_state([1.0, 2.0]), _state([3.0, -2.0])], lam=0.5)
@@ -244,3 +258,23 @@ def test_merged_model_saves_base_delta_masks_and_scales_once(tmp_path):
     weights = load_file(str(tmp_path / "m" / "weights.safetensors"))
     assert {"fc1.weight", "fc1.delta", "fc1.scales", "fc1.bias", "fc1.bias_delta"} <= set(weights)
     assert "fc1.mask_bits" not in weights and weights["fc1.delta"].shape == (16, 12)
+    # the K scales once (one Parameter shared by the layers), the bias masks flat: exactly K·out bits
+    assert "fc1.scales" in weights and "fc2.scales" not in weights and weights["head.bias_mask_bits"].dtype == torch.uint8
+    assert weights["head.bias_mask_bits"].numel() == (3 * 5 + 7) // 8
+    for name in ("fc1", "fc2", "head"):
+        assert torch.equal(fresh.get_submodule(name).bias_mask_bits, merged.get_submodule(name).bias_mask_bits)
+
+
+def test_flat_bias_masks_of_the_wrong_size_are_a_load_error_naming_the_key(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    base, experts = _experts(3)
+    rtl.save(rtl.merge.merge_experts(base, experts, method="emr"), tmp_path)
+    weights = load_file(str(tmp_path / "weights.safetensors"))
+    weights["fc2.bias_mask_bits"] = weights["fc2.bias_mask_bits"][:-1].clone()
+    save_file(weights, str(tmp_path / "weights.safetensors"))
+    fresh = rtl.merge.convert_delta(MLP(12, 5, 16), 3)
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    with pytest.raises(rtl.LoadError, match=r"'fc2.bias_mask_bits' does not match the save's flat mask bits"):
+        rtl.load(tmp_path, fresh)
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in before.items())

@@ -10,56 +10,34 @@ using rtl_cpu::DeltaProblem;
 static constexpr int64_t kDeltaColChunk = 1024;  // 4 KiB of each base and delta row per block
 static constexpr int64_t kDeltaRowBlock = 8;
 
+// ticket k's weight rows, base + s * (delta where the mask bits are set), built as they are loaded
+struct DeltaRows {
+  const float* const* br;
+  const float* const* dr;
+  const uint32_t* const* mrow;
+  vec sv;
+  vec full(int r, int64_t c) const { return V::fmadd(sv, V::load_keep(dr[r] + c, V::mask_at(mrow[r], c)), V::load(br[r] + c)); }
+  vec part(int r, int64_t c, uint32_t lim) const {
+    return V::fmadd(sv, V::load_masked(dr[r] + c, chunk_mask(mrow[r], c) & lim), V::load_masked(br[r] + c, lim));
+  }
+};
+
 // rows `rows` (RT of them, one ticket with scale s) x weight rows n..n+RN-1 over columns [c0, c1)
 template <int RT, int RN>
 static void delta_tile(const DeltaProblem& p, const int64_t* rows, const uint32_t* const* mrow, float s, const float* bias, int64_t n, int64_t c0, int64_t c1,
                        float* y) {
-  const int64_t C = p.C;
   const float* xr[RT];
   const float* br[RN];
   const float* dr[RN];
   RTL_UNROLL
-  for (int t = 0; t < RT; ++t) xr[t] = p.x + rows[t] * C;
+  for (int t = 0; t < RT; ++t) xr[t] = p.x + rows[t] * p.C;
   RTL_UNROLL
   for (int r = 0; r < RN; ++r) {
-    br[r] = p.base + (n + r) * C;
-    dr[r] = p.delta + (n + r) * C;
+    br[r] = p.base + (n + r) * p.C;
+    dr[r] = p.delta + (n + r) * p.C;
   }
-  const vec sv = V::bcast(s);
-  vec acc[RT][RN];
-  RTL_UNROLL
-  for (int t = 0; t < RT; ++t)
-    RTL_UNROLL
-    for (int r = 0; r < RN; ++r) acc[t][r] = V::zero();
-  int64_t c = c0;
-  for (; c + L <= c1; c += L) {
-    vec xv[RT];
-    RTL_UNROLL
-    for (int t = 0; t < RT; ++t) xv[t] = V::load(xr[t] + c);
-    RTL_UNROLL
-    for (int r = 0; r < RN; ++r) {
-      const vec wv = V::fmadd(sv, V::load_keep(dr[r] + c, V::mask_at(mrow[r], c)), V::load(br[r] + c));
-      RTL_UNROLL
-      for (int t = 0; t < RT; ++t) acc[t][r] = V::fmadd(xv[t], wv, acc[t][r]);
-    }
-  }
-  if (c < c1) {  // the last block of a row only
-    const uint32_t lim = limit_mask(c, C);
-    vec xv[RT];
-    RTL_UNROLL
-    for (int t = 0; t < RT; ++t) xv[t] = V::load_masked(xr[t] + c, lim);
-    RTL_UNROLL
-    for (int r = 0; r < RN; ++r) {
-      const vec wv = V::fmadd(sv, V::load_masked(dr[r] + c, chunk_mask(mrow[r], c) & lim), V::load_masked(br[r] + c, lim));
-      RTL_UNROLL
-      for (int t = 0; t < RT; ++t) acc[t][r] = V::fmadd(xv[t], wv, acc[t][r]);
-    }
-  }
-  const bool first = c0 == 0 && bias != nullptr;  // the ticket's bias joins the first column block
-  RTL_UNROLL
-  for (int t = 0; t < RT; ++t)
-    RTL_UNROLL
-    for (int r = 0; r < RN; ++r) y[rows[t] * p.N + n + r] += V::reduce(acc[t][r]) + (first ? bias[n + r] : 0.0f);
+  // the ticket's bias joins the first column block
+  tile_forward<float, RT, RN>(xr, p.C, c0, c1, DeltaRows{br, dr, mrow, V::bcast(s)}, rows, p.N, n, c0 == 0 ? bias : nullptr, y);
 }
 
 template <int RT>

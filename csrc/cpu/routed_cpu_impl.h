@@ -46,18 +46,14 @@ static inline uint32_t limit_mask(int64_t c, int64_t C) { return C - c >= L ? kF
 
 // ------------------------------------------------------------------------------- forward
 
-// columns [c0, c1) of rows `rows` x W rows n..n+RN-1, added to y (bias added with the first block)
-template <typename T, int RT, int RN>
-static void fwd_tile(const Problem& p, const int64_t* rows, const uint32_t* const* mrow, int64_t n, int64_t c0, int64_t c1, const float* bias, float* y) {
-  const T* x = static_cast<const T*>(p.x);
-  const T* w = static_cast<const T*>(p.w);
-  const int64_t C = p.C;
-  const T* xr[RT];
-  const T* wr[RN];
-  RTL_UNROLL
-  for (int t = 0; t < RT; ++t) xr[t] = x + rows[t] * C;
-  RTL_UNROLL
-  for (int r = 0; r < RN; ++r) wr[r] = w + (n + r) * C;
+// The register-tile loop of every forward kernel here: acc[t][r] = x row t . weight row r over columns [c0, c1),
+// where `w.full(r, c)` builds L lanes of weight row r at column c (a multiple of L) and `w.part(r, c, lim)` only
+// the lanes in `lim`, the rest zero (only the last block of a row, c1 = C, is partial); then
+// y[rows[t], n + r] += acc[t][r] (+ bias[n + r] unless `bias` is null). The weight is built in registers as it is
+// loaded (a masked weight, or base + masked delta), so each caller only says how.
+template <typename T, int RT, int RN, typename W>
+static inline void tile_forward(const T* const* xr, int64_t C, int64_t c0, int64_t c1, const W& w, const int64_t* rows, int64_t N, int64_t n,
+                                const float* bias, float* y) {
   vec acc[RT][RN];
   RTL_UNROLL
   for (int t = 0; t < RT; ++t)
@@ -70,28 +66,50 @@ static void fwd_tile(const Problem& p, const int64_t* rows, const uint32_t* cons
     for (int t = 0; t < RT; ++t) xv[t] = V::load(xr[t] + c);
     RTL_UNROLL
     for (int r = 0; r < RN; ++r) {
-      const vec wv = V::load_keep(wr[r] + c, V::mask_at(mrow[r], c));
+      const vec wv = w.full(r, c);
       RTL_UNROLL
       for (int t = 0; t < RT; ++t) acc[t][r] = V::fmadd(xv[t], wv, acc[t][r]);
     }
   }
-  if (c < c1) {  // only the last block of a row is partial (c1 = C)
+  if (c < c1) {
     const uint32_t lim = limit_mask(c, C);
     vec xv[RT];
     RTL_UNROLL
     for (int t = 0; t < RT; ++t) xv[t] = V::load_masked(xr[t] + c, lim);
     RTL_UNROLL
     for (int r = 0; r < RN; ++r) {
-      const vec wv = V::load_masked(wr[r] + c, chunk_mask(mrow[r], c) & lim);
+      const vec wv = w.part(r, c, lim);
       RTL_UNROLL
       for (int t = 0; t < RT; ++t) acc[t][r] = V::fmadd(xv[t], wv, acc[t][r]);
     }
   }
-  const bool first = c0 == 0 && bias != nullptr;
   RTL_UNROLL
   for (int t = 0; t < RT; ++t)
     RTL_UNROLL
-    for (int r = 0; r < RN; ++r) y[rows[t] * p.N + n + r] += V::reduce(acc[t][r]) + (first ? bias[n + r] : 0.0f);
+    for (int r = 0; r < RN; ++r) y[rows[t] * N + n + r] += V::reduce(acc[t][r]) + (bias != nullptr ? bias[n + r] : 0.0f);
+}
+
+// the routed weight: W row r's lanes kept where its ticket's mask bits are set
+template <typename T>
+struct MaskedRows {
+  const T* const* wr;
+  const uint32_t* const* mrow;
+  vec full(int r, int64_t c) const { return V::load_keep(wr[r] + c, V::mask_at(mrow[r], c)); }
+  vec part(int r, int64_t c, uint32_t lim) const { return V::load_masked(wr[r] + c, chunk_mask(mrow[r], c) & lim); }
+};
+
+// columns [c0, c1) of rows `rows` x W rows n..n+RN-1, added to y (bias added with the first block)
+template <typename T, int RT, int RN>
+static void fwd_tile(const Problem& p, const int64_t* rows, const uint32_t* const* mrow, int64_t n, int64_t c0, int64_t c1, const float* bias, float* y) {
+  const T* x = static_cast<const T*>(p.x);
+  const T* w = static_cast<const T*>(p.w);
+  const T* xr[RT];
+  const T* wr[RN];
+  RTL_UNROLL
+  for (int t = 0; t < RT; ++t) xr[t] = x + rows[t] * p.C;
+  RTL_UNROLL
+  for (int r = 0; r < RN; ++r) wr[r] = w + (n + r) * p.C;
+  tile_forward<T, RT, RN>(xr, p.C, c0, c1, MaskedRows<T>{wr, mrow}, rows, p.N, n, c0 == 0 ? bias : nullptr, y);
 }
 
 // W rows per register tile for RT rows: fewer rows leave registers for more W rows

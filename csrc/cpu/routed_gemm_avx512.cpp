@@ -90,69 +90,97 @@ static void pack_rows(const Problem& p, int64_t q0, int64_t rows, int64_t c0, in
 
 // one register tile (kMR packed rows x kNR packed weight rows) over kc columns into the tile
 // buffer rows `out` (stride kTileStride): the first c-block stores, later ones add
+template <int MR>  // MR <= kMR rows: a ticket's last rows run a shorter tile instead of padding rows
 static void micro_tile(const float* a, const float* b, int64_t kc, float* out, bool first) {
-  __m512 acc[kMR][2];
+  __m512 acc[MR][2];
   RTL_UNROLL
-  for (int i = 0; i < kMR; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+  for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
   for (int64_t c = 0; c < kc; ++c) {
     const __m512 b0 = _mm512_loadu_ps(b + c * kGemmNR);
     const __m512 b1 = _mm512_loadu_ps(b + c * kGemmNR + 16);
     RTL_UNROLL
-    for (int i = 0; i < kMR; ++i) {
+    for (int i = 0; i < MR; ++i) {
       const __m512 av = _mm512_set1_ps(a[c * kMR + i]);
       acc[i][0] = _mm512_fmadd_ps(av, b0, acc[i][0]);
       acc[i][1] = _mm512_fmadd_ps(av, b1, acc[i][1]);
     }
   }
   RTL_UNROLL
-  for (int i = 0; i < kMR; ++i) {
+  for (int i = 0; i < MR; ++i) {
     float* o = out + i * kTileStride;
     _mm512_storeu_ps(o, first ? acc[i][0] : _mm512_add_ps(_mm512_loadu_ps(o), acc[i][0]));
     _mm512_storeu_ps(o + 16, first ? acc[i][1] : _mm512_add_ps(_mm512_loadu_ps(o + 16), acc[i][1]));
   }
 }
 
-// Per thread, for its weight rows [n0, n1): for each ticket, a block of its rows is packed once
-// (all columns); for each block of weight rows the partial sums of every c-block gather in a
-// contiguous tile (so the scattered output rows are written once, not once per c-block).
-static void forward_gemm(const Problem& p, const float* bias, float* y, int64_t n0, int64_t n1, float* scratch) {
+// One block of a ticket's rows (packed in apack: all columns) times one block of kNC weight rows:
+// the partial sums of every c-block gather in a contiguous tile, so the scattered output rows are
+// written once, not once per c-block.
+static void row_block(const Problem& p, const float* bias, float* y, int64_t k, int64_t q0, int64_t rows, int64_t nb, int64_t n1, const float* apack,
+                      float* bpack, float* tile) {
   const int64_t cblocks = p.C > 0 ? (p.C + kGemmKC - 1) / kGemmKC : 0;
-  float* apack = scratch;                                   // kMC rows x cblocks * kKC columns
-  float* bpack = apack + kGemmMC * cblocks * kGemmKC;        // kNC x kKC
-  float* tile = bpack + kGemmNC * kGemmKC;                   // kMC x kTileStride
-  for (int64_t k = 0; k < p.K; ++k) {
-    const int64_t lo = p.offsets[k], hi = p.offsets[k + 1];
-    for (int64_t q0 = lo; q0 < hi; q0 += kGemmMC) {
-      const int64_t rows = imin(kGemmMC, hi - q0);
-      for (int64_t cb = 0; cb < cblocks; ++cb)
-        pack_rows(p, q0, rows, cb * kGemmKC, imin(kGemmKC, p.C - cb * kGemmKC), apack + cb * kGemmMC * kGemmKC);
-      for (int64_t nb = n0; nb < n1; nb += kGemmNC) {
-        const int64_t ncols = imin(kGemmNC, n1 - nb);
-        if (cblocks == 0)
-          for (int64_t i = 0; i < rows; ++i)
-            for (int64_t j = 0; j < ncols; ++j) tile[i * kTileStride + j] = 0.0f;
-        for (int64_t cb = 0; cb < cblocks; ++cb) {
-          const int64_t c0 = cb * kGemmKC, kc = imin(kGemmKC, p.C - c0);
-          pack_weight(p, k, nb, ncols, n1, c0, kc, bpack);
-          const float* ablock = apack + cb * kGemmMC * kGemmKC;
-          for (int64_t i = 0; i < rows; i += kMR)
-            for (int64_t j = 0; j < ncols; j += kGemmNR)
-              micro_tile(ablock + (i / kMR) * kGemmKC * kMR, bpack + (j / kGemmNR) * kGemmKC * kGemmNR, kc, tile + i * kTileStride + j, cb == 0);
-        }
-        // the tile's rows (plus bias) to their rows of y
-        for (int64_t i = 0; i < rows; ++i) {
-          float* o = y + p.perm[q0 + i] * p.N + nb;
-          const float* t = tile + i * kTileStride;
-          for (int64_t j = 0; j < ncols; j += 16) {
-            const __mmask16 m = lanes_below(ncols - j);
-            __m512 v = _mm512_maskz_loadu_ps(m, t + j);
-            if (bias != nullptr) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, bias + nb + j));
-            _mm512_mask_storeu_ps(o + j, m, v);
-          }
-        }
-      }
+  const int64_t ncols = imin(kGemmNC, n1 - nb);
+  if (cblocks == 0)
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t j = 0; j < ncols; ++j) tile[i * kTileStride + j] = 0.0f;
+  for (int64_t cb = 0; cb < cblocks; ++cb) {
+    const int64_t c0 = cb * kGemmKC, kc = imin(kGemmKC, p.C - c0);
+    pack_weight(p, k, nb, ncols, n1, c0, kc, bpack);
+    const float* ablock = apack + cb * kGemmMC * kGemmKC;
+    for (int64_t i = 0; i < rows; i += kMR) {
+      const int64_t live = rows - i;
+      const auto tile_fn = live > 8 ? micro_tile<kMR> : (live > 4 ? micro_tile<8> : micro_tile<4>);
+      for (int64_t j = 0; j < ncols; j += kGemmNR)
+        tile_fn(ablock + (i / kMR) * kGemmKC * kMR, bpack + (j / kGemmNR) * kGemmKC * kGemmNR, kc, tile + i * kTileStride + j, cb == 0);
     }
   }
+  for (int64_t i = 0; i < rows; ++i) {
+    float* o = y + p.perm[q0 + i] * p.N + nb;
+    const float* t = tile + i * kTileStride;
+    for (int64_t j = 0; j < ncols; j += 16) {
+      const __mmask16 m = lanes_below(ncols - j);
+      __m512 v = _mm512_maskz_loadu_ps(m, t + j);
+      if (bias != nullptr) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, bias + nb + j));
+      _mm512_mask_storeu_ps(o + j, m, v);
+    }
+  }
+}
+
+// tickets with more rows than this run ticket by ticket (their rows packed once for all weight
+// blocks); the others weight block by weight block (see forward_gemm)
+constexpr int64_t kFewRows = kGemmMC / 2;
+
+static void pack_row_block(const Problem& p, int64_t q0, int64_t rows, float* apack) {
+  for (int64_t c0 = 0; c0 < p.C; c0 += kGemmKC) pack_rows(p, q0, rows, c0, imin(kGemmKC, p.C - c0), apack + (c0 / kGemmKC) * kGemmMC * kGemmKC);
+}
+
+// Per thread, for its weight rows [n0, n1). A ticket with many rows packs each block of its rows
+// once and runs it against every weight block in turn (its weights stream once per ticket, paid
+// for by many rows). Tickets with few rows go the other way round: one block of kNC weight rows at
+// a time, every such ticket in turn, so the block's weights (kNC x C) stay in L2 across the
+// tickets instead of streaming from memory once per ticket (their few rows are packed again per
+// weight block, which costs little).
+static void forward_gemm(const Problem& p, const float* bias, float* y, int64_t n0, int64_t n1, float* scratch) {
+  const int64_t cblocks = p.C > 0 ? (p.C + kGemmKC - 1) / kGemmKC : 0;
+  float* apack = scratch;                             // kMC rows x cblocks * kKC columns
+  float* bpack = apack + kGemmMC * cblocks * kGemmKC;  // kNC x kKC
+  float* tile = bpack + kGemmNC * kGemmKC;             // kMC x kTileStride
+  for (int64_t k = 0; k < p.K; ++k) {
+    const int64_t lo = p.offsets[k], hi = p.offsets[k + 1];
+    if (hi - lo <= kFewRows) continue;
+    for (int64_t q0 = lo; q0 < hi; q0 += kGemmMC) {
+      const int64_t rows = imin(kGemmMC, hi - q0);
+      pack_row_block(p, q0, rows, apack);
+      for (int64_t nb = n0; nb < n1; nb += kGemmNC) row_block(p, bias, y, k, q0, rows, nb, n1, apack, bpack, tile);
+    }
+  }
+  for (int64_t nb = n0; nb < n1; nb += kGemmNC)
+    for (int64_t k = 0; k < p.K; ++k) {
+      const int64_t lo = p.offsets[k], rows = p.offsets[k + 1] - lo;
+      if (rows <= 0 || rows > kFewRows) continue;
+      pack_row_block(p, lo, rows, apack);
+      row_block(p, bias, y, k, lo, rows, nb, n1, apack, bpack, tile);
+    }
 }
 
 }  // namespace rtl_cpu::avx512gemm

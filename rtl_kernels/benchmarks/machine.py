@@ -11,16 +11,7 @@ from pathlib import Path
 
 import torch
 
-
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo (falls back to ``platform.processor()``)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from ..cpuinfo import cpu_model
 
 
 def _total_memory_bytes() -> int | None:

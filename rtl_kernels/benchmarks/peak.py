@@ -16,6 +16,8 @@ import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .. import cpuinfo
+
 
 @dataclass(frozen=True)
 class CpuPeak:
@@ -38,18 +40,6 @@ class CpuPeak:
             f"{self.fma_pipes} FMA pipes x {self.fp32_lanes_per_pipe} fp32 lanes x 2 x {self.clock_hz / 1e9:.2f} GHz ({self.clock_source}) "
             f"x {self.cores} cores ({self.isa})"
         )
-
-
-def _cpuinfo() -> dict[str, str]:
-    info: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if ":" in line:
-                key, val = (s.strip() for s in line.split(":", 1))
-                info.setdefault(key, val)
-    except OSError:
-        pass
-    return info
 
 
 def _clock(info: dict[str, str]) -> tuple[float, str]:
@@ -85,7 +75,7 @@ def pipes_and_lanes(vendor: str, family: int, flags: set[str]) -> tuple[int, int
 
 def cpu_peak(threads: int) -> CpuPeak:
     """The physical fp32/bf16 peak of ``threads`` cores of this CPU."""
-    info = _cpuinfo()
+    info = cpuinfo.fields()
     flags = set(info.get("flags", "").split())
     family = int(info.get("cpu family", "0") or 0)
     pipes, lanes, isa = pipes_and_lanes(info.get("vendor_id", ""), family, flags)

@@ -6,11 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from safetensors.torch import load_file
-
-from ..masks.packed import PackedMasks
 from ..masks.similarity import jaccard
-from ..models.io import MASKS, read_metadata
+from ..models.io import read_metadata, saved_masks
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,8 +25,7 @@ def run(args: argparse.Namespace) -> int:
     path = args.path / "model" if (args.path / "model" / "rtl.json").is_file() else args.path
     run_report = _run_report(args.path)
     meta = read_metadata(path)
-    bits = load_file(str(path / MASKS))
-    packed = {name: PackedMasks(bits[name], info["weight_shape"]) for name, info in meta["layers"].items()}
+    packed = saved_masks(path)
     layers = {name: [round(float(d), 4) for d in p.density()] for name, p in packed.items()}
     sim = jaccard(packed)
     report = {

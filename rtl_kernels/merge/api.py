@@ -25,8 +25,8 @@ _OPTIONS = {
     "task_arithmetic": ("lam",),
     "ties": ("lam", "k"),
     "emr": (),
-    "tall": ("lambdas",),
-    "fda": ("start", "masks", "lam", "k", "lambdas", *_FDA_FIELDS),
+    "tall": ("lambdas", "mtl"),
+    "fda": ("start", "masks", "lam", "k", "lambdas", "mtl", *_FDA_FIELDS),
 }
 
 
@@ -47,6 +47,7 @@ def merge_task_vectors(
     lam: float | None = None,
     k: float = methods.TIES_DEFAULT_K,
     lambdas: float | Sequence[float] | None = None,
+    mtl: str = "sum",
 ) -> MaskedMerge:
     """One of the parameter-space methods, choosing its coefficients on ``validation`` when they are not given."""
     if method in ("task_arithmetic", "ties"):
@@ -67,21 +68,24 @@ def merge_task_vectors(
     if method == "emr":
         return methods.emr(base, vectors)
     # tall
+    if mtl not in methods.TALL_MTL:
+        raise ValueError(f"mtl: expected one of {list(methods.TALL_MTL)}, got {mtl!r}")
     if lambdas is not None:
         values = [lambdas] * len(vectors) if isinstance(lambdas, (int, float)) else list(lambdas)
         for i, v in enumerate(values):
             methods.check_coefficient(f"lambdas[{i}]", v)
-        return methods.tall(base, vectors, values)
+        return methods.tall(base, vectors, values, mtl)
     if validation is None:
-        return methods.tall(base, vectors, methods.TALL_DEFAULT_LAMBDA)
-    mtl = {key: sum(v[key] for v in vectors) for key in base}
+        return methods.tall(base, vectors, methods.TALL_DEFAULT_LAMBDA, mtl)
+    vector = methods.multi_task_vector(base, vectors, mtl)
     chosen = []
     for t, ds in enumerate(validation):
         lam_t, _ = best(
-            list(methods.TALL_LAMBDAS), lambda lam_t, t=t, ds=ds: score(base_model, _tall_ticket(base, vectors[t], mtl, lam_t), ds, metric)
+            list(methods.TALL_LAMBDAS),
+            lambda lam_t, t=t, ds=ds: score(base_model, _tall_ticket(base, vectors[t], vector, lam_t), ds, metric),
         )
         chosen.append(lam_t)
-    return methods.tall(base, vectors, chosen)
+    return methods.tall(base, vectors, chosen, mtl)
 
 
 def _tall_ticket(base: State, vector: State, mtl: State, lam: float) -> State:
@@ -107,7 +111,7 @@ def merge_experts(
     ``routed=False``: one model of ``base``'s class (for ``"emr"``/``"tall"``, the mean of the K tickets).
     Options: ``lam`` (task arithmetic / TIES scale; default 0.3 / 1.0 or chosen on ``validation``),
     ``k`` (TIES' kept percent, 20), ``lambdas`` (TALL's λ_t; default 0.4 or chosen per task on
-    ``validation``); ``"fda"`` takes ``start`` (``"ta"``, ``"ties"``, ``"pretrained"``; default ``"ta"``),
+    ``validation``), ``mtl`` (TALL's multi-task vector: ``"sum"``, default, or ``"ties"``); ``"fda"`` takes ``start`` (``"ta"``, ``"ties"``, ``"pretrained"``; default ``"ta"``),
     ``masks`` (``"tall"``/``"emr"``, the routed variant's masks) and the :class:`FDAOptions` fields.
     """
     if method not in METHODS:

@@ -30,6 +30,8 @@ def convert_delta(model: nn.Module, num_tickets: int) -> nn.Module:
     """Replace every ``nn.Linear`` of ``model`` in place by an :class:`RTLDeltaLinear` with that base and a zero delta.
 
     This is the skeleton ``rtl.load`` fills: ``rtl.load(path, rtl.merge.convert_delta(Arch(), K))``.
+    The layers share one ``scales`` Parameter (a merge's per-task scale holds for the whole model), so
+    a save stores the K scales once.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
@@ -37,8 +39,10 @@ def convert_delta(model: nn.Module, num_tickets: int) -> nn.Module:
     names = [name for name, m in model.named_modules() if type(m) is nn.Linear]
     if not names:
         raise ValueError(f"model: expected a model with nn.Linear layers to merge, found none in {type(model).__name__}")
-    for name in names:
-        _swap(model, name, RTLDeltaLinear.from_dense(model.get_submodule(name), num_tickets))
+    layers = [RTLDeltaLinear.from_dense(model.get_submodule(name), num_tickets) for name in names]
+    for name, layer in zip(names, layers):
+        layer.scales = layers[0].scales
+        _swap(model, name, layer)
     return model
 
 

@@ -102,14 +102,19 @@ def trim_top_k(vectors: Sequence[State], k: float) -> torch.Tensor:
     return torch.where(stacked.abs() > kth, stacked, torch.zeros((), dtype=stacked.dtype))
 
 
-def ties(base: State, vectors: Sequence[State], k: float = TIES_DEFAULT_K, lam: float = TIES_DEFAULT_LAMBDA) -> MaskedMerge:
-    """TIES (Yadav et al. 2023): trim to the top ``k`` %, elect signs by total mass, disjoint mean; ``θ_0 + λ·merged``."""
-    trimmed = trim_top_k(vectors, k)
+def _elect(trimmed: torch.Tensor) -> torch.Tensor:
+    """TIES' elect step on stacked trimmed vectors ``[K, d]``: the sign of the total mass per entry (zeros
+    take the majority sign); entries disagreeing with it are zeroed."""
     sign = torch.sign(trimmed.sum(0))
     majority = 1.0 if float(sign.sum()) >= 0 else -1.0
     sign = torch.where(sign == 0, torch.full_like(sign, majority), sign)
     agree = torch.where(sign > 0, trimmed > 0, trimmed < 0)
-    selected = torch.where(agree, trimmed, torch.zeros((), dtype=trimmed.dtype))
+    return torch.where(agree, trimmed, torch.zeros((), dtype=trimmed.dtype))
+
+
+def ties(base: State, vectors: Sequence[State], k: float = TIES_DEFAULT_K, lam: float = TIES_DEFAULT_LAMBDA) -> MaskedMerge:
+    """TIES (Yadav et al. 2023): trim to the top ``k`` %, elect signs by total mass, disjoint mean; ``θ_0 + λ·merged``."""
+    selected = _elect(trim_top_k(vectors, k))
     counts = (selected != 0).sum(0).clamp_min(1)
     merged = unflatten(lam * selected.sum(0) / counts, base)
     return MaskedMerge(base, merged, {}, _unit_scales(len(vectors)), {"method": "ties", "k": k, "lambda": lam})
@@ -136,10 +141,23 @@ def emr(base: State, vectors: Sequence[State]) -> MaskedMerge:
     return MaskedMerge(base, unflatten(unified, base), mask_state, scales, {"method": "emr", "scales": scales.tolist()})
 
 
-def tall_masks(vectors: Sequence[State], lambdas: Sequence[float]) -> tuple[State, dict[str, torch.Tensor]]:
-    """``τ_MTL = Σ_t τ_t`` and TALL's masks ``m_t = 1{|τ_t| > λ_t·|τ_MTL − τ_t|}`` (strict), per key ``[K, *shape]``."""
+TALL_MTL = ("sum", "ties")
+
+
+def multi_task_vector(base: State, vectors: Sequence[State], kind: str = "sum") -> State:
+    """TALL's ``τ_MTL``: the sum of the task vectors (task arithmetic at λ = 1), or TIES' trimmed (top 20 %),
+    sign-elected disjoint *sum* (both as in ``nik-dim/tall_masks``)."""
+    if kind == "sum":
+        return {k: torch.stack([v[k] for v in vectors]).sum(0) for k in base}
+    trimmed = trim_top_k(vectors, TIES_DEFAULT_K)
+    return unflatten(_elect(trimmed).sum(0), base)
+
+
+def tall_masks(vectors: Sequence[State], lambdas: Sequence[float], mtl: State | None = None) -> tuple[State, dict[str, torch.Tensor]]:
+    """``τ_MTL`` (default ``Σ_t τ_t``) and TALL's masks ``m_t = 1{|τ_t| > λ_t·|τ_MTL − τ_t|}`` (strict), per key ``[K, *shape]``."""
     keys = list(vectors[0])
-    mtl = {k: torch.stack([v[k] for v in vectors]).sum(0) for k in keys}
+    if mtl is None:
+        mtl = {k: torch.stack([v[k] for v in vectors]).sum(0) for k in keys}
     masks = {}
     for key in keys:
         per_task = [v[key].abs() > lam * (mtl[key] - v[key]).abs() for v, lam in zip(vectors, lambdas)]
@@ -147,13 +165,16 @@ def tall_masks(vectors: Sequence[State], lambdas: Sequence[float]) -> tuple[Stat
     return mtl, masks
 
 
-def tall(base: State, vectors: Sequence[State], lambdas: float | Sequence[float] = TALL_DEFAULT_LAMBDA) -> MaskedMerge:
-    """TALL masks (Wang et al. 2024) over the multi-task vector: ticket ``t`` is ``θ_0 + m_t ⊙ τ_MTL``.
+def tall(base: State, vectors: Sequence[State], lambdas: float | Sequence[float] = TALL_DEFAULT_LAMBDA, mtl: str = "sum") -> MaskedMerge:
+    """TALL masks (Wang et al. 2024) over the multi-task vector: ticket ``t`` is ``θ_0 + m_t ⊙ τ_MTL``
+    (``mtl``: see :func:`multi_task_vector`).
 
     A zero task vector gets an empty mask (``0 > λ·|…|`` never holds): its ticket is the base, i.e. that expert.
     """
     lams = [float(lambdas)] * len(vectors) if isinstance(lambdas, (int, float)) else [float(v) for v in lambdas]
     if len(lams) != len(vectors):
         raise ValueError(f"lambdas: expected one value per expert ({len(vectors)}), got {len(lams)}")
-    mtl, masks = tall_masks(vectors, lams)
-    return MaskedMerge(base, mtl, masks, _unit_scales(len(vectors)), {"method": "tall", "lambdas": lams})
+    if mtl not in TALL_MTL:
+        raise ValueError(f"mtl: expected one of {list(TALL_MTL)}, got {mtl!r}")
+    vector, masks = tall_masks(vectors, lams, multi_task_vector(base, vectors, mtl))
+    return MaskedMerge(base, vector, masks, _unit_scales(len(vectors)), {"method": "tall", "lambdas": lams, "mtl": mtl})

@@ -1,8 +1,9 @@
 """Save and load a converted model: safetensors (weights, packed masks) + JSON; no pickle.
 
 A save is a directory holding ``weights.safetensors`` (the state dict without masks, so its keys
-match the original dense model), ``masks.safetensors`` (one int32 bit tensor per RTL layer) and
-``rtl.json`` (layer map, K, versions, user metadata). Files are written to temporary names and
+match the original dense model), ``masks.safetensors`` (one bit tensor per RTL layer: since format 2
+flat uint8 bytes without row padding, :mod:`rtl_kernels.masks.flat`; format 1 saves, int32 padded rows,
+still load) and ``rtl.json`` (layer map, K, versions, user metadata). Files are written to temporary names and
 renamed, so an interrupted save never leaves a half-written file under the final name.
 """
 
@@ -18,13 +19,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..atomic import atomic_write
-from ..masks.packed import PackedMasks
+from ..masks.flat import flat_bits, padded_bits, saved_tickets
+from ..masks.packed import PackedMasks, matrix_shape
 from .norms import check_norm_map, norm_map
 from .routing import RoutedModel
 from .state import named_rtl_layers
 
 FORMAT = "rtl_kernels"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: masks stored flat (no row padding)
 WEIGHTS, MASKS, META = "weights.safetensors", "masks.safetensors", "rtl.json"
 _MASK_SUFFIX = ".mask_bits"
 
@@ -78,7 +80,8 @@ def save(model: nn.Module, path: str | os.PathLike, *, metadata: dict | None = N
     from ..init.seeded import seeded_entries  # seeded weights are stored as their seed, not their values
 
     seeded = seeded_entries(model, tensors, aliases)
-    masks = {name: layer.mask_bits.detach().to("cpu").contiguous() for name, layer in layers.items()}
+    masks = {name: flat_bits(layer.mask_bits, matrix_shape(layer.weight.shape)[1]) for name, layer in layers.items()}
+    flat_buffers = _flatten_mask_buffers(layers, tensors)
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -90,6 +93,7 @@ def save(model: nn.Module, path: str | os.PathLike, *, metadata: dict | None = N
             for name, layer in layers.items()
         },
         "aliases": aliases,
+        "flat_buffers": flat_buffers,
         "norms": norm_map(model),
         "seeded": seeded,
         "metadata": metadata or {},
@@ -102,6 +106,19 @@ def save(model: nn.Module, path: str | os.PathLike, *, metadata: dict | None = N
 
         save_router(router, out)
     return out
+
+
+def _flatten_mask_buffers(layers: dict, tensors: dict[str, torch.Tensor]) -> dict[str, list[int]]:
+    """Store the layers' other packed-mask buffers (``extra_mask_shapes``, e.g. bias masks) flat in ``tensors``;
+    returns the shape each one covers, by key."""
+    covered = {}
+    for name, layer in layers.items():
+        for buf, shape in getattr(layer, "extra_mask_shapes", dict)().items():
+            key = f"{name}.{buf}" if name else buf
+            if key in tensors:
+                tensors[key] = flat_bits(tensors[key], matrix_shape(shape)[1])
+                covered[key] = list(shape)
+    return covered
 
 
 def read_metadata(path: str | os.PathLike) -> dict:
@@ -132,6 +149,18 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise LoadError(f"path: {path} is not a readable safetensors file ({exc}); the save is corrupt") from None
+
+
+def saved_masks(path: str | os.PathLike) -> dict[str, PackedMasks]:
+    """The masks of a save directory by layer name, as :class:`PackedMasks` (whatever the save's format)."""
+    meta = read_metadata(path)
+    bits = load_tensors(Path(path) / MASKS)
+    out = {}
+    for name, info in meta["layers"].items():
+        shape = info["weight_shape"]
+        b = bits[name] if meta.get("format_version", 1) < 2 else padded_bits(bits[name], info["num_tickets"], *matrix_shape(shape))
+        out[name] = PackedMasks(b, shape)
+    return out
 
 
 def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
@@ -175,7 +204,7 @@ def _checked_state(base: Path, meta: dict, model: nn.Module) -> tuple[dict[str, 
     masks = load_tensors(base / MASKS)
     seeded, seeded_specs = regenerate_entries(meta.get("seeded", {}), layers)
     state = _checked_weights(meta, weights, seeded, model)
-    state.update(_checked_masks(masks, layers))
+    state.update(_checked_masks(masks, layers, flat=meta.get("format_version", 1) >= 2))
     return state, seeded_specs
 
 
@@ -210,6 +239,12 @@ def _checked_weights(
         weights[alias] = weights[target]
     weights.update(seeded)
     state = {k: v for k, v in model.state_dict().items() if not k.endswith(_MASK_SUFFIX)}
+    for key, shape in meta.get("flat_buffers", {}).items():
+        if key in weights and key in state:
+            try:
+                weights[key] = padded_bits(weights[key], state[key].shape[0], *matrix_shape(shape))
+            except ValueError as exc:
+                raise LoadError(f"model: {key!r} does not match the save's flat mask bits: {exc}") from None
     if set(weights) != set(state):
         raise LoadError(
             f"model: state dict keys do not match the save (in the save only: {sorted(set(weights) - set(state))[:8]}; "
@@ -223,8 +258,9 @@ def _checked_weights(
     return weights
 
 
-def _checked_masks(masks: dict[str, torch.Tensor], layers: dict) -> dict[str, torch.Tensor]:
-    """The saved mask bits by buffer key, checked: one entry per layer, the layer's K, shape and zero padding bits."""
+def _checked_masks(masks: dict[str, torch.Tensor], layers: dict, *, flat: bool) -> dict[str, torch.Tensor]:
+    """The saved mask bits by buffer key (``flat``: re-padded to whole words per row), checked: one entry
+    per layer, the layer's K, shape and zero padding bits."""
     unknown = sorted(set(masks) - set(layers))
     if unknown:
         raise LoadError(f"path: {MASKS} holds masks for {unknown[:8]}, which are not RTL layers of the save; the save is corrupt")
@@ -233,12 +269,15 @@ def _checked_masks(masks: dict[str, torch.Tensor], layers: dict) -> dict[str, to
         if name not in masks:
             raise LoadError(f"path: {MASKS} has no masks for layer {name!r}; the save is corrupt")
         bits = masks[name]
-        if bits.dim() >= 1 and bits.shape[0] != layer.num_tickets:
+        saved = (saved_tickets(bits, *matrix_shape(layer.weight.shape)) if flat else bits.shape[0]) if bits.dim() >= 1 else None
+        if saved is not None and saved != layer.num_tickets:
             raise LoadError(
-                f"path: {MASKS} holds {bits.shape[0]} tickets for layer {name!r}, the model and {META} have "
+                f"path: {MASKS} holds {saved} tickets for layer {name!r}, the model and {META} have "
                 f"{layer.num_tickets}; the save is corrupt (masks from another save?)"
             )
         try:
+            if flat:
+                bits = padded_bits(bits, layer.num_tickets, *matrix_shape(layer.weight.shape))
             PackedMasks(bits, layer.weight.shape)
         except (TypeError, ValueError) as exc:
             raise LoadError(f"path: masks for layer {name!r} in {MASKS} are malformed: {exc}") from None

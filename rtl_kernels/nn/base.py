@@ -22,6 +22,44 @@ class RTLLayer(nn.Module):
     mask_bits: torch.Tensor
     backend: str = "auto"
 
+    def _init_weight(
+        self,
+        weight_shape: tuple[int, ...],
+        bias_shape: tuple[int, ...] | None,
+        num_tickets: int,
+        device: torch.device | str | None,
+        dtype: torch.dtype | None,
+    ) -> None:
+        """Uninitialised ``weight`` (and ``bias``, or None) Parameters; the caller initialises them, then ``_init_masks``."""
+        check_num_tickets(num_tickets)
+        self.weight = nn.Parameter(torch.empty(weight_shape, device=device, dtype=dtype))
+        if bias_shape is not None:
+            self.bias = nn.Parameter(torch.empty(bias_shape, device=device, dtype=dtype))
+        else:
+            self.register_parameter("bias", None)
+
+    def _init_linear(self, in_features: int, out_features: int, num_tickets: int, bias: bool, device, dtype) -> None:
+        """``nn.Linear``'s attributes, weight and bias (initialised as ``nn.Linear`` does), and all-ones masks."""
+        self.in_features, self.out_features = in_features, out_features
+        self._init_weight((out_features, in_features), (out_features,) if bias else None, num_tickets, device, dtype)
+        nn.Linear.reset_parameters(self)
+        self._init_masks(num_tickets)
+
+    @classmethod
+    def _sharing(cls, module: nn.Module, num_tickets: int, **attrs: object) -> RTLLayer:
+        """A layer of this class holding ``module``'s own weight and bias Parameter objects, with
+        all-ones masks and ``attrs`` set (the ``from_dense`` of layers that wrap a dense one)."""
+        check_num_tickets(num_tickets)
+        layer = cls.__new__(cls)
+        RTLLayer.__init__(layer)
+        for name, value in attrs.items():
+            setattr(layer, name, value)
+        layer.weight = module.weight
+        layer.bias = getattr(module, "bias", None)
+        layer._init_masks(num_tickets)
+        layer.train(module.training)
+        return layer
+
     def _init_masks(self, num_tickets: int) -> None:
         check_num_tickets(num_tickets)
         self.register_buffer("mask_bits", ones_bits(num_tickets, self.weight.shape, device=self.weight.device))

@@ -10,10 +10,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..backends.masked_delta_backends import resolve as resolve_backend
 from ..masks.packed import PackedMasks, ones_bits, pack_masks
+from ..ops.define import _any_autocast
 from ..ops.masked_delta import apply_checked, masked_delta_linear
 from ..routing_plans.plan import RoutingPlan
-from .base import RTLLayer, check_num_tickets
+from .base import RTLLayer
 
 
 class RTLDeltaLinear(RTLLayer):
@@ -29,35 +31,29 @@ class RTLDeltaLinear(RTLLayer):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        check_num_tickets(num_tickets)
-        self.in_features, self.out_features = in_features, out_features
-        kw = {"device": device, "dtype": dtype}
-        self.weight = nn.Parameter(torch.empty(out_features, in_features, **kw))
-        self.delta = nn.Parameter(torch.zeros(out_features, in_features, **kw))
-        self.scales = nn.Parameter(torch.ones(num_tickets, **kw))
-        if bias:
-            self.bias = nn.Parameter(torch.empty(out_features, **kw))
-            self.bias_delta = nn.Parameter(torch.zeros(out_features, **kw))
-            self.register_buffer("bias_mask_bits", ones_bits(num_tickets, (out_features,), device=device))
+        self._init_linear(in_features, out_features, num_tickets, bias, device, dtype)
+        self._init_delta()
+
+    def _init_delta(self) -> None:
+        """A zero delta, unit scales and all-ones bias masks: every ticket is the base."""
+        w = self.weight
+        kw = {"device": w.device, "dtype": w.dtype}
+        self.delta = nn.Parameter(torch.zeros(w.shape, **kw))
+        self.scales = nn.Parameter(torch.ones(self.num_tickets, **kw))
+        if self.bias is not None:
+            self.bias_delta = nn.Parameter(torch.zeros(self.out_features, **kw))
+            self.register_buffer("bias_mask_bits", ones_bits(self.num_tickets, (self.out_features,), device=w.device))
         else:
-            self.register_parameter("bias", None)
             self.register_parameter("bias_delta", None)
             self.register_buffer("bias_mask_bits", None)
-        nn.Linear.reset_parameters(self)
-        self._init_masks(num_tickets)
 
     @classmethod
     def from_dense(cls, module: nn.Linear, num_tickets: int) -> RTLDeltaLinear:
-        """A layer whose base is a copy of ``module``'s parameters, with a zero delta (every ticket = ``module``)."""
+        """A layer whose base is ``module``'s own weight and bias, with a zero delta (every ticket = ``module``)."""
         if not isinstance(module, nn.Linear):
             raise TypeError(f"module: expected an nn.Linear, got {type(module).__name__}")
-        w = module.weight
-        layer = cls(module.in_features, module.out_features, num_tickets, module.bias is not None, w.device, w.dtype)
-        with torch.no_grad():
-            layer.weight.copy_(w)
-            if module.bias is not None:
-                layer.bias.copy_(module.bias)
-        layer.train(module.training)
+        layer = cls._sharing(module, num_tickets, in_features=module.in_features, out_features=module.out_features)
+        layer._init_delta()
         return layer
 
     @torch.no_grad()
@@ -78,32 +74,61 @@ class RTLDeltaLinear(RTLLayer):
             bm = torch.ones((self.num_tickets, self.out_features), dtype=torch.bool) if bias_masks is None else bias_masks
             self.bias_mask_bits.copy_(pack_masks(bm.to(self.bias_mask_bits.device)).bits)
 
+    def extra_mask_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Packed-mask buffers besides ``mask_bits`` and the shape each covers (``rtl.save`` stores them flat)."""
+        return {} if self.bias is None else {"bias_mask_bits": (self.out_features,)}
+
     def ticket_bias(self) -> torch.Tensor | None:
         """Per-ticket bias ``[K, out]``: ``bias + scale_k · (bias_delta ⊙ m_k)`` (a select, never a multiply by the mask).
 
         Without autograd (serving) the result is cached until a parameter or the masks change.
         """
-        if self.bias is None:
+        params = self._parameters  # the dicts, not nn.Module.__getattr__: this runs on every serving call
+        bias, bias_delta, scales, bits = params["bias"], params["bias_delta"], params["scales"], self._buffers["bias_mask_bits"]
+        if bias is None:
             return None
-        parts = (self.bias, self.bias_delta, self.scales, self.bias_mask_bits)
-        caching = not (torch.is_grad_enabled() and any(t.requires_grad for t in parts))
+        parts = (bias, bias_delta, scales, bits)
+        caching = not (torch.is_grad_enabled() and (bias.requires_grad or bias_delta.requires_grad or scales.requires_grad))
         key = tuple((t.data_ptr(), t._version) for t in parts)
-        if caching and getattr(self, "_bias_cache", (None,))[0] == key:
-            return self._bias_cache[1]
-        m = PackedMasks.trusted(self.bias_mask_bits, (self.out_features,)).unpack()
-        out = self.bias + self.scales[:, None] * torch.where(m, self.bias_delta, torch.zeros((), dtype=self.bias_delta.dtype))
+        cache = self.__dict__.get("_bias_cache")
+        if caching and cache is not None and cache[0] == key:
+            return cache[1]
+        m = PackedMasks.trusted(bits, (self.out_features,)).unpack()
+        out = bias + scales[:, None] * torch.where(m, bias_delta, torch.zeros((), dtype=bias_delta.dtype))
         if caching:
             self._bias_cache = (key, out.detach())
         return out
 
     def forward(self, x: torch.Tensor, routes: int | torch.Tensor | RoutingPlan | None = None) -> torch.Tensor:
-        w = self.weight
+        routes = self._resolve_routes(routes)
+        params, bits = self._parameters, self._buffers["mask_bits"]
+        w = params["weight"]
+        if (
+            type(routes) is RoutingPlan
+            and not torch.is_grad_enabled()
+            and type(x) is torch.Tensor
+            and x.dim() == 2
+            and routes._consistent
+            and routes.routes.shape[0] == x.shape[0]
+            and x.shape[1] == self.in_features
+            and x.dtype == w.dtype
+            and x.device == w.device == routes.routes.device
+            and routes.offsets.shape[0] == bits.shape[0] + 1
+            and not _any_autocast()
+            and not torch.compiler.is_compiling()
+        ):
+            # serving: a plan built once per model call for these rows (see rtl.RoutedModel), no autograd:
+            # straight to the backend's forward, as the op's eager path would go, without re-planning
+            masks = PackedMasks.trusted(bits, w.shape)
+            return resolve_backend(self.backend, x).forward(
+                x.contiguous(), w, params["delta"], masks, params["scales"], routes, self.ticket_bias()
+            )
         # the layer's own tensors agree by construction: only x is checked against them (one boundary)
         if not isinstance(x, torch.Tensor) or x.dim() < 1 or x.shape[-1] != self.in_features or x.dtype != w.dtype or x.device != w.device:
             return masked_delta_linear(
-                x, w, self.delta, self.packed_masks, self.scales, self._resolve_routes(routes), self.ticket_bias(), backend=self.backend
+                x, w, self.delta, self.packed_masks, self.scales, routes, self.ticket_bias(), backend=self.backend
             )  # the full checks name what is wrong
-        return apply_checked(x, w, self.delta, self.mask_bits, self.scales, self._resolve_routes(routes), self.ticket_bias(), self.backend)
+        return apply_checked(x, w, self.delta, self.mask_bits, self.scales, routes, self.ticket_bias(), self.backend)
 
     def ticket_weight(self, ticket: int) -> torch.Tensor:
         """Ticket ``ticket``'s dense weight ``weight + scale · (delta ⊙ M)``."""

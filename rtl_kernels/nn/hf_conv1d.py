@@ -13,7 +13,7 @@ from torch import nn
 from ..masks.packed import PackedMasks, pack_masks
 from ..ops.linear import routed_linear
 from ..routing_plans.plan import RoutingPlan
-from .base import RTLLayer, check_num_tickets
+from .base import RTLLayer
 from .overrides import override_of
 
 # where transformers defines Conv1D; matched by name so that importing rtl_kernels never imports transformers
@@ -48,14 +48,11 @@ class RTLConv1DLinear(RTLLayer):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        check_num_tickets(num_tickets)
         self.nf, self.nx = nf, nx
-        self.weight = nn.Parameter(torch.empty(nx, nf, device=device, dtype=dtype))
+        self._init_weight((nx, nf), (nf,) if bias else None, num_tickets, device, dtype)
         nn.init.normal_(self.weight, std=0.02)
         if bias:
-            self.bias = nn.Parameter(torch.zeros(nf, device=device, dtype=dtype))
-        else:
-            self.register_parameter("bias", None)
+            nn.init.zeros_(self.bias)
         self._init_masks(num_tickets)
         self._t_cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -72,16 +69,8 @@ class RTLConv1DLinear(RTLLayer):
         """An RTL layer that shares the Conv1D's Parameter objects (``weight`` ``[nx, nf]``), with all-ones masks."""
         if not is_hf_conv1d(module):
             raise TypeError(f"module: expected a transformers Conv1D, got {type(module).__name__}")
-        check_num_tickets(num_tickets)
-        layer = cls.__new__(cls)
-        RTLLayer.__init__(layer)
-        layer.nx, layer.nf = module.weight.shape
-        layer.weight = module.weight
-        layer.bias = getattr(module, "bias", None)
-        layer._init_masks(num_tickets)
-        layer._t_cache = None
-        layer.train(module.training)
-        return layer
+        nx, nf = module.weight.shape
+        return cls._sharing(module, num_tickets, nx=nx, nf=nf, _t_cache=None)
 
     def _linear_masks(self) -> PackedMasks:
         """Masks in ``routed_linear``'s layout (over ``weight.T``).
@@ -104,6 +93,14 @@ class RTLConv1DLinear(RTLLayer):
         special = override_of(self)
         if special is not None:
             return special(x, routes)
+        if (
+            getattr(self, "_rtl_seeded", None) is not None
+        ):  # a seeded weight: regenerate it in the kernel (masks in their own [in, out] layout)
+            from ..ops.seeded import seeded_layer_forward
+
+            y = seeded_layer_forward(self, x, self.packed_masks, routes, self.bias)
+            if y is not None:
+                return y
         return routed_linear(x, self.weight.t(), self._linear_masks(), routes, self.bias, backend=self.backend)
 
     def to_dense(self, ticket: int) -> nn.Module:

@@ -7,7 +7,7 @@ from torch import nn
 
 from ..ops.linear import routed_linear
 from ..routing_plans.plan import RoutingPlan
-from .base import RTLLayer, check_num_tickets
+from .base import RTLLayer
 from .overrides import override_of
 
 
@@ -24,31 +24,14 @@ class RTLLinear(RTLLayer):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        check_num_tickets(num_tickets)
-        self.in_features = in_features
-        self.out_features = out_features
-        self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=dtype))
-        if bias:
-            self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype))
-        else:
-            self.register_parameter("bias", None)
-        nn.Linear.reset_parameters(self)
-        self._init_masks(num_tickets)
+        self._init_linear(in_features, out_features, num_tickets, bias, device, dtype)
 
     @classmethod
     def from_dense(cls, module: nn.Linear, num_tickets: int) -> RTLLinear:
         """An RTL layer that shares ``module``'s Parameter objects, with all-ones masks."""
         if not isinstance(module, nn.Linear):
             raise TypeError(f"module: expected an nn.Linear, got {type(module).__name__}")
-        check_num_tickets(num_tickets)
-        layer = cls.__new__(cls)
-        RTLLayer.__init__(layer)
-        layer.in_features, layer.out_features = module.in_features, module.out_features
-        layer.weight = module.weight
-        layer.bias = module.bias
-        layer._init_masks(num_tickets)
-        layer.train(module.training)
-        return layer
+        return cls._sharing(module, num_tickets, in_features=module.in_features, out_features=module.out_features)
 
     def forward(self, x: torch.Tensor, routes: int | torch.Tensor | RoutingPlan | None = None) -> torch.Tensor:
         routes = self._resolve_routes(routes)
@@ -56,24 +39,11 @@ class RTLLinear(RTLLayer):
         if special is not None:
             return special(x, routes)
         if getattr(self, "_rtl_seeded", None) is not None:  # a seeded weight: regenerate it in the kernel instead of reading it
-            from ..init.seeded import seeded_forward_args
-            from ..ops.seeded import seeded_linear
+            from ..ops.seeded import seeded_layer_forward
 
-            args = seeded_forward_args(self, x)
-            if args is not None:
-                spec, row_scale = args
-                backend = self.backend if self.backend in ("cpu", "triton", "reference") else "auto"
-                return seeded_linear(
-                    x,
-                    self.packed_masks,
-                    routes,
-                    seed=spec.seed,
-                    layer=spec.layer_id,
-                    dist=spec.dist,
-                    row_scale=row_scale,
-                    bias=self.bias,
-                    backend=backend,
-                )
+            y = seeded_layer_forward(self, x, self.packed_masks, routes, self.bias)
+            if y is not None:
+                return y
         return routed_linear(x, self.weight, self.packed_masks, routes, self.bias, backend=self.backend)
 
     def to_dense(self, ticket: int) -> nn.Linear:
