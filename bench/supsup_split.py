@@ -78,6 +78,8 @@ def entropy_routers(model: nn.Module, calib: list[TensorDataset], one_shot: bool
         out["entropy_one_shot"] = ER(model, method="one_shot")
         out["entropy_one_shot_calibrated"] = ER(model, method="one_shot", temperatures=temps)
     out[f"entropy_exact_batch{BATCH}"] = ER(model, per="batch")
+    if one_shot:
+        out[f"entropy_one_shot_batch{BATCH}"] = ER(model, method="one_shot", per="batch")
     out[f"entropy_exact_calibrated_batch{BATCH}"] = ER(model, per="batch", temperatures=temps)
     return out
 
