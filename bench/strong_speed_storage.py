@@ -2,7 +2,8 @@
 
 Storage: an MLP of 2048² layers, seeded, K = 1, 4, 16 masks; bytes of the ``rtl.save`` directory
 against dense fp32 / bf16 weights. Speed: decode (16 rows over 8 tickets) and a large batch on a
-2048² layer: the seeded kernel (weight regenerated, never read) against ``F.linear`` on a stored
+2048² layer: ``seeded_linear`` (decode: the panel kernel, weight regenerated, never read; large
+batch: W generated once per call, then the stored-weight GEMM) against ``F.linear`` on a stored
 fp32 weight and against the stored-weight routed kernel. Methods are timed in interleaved rounds;
 a ratio is the median over rounds of the ratio within one round, on thread CPU time (wall time
 alongside): honest on a shared machine. dX of the seeded kernel is compared with dense ``dy @ W``.
@@ -81,7 +82,7 @@ def ratios(times: dict, base: str) -> dict:
 
 
 DENSE, STORED = "F.linear (stored fp32, dense)", "routed stored-weight (cpu)"
-SEEDED, SEEDED_DX, DENSE_DX = "seeded (regenerated, cpu)", "seeded dX (regenerated, cpu)", "dense dX (dy @ W, stored fp32)"
+SEEDED, SEEDED_DX, DENSE_DX = "seeded (regenerated, cpu)", "seeded dX (panel kernel, cpu)", "dense dX (dy @ W, stored fp32)"
 
 
 def speed(size: int, rows: int, tickets: int, rounds: int, inner: int, dist: str) -> dict:

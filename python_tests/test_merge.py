@@ -258,3 +258,23 @@ def test_merged_model_saves_base_delta_masks_and_scales_once(tmp_path):
     weights = load_file(str(tmp_path / "m" / "weights.safetensors"))
     assert {"fc1.weight", "fc1.delta", "fc1.scales", "fc1.bias", "fc1.bias_delta"} <= set(weights)
     assert "fc1.mask_bits" not in weights and weights["fc1.delta"].shape == (16, 12)
+    # the K scales once (one Parameter shared by the layers), the bias masks flat: exactly K·out bits
+    assert "fc1.scales" in weights and "fc2.scales" not in weights and weights["head.bias_mask_bits"].dtype == torch.uint8
+    assert weights["head.bias_mask_bits"].numel() == (3 * 5 + 7) // 8
+    for name in ("fc1", "fc2", "head"):
+        assert torch.equal(fresh.get_submodule(name).bias_mask_bits, merged.get_submodule(name).bias_mask_bits)
+
+
+def test_flat_bias_masks_of_the_wrong_size_are_a_load_error_naming_the_key(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    base, experts = _experts(3)
+    rtl.save(rtl.merge.merge_experts(base, experts, method="emr"), tmp_path)
+    weights = load_file(str(tmp_path / "weights.safetensors"))
+    weights["fc2.bias_mask_bits"] = weights["fc2.bias_mask_bits"][:-1].clone()
+    save_file(weights, str(tmp_path / "weights.safetensors"))
+    fresh = rtl.merge.convert_delta(MLP(12, 5, 16), 3)
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    with pytest.raises(rtl.LoadError, match=r"'fc2.bias_mask_bits' does not match the save's flat mask bits"):
+        rtl.load(tmp_path, fresh)
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in before.items())

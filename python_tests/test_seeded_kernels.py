@@ -1,5 +1,7 @@
 """Seeded-weight kernels (weight regenerated, never read): same bits on reference, cpu and triton; float64 checks."""
 
+import importlib.util
+
 import pytest
 import torch
 from hypothesis import given
@@ -10,7 +12,7 @@ import rtl_kernels as rtl
 from rtl_kernels.backends.extension import load_cpu
 from rtl_kernels.init.philox import DISTS, generate
 from rtl_kernels.masks.packed import pack_masks
-from rtl_kernels.ops.seeded import seeded_linear, seeded_weight
+from rtl_kernels.ops.seeded import seeded_linear, seeded_linear_t, seeded_weight
 
 CPU = load_cpu()
 needs_cpu = pytest.mark.skipif(CPU is None, reason="CPU extension not built")
@@ -139,7 +141,7 @@ def test_many_rows_and_rtl_linear_uses_the_seeded_kernel():
     torch.manual_seed(0)
     model = rtl.init.seeded_(rtl.convert(nn.Sequential(nn.Linear(40, 24)), 3), 5)
     layer = model[0]
-    x = torch.randn(200, 40)  # more rows than one accumulator window (64)
+    x = torch.randn(200, 40)  # the large-batch path (W generated once, then the stored-weight GEMM); 5 rows: the panel kernel
     routes = torch.randint(0, 3, (x.shape[0],))
     layer.set_masks(torch.rand(3, 24, 40) < 0.5)
     expected = float64_linear(x, layer.weight.detach(), layer.get_masks(), routes, layer.bias)
@@ -199,3 +201,114 @@ def test_cpu_kernels_on_every_isa_against_float64(data, n, c, k, m, dist):
         dx = CPU.seeded_grad_input(dy, bits, plan.perm, plan.offsets, row_scale, c, seed, layer, d, isa)
         assert y.shape == (m, n) and dx.shape == (m, c), isa
         assert bool(((y.double() - ref).abs() <= y_tol).all()) and bool(((dx.double() - dref).abs() <= dx_tol).all()), isa
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_seeded_attention_regenerates_its_projection_rows(backend):
+    """RTLMultiheadAttention's q/k/v projections run the seeded kernel on row slices (row0 = 0, E, 2E)
+    of the packed in_proj weight, with per-projection scales (scale_qk_), self- and cross-attention."""
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = nn.MultiheadAttention(16, 4, batch_first=True)
+
+    torch.manual_seed(0)
+    model = rtl.init.scale_qk_(rtl.init.seeded_(rtl.convert(Block(), 3), 5, dist="normal"))
+    attn = model.attn
+    attn.backend = attn.out_proj.backend = backend
+    attn.set_masks(torch.rand(3, 48, 16) < 0.6)
+    x, kv, routes = torch.randn(2, 5, 16), torch.randn(2, 7, 16), torch.tensor([2, 0])
+    with torch.no_grad():
+        expected = [
+            torch.cat([attn.to_dense(int(t))(x[b : b + 1], k[b : b + 1], k[b : b + 1])[0] for b, t in enumerate(routes)]) for k in (x, kv)
+        ]
+        attn.in_proj_weight.data.zero_()  # not the version counter: the seeded path must not read the tensor
+        for k, e in zip((x, kv), expected):
+            got = attn(x, k, k, routes=routes)[0]
+            assert rel(got, e.double()) <= 1e-5
+
+
+def within_fp32_bound(got, ref, bound, terms):
+    """|got − ref| <= (terms + 2) 2**-24 · bound (float32 summation of ``terms`` products whose |sum| is ``bound``)."""
+    return bool(((got.detach().double() - ref).abs() <= bound * (terms + 2) * 2.0**-24).all())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(
+    data=st.data(), n=st.integers(1, 24), c=st.integers(1, 300), k=st.integers(1, 4), m=st.integers(0, 9),
+    dist=st.sampled_from(DISTS),
+)  # fmt: skip
+def test_transposed_op_for_conv1d_weights_against_float64(backend, data, n, c, k, m, dist):
+    """``seeded_linear_t``: a weight stored ``[in, out]`` (HF Conv1D) with per-column scales, masks over ``[in, out]``."""
+    _, masks, routes, _, _, seed, layer = problem(data, c, n, k, m, dist)  # masks [k, c, n]
+    g = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16)))
+    x, col_scale = torch.randn(m, c, generator=g), torch.rand(n, generator=g) + 0.25
+    bias = torch.randn(n, generator=g) if data.draw(st.booleans()) else None
+    w = generate((c, n), dist, seed, layer, 1.0) * col_scale[None, :]
+    x.requires_grad_(True)
+    y = seeded_linear_t(x, masks, routes, seed=seed, layer=layer, dist=dist, col_scale=col_scale, bias=bias, backend=backend)
+    assert y.shape == (m, n) and y.dtype == torch.float32
+    if m:
+        wm = [w.double() * masks[routes[i]] for i in range(m)]
+        ref = torch.stack([x[i].detach().double() @ wm[i] for i in range(m)]) + (bias.double() if bias is not None else 0.0)
+        bound = torch.stack([x[i].detach().double().abs() @ wm[i].abs() for i in range(m)]) + (
+            bias.double().abs() if bias is not None else 0.0
+        )
+        assert within_fp32_bound(y, ref, bound, c + 1)
+        dy = torch.randn(m, n)
+        (dx,) = torch.autograd.grad(y, x, dy)
+        dref = torch.stack([dy[i].double() @ wm[i].T for i in range(m)])
+        assert within_fp32_bound(dx, dref, torch.stack([dy[i].double().abs() @ wm[i].abs().T for i in range(m)]), n + 1)
+
+
+def test_triton_transposed_op_and_one_hot_weights():
+    _triton()
+    c, n, seed, layer = 9, 5, 77, 88
+    col_scale = torch.rand(n) + 0.5
+    masks = torch.rand(2, c, n) < 0.7
+    w = generate((c, n), "normal", seed, layer, 1.0) * col_scale[None, :]
+    for backend in [*BACKENDS, "triton"]:
+        for t in range(2):  # one-hot rows read single weights: exact
+            y = seeded_linear_t(torch.eye(c), masks, t, seed=seed, layer=layer, dist="normal", col_scale=col_scale, backend=backend)
+            assert torch.equal(y, w * masks[t]), backend
+        x = torch.randn(3, c, requires_grad=True)
+        routes = torch.tensor([1, 0, 1])
+        y = seeded_linear_t(x, masks, routes, seed=seed, layer=layer, dist="normal", col_scale=col_scale, backend=backend)
+        (dx,) = torch.autograd.grad(y.sum(), x)
+        assert rel(dx, torch.stack([(w.double() * masks[r]).sum(1) for r in routes])) <= 1e-5, backend
+
+
+def test_seeded_conv1d_layer_regenerates_its_weight():
+    from rtl_kernels.nn.hf_conv1d import RTLConv1DLinear
+
+    torch.manual_seed(0)
+    model = rtl.init.seeded_(nn.Sequential(RTLConv1DLinear(12, 20, 3)), 4, dist="uniform")
+    layer = model[0]
+    with torch.no_grad():
+        layer.bias.copy_(torch.randn(12))
+    layer.set_masks(torch.rand(3, 20, 12) < 0.5)
+    x, routes = torch.randn(6, 20), torch.tensor([0, 2, 2, 1, 0, 2])
+    m = layer.get_masks()
+    expected = torch.stack([x[i].double() @ (layer.weight.double() * m[routes[i]]) for i in range(6)]) + layer.bias.double()
+    layer.weight.data.zero_()  # not the version counter: the seeded path must not read the tensor
+    with torch.no_grad():
+        assert rel(layer(x, routes), expected) <= 1e-5
+
+
+@pytest.mark.parametrize("dist", DISTS)
+def test_row_slices_are_the_reference_rows(dist):
+    """``row0``: a call computes rows [row0, row0 + N) of a larger seeded tensor (one-hot rows: exact), on every backend."""
+    rows, c, seed, layer, r0 = 12, 37, 5, 6, 5
+    scale = torch.rand(rows) + 0.5
+    w = (generate((rows, c), dist, seed, layer, 1.0) * scale[:, None])[r0 : r0 + 4]
+    masks = torch.rand(2, 4, c) < 0.8
+    backends = BACKENDS + (["triton"] if importlib.util.find_spec("triton") else [])
+    for backend in backends:
+        kw = {"seed": seed, "layer": layer, "dist": dist, "row_scale": scale[r0 : r0 + 4], "backend": backend, "row0": r0}
+        assert torch.equal(seeded_linear(torch.eye(c), masks, 1, **kw), (w * masks[1]).T), backend
+        xs = torch.zeros(4, c, requires_grad=True)
+        (dx,) = torch.autograd.grad(seeded_linear(xs, masks, 1, **kw), xs, torch.eye(4))
+        assert torch.equal(dx, w * masks[1]), backend
+    with pytest.raises(ValueError, match="row0"):
+        seeded_linear(torch.eye(c), masks, 1, **{**kw, "row0": -1})

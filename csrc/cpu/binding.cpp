@@ -327,13 +327,15 @@ const rtl_seeded::Ops& seeded_ops_for(int64_t isa) {
   return rtl_seeded::kOpsGeneric;
 }
 
-rtl_seeded::Problem seeded_problem(const at::Tensor& row_scale, int64_t in_features, int64_t seed, int64_t layer, int64_t dist) {
+rtl_seeded::Problem seeded_problem(const at::Tensor& row_scale, int64_t in_features, int64_t seed, int64_t layer, int64_t dist, int64_t row0) {
   check_float(row_scale, "row_scale", 1, at::kFloat);
   TORCH_CHECK_VALUE(in_features >= 0, "in_features: expected a non-negative int, got ", in_features);
   TORCH_CHECK_VALUE(seed >= 0 && seed <= 0xFFFFFFFFLL, "seed: expected an int in [0, 2**32 - 1], got ", seed);
   TORCH_CHECK_VALUE(layer >= 0 && layer <= 0xFFFFFFFFLL, "layer: expected an int in [0, 2**32 - 1], got ", layer);
   TORCH_CHECK_VALUE(dist >= rtl_seeded::kSignedConstant && dist <= rtl_seeded::kNormal, "dist: expected 0 (signed_constant), 1 (uniform) or 2 (normal), got ", dist);
+  TORCH_CHECK_VALUE(row0 >= 0, "row0: expected a non-negative int, got ", row0);
   rtl_seeded::Problem p{};
+  p.row0 = row0;
   p.N = row_scale.size(0);
   p.C = in_features;
   p.words = (p.C + 31) / 32;
@@ -360,10 +362,10 @@ void add_seeded_masks(rtl_seeded::Problem& p, int64_t M, const at::Tensor& bits,
 }
 
 at::Tensor seeded_forward(const at::Tensor& x, const at::Tensor& bits, const at::Tensor& perm, const at::Tensor& offsets, const at::Tensor& row_scale,
-                          const c10::optional<at::Tensor>& bias, int64_t seed, int64_t layer, int64_t dist, int64_t isa) {
+                          const c10::optional<at::Tensor>& bias, int64_t seed, int64_t layer, int64_t dist, int64_t isa, int64_t row0) {
   const rtl_seeded::Ops& ops = seeded_ops_for(isa);
   check_float(x, "x", 2, at::kFloat);
-  rtl_seeded::Problem p = seeded_problem(row_scale, x.size(1), seed, layer, dist);
+  rtl_seeded::Problem p = seeded_problem(row_scale, x.size(1), seed, layer, dist, row0);
   add_seeded_masks(p, x.size(0), bits, perm, offsets);
   p.x = x.data_ptr<float>();
   at::Tensor y = at::zeros({p.M, p.N}, x.options());
@@ -378,10 +380,10 @@ at::Tensor seeded_forward(const at::Tensor& x, const at::Tensor& bits, const at:
 }
 
 at::Tensor seeded_grad_input(const at::Tensor& dy, const at::Tensor& bits, const at::Tensor& perm, const at::Tensor& offsets, const at::Tensor& row_scale,
-                             int64_t in_features, int64_t seed, int64_t layer, int64_t dist, int64_t isa) {
+                             int64_t in_features, int64_t seed, int64_t layer, int64_t dist, int64_t isa, int64_t row0) {
   const rtl_seeded::Ops& ops = seeded_ops_for(isa);
   check_float(dy, "dy", 2, at::kFloat);
-  rtl_seeded::Problem p = seeded_problem(row_scale, in_features, seed, layer, dist);
+  rtl_seeded::Problem p = seeded_problem(row_scale, in_features, seed, layer, dist, row0);
   check_shape(dy, "dy", {dy.size(0), p.N});
   add_seeded_masks(p, dy.size(0), bits, perm, offsets);
   p.dy = dy.data_ptr<float>();
@@ -391,9 +393,9 @@ at::Tensor seeded_grad_input(const at::Tensor& dy, const at::Tensor& bits, const
   return dx;
 }
 
-at::Tensor seeded_generate(const at::Tensor& row_scale, int64_t in_features, int64_t seed, int64_t layer, int64_t dist, int64_t isa) {
+at::Tensor seeded_generate(const at::Tensor& row_scale, int64_t in_features, int64_t seed, int64_t layer, int64_t dist, int64_t isa, int64_t row0) {
   const rtl_seeded::Ops& ops = seeded_ops_for(isa);
-  rtl_seeded::Problem p = seeded_problem(row_scale, in_features, seed, layer, dist);
+  rtl_seeded::Problem p = seeded_problem(row_scale, in_features, seed, layer, dist, row0);
   at::Tensor out = at::empty({p.N, p.C}, row_scale.options());
   float* op = out.data_ptr<float>();
   parallel_blocks(p.N, 1, p.C, [&](int64_t n0, int64_t n1) { ops.generate(p, op, n0, n1); });
@@ -631,11 +633,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("weight"), py::arg("bits"), py::arg("perm"), py::arg("offsets"), py::arg("need_dx"), py::arg("need_dw"), py::arg("isa") = -1);
   m.def("seeded_forward", &seeded_forward, "y = x @ (W(seed) & mask[route])^T + b with W regenerated in L1, never read", py::arg("x"), py::arg("bits"),
         py::arg("perm"), py::arg("offsets"), py::arg("row_scale"), py::arg("bias") = py::none(), py::arg("seed"), py::arg("layer"), py::arg("dist"),
-        py::arg("isa") = -1);
+        py::arg("isa") = -1, py::arg("row0") = 0);
   m.def("seeded_grad_input", &seeded_grad_input, "dx = dy @ (W(seed) & mask[route]) with W regenerated", py::arg("dy"), py::arg("bits"), py::arg("perm"),
-        py::arg("offsets"), py::arg("row_scale"), py::arg("in_features"), py::arg("seed"), py::arg("layer"), py::arg("dist"), py::arg("isa") = -1);
+        py::arg("offsets"), py::arg("row_scale"), py::arg("in_features"), py::arg("seed"), py::arg("layer"), py::arg("dist"), py::arg("isa") = -1,
+        py::arg("row0") = 0);
   m.def("seeded_generate", &seeded_generate, "the seeded weight W(seed) [N, in_features] (float32)", py::arg("row_scale"), py::arg("in_features"),
-        py::arg("seed"), py::arg("layer"), py::arg("dist"), py::arg("isa") = -1);
+        py::arg("seed"), py::arg("layer"), py::arg("dist"), py::arg("isa") = -1, py::arg("row0") = 0);
   m.def("conv_forward", &conv_forward, "routed conv2d: each image convolved with W & mask[route] (implicit GEMM over NHWC pixels)", py::arg("x"),
         py::arg("weight"), py::arg("bits"), py::arg("perm"), py::arg("offsets"), py::arg("bias"), py::arg("stride"), py::arg("padding"),
         py::arg("dilation"), py::arg("groups"), py::arg("isa") = -1);

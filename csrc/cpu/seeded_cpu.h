@@ -7,7 +7,7 @@
 // key = (seed, layer_id)). signed_constant element i is bit (i & 31) of word i >> 5 (1 -> +s,
 // 0 -> -s); uniform element i is word i: (2 * (w >> 9) + 1 - 2^23) * 2^-23 * s; normal element i is
 // Box-Muller of words 2 i and 2 i + 1 (seeded_impl.h, normal_values). s is the row's float32 scale.
-// Elements are numbered row-major over the [N, C] weight.
+// Elements are numbered row-major over the seeded [rows, C] tensor; a call covers rows [row0, row0 + N).
 #pragma once
 #include <cstdint>
 
@@ -30,6 +30,7 @@ struct Problem {
   int64_t M, N, C;          // rows, out features, in features
   int64_t K, words;         // tickets, int32 mask words per row
   int dist;                 // Dist
+  int64_t row0;             // stream row of weight row 0 (the call computes rows [row0, row0 + N) of a seeded tensor)
   uint32_t key_lo, key_hi;  // Philox key: (seed, layer id)
   const float* row_scale;   // [N]
   const float* x;           // [M, C]

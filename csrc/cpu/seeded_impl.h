@@ -73,7 +73,7 @@ static inline void normal_values(const uint32_t* w, float s, float* out) {
 
 // W[n, c0 : c0 + cnt) (unmasked, scaled) into out[0 : cnt rounded up to L) (lanes past cnt: finite filler)
 static void gen_chunk(const Problem& p, int64_t n, int64_t c0, int64_t cnt, float* out) {
-  const int64_t e0 = n * p.C + c0;
+  const int64_t e0 = (n + p.row0) * p.C + c0;
   const float s = p.row_scale[n];
   uint32_t w[kWords];
   if (p.dist == rtl_seeded::kSignedConstant) {

@@ -153,11 +153,13 @@ def generate(
     scale: float,
     device: torch.device | str = "cpu",
     version: int = GENERATOR_VERSION,
+    start: int = 0,
 ) -> torch.Tensor:
-    """The float32 seeded weight of ``shape``: unit values times ``scale`` (rounded to float32)."""
+    """The float32 seeded weight of ``shape`` (elements ``start, start + 1, ...`` of the layer's stream):
+    unit values times ``scale`` (rounded to float32)."""
     n = math.prod(shape)
     scale32 = torch.tensor(scale, dtype=torch.float32, device=device)
     chunk = 1 << 20
-    parts = [unit_values(dist, seed, layer_id, s, min(chunk, n - s), device, version) * scale32 for s in range(0, n, chunk)]
+    parts = [unit_values(dist, seed, layer_id, start + s, min(chunk, n - s), device, version) * scale32 for s in range(0, n, chunk)]
     out = torch.cat(parts) if parts else torch.empty(0, dtype=torch.float32, device=device)
     return out.reshape(shape)

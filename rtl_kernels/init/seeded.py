@@ -53,11 +53,9 @@ class SeedSpec:
         view[self.axis] = size
         return s.reshape(view)
 
-    def row_scales(self, rows: int, device: torch.device | str = "cpu") -> torch.Tensor | None:
-        """float32 ``[rows]`` per-output-row scales when ``axis == 0`` (what the kernels take), else None."""
-        if self.axis != 0:
-            return None
-        return self.scale_tensor((rows, 1), device).reshape(rows)
+    def axis_scales(self, shape: tuple[int, ...], device: torch.device | str = "cpu") -> torch.Tensor:
+        """float32 ``[shape[axis]]``: the scale of each slice along ``axis`` (output rows of a Linear, columns of a Conv1D)."""
+        return self.scale_tensor(shape, device).reshape(shape[self.axis])
 
     def to_json(self) -> dict:
         return {
@@ -121,19 +119,19 @@ def spec_of(layer: nn.Module) -> SeedSpec | None:
 
 
 def seeded_forward_args(layer: nn.Module, x: torch.Tensor) -> tuple[SeedSpec, torch.Tensor] | None:
-    """``(spec, row_scale)`` when ``layer`` may run the seeded kernel on ``x``: float32, seeded weight
-    unchanged and not being trained, not under ``torch.compile``; else None (use the stored weight)."""
+    """``(spec, scales along spec.axis)`` when ``layer`` may run the seeded kernel on ``x``: float32, seeded
+    weight unchanged, 2-D and not being trained, not under ``torch.compile``; else None (use the stored weight)."""
     if torch.compiler.is_compiling() or getattr(layer, _ATTR, None) is None or x.dtype != torch.float32:
         return None
     w = layer.weight
     if w.dtype != torch.float32 or (w.requires_grad and torch.is_grad_enabled()):
         return None
     spec = spec_of(layer)
-    if spec is None or spec.axis != 0 or not kernel_rule(spec.dist, spec.version):
+    if spec is None or w.dim() != 2 or not kernel_rule(spec.dist, spec.version):
         return None
     cache = layer.__dict__.get("_rtl_row_scale")
     if cache is None or cache[0] is not spec or cache[1].device != x.device:
-        cache = (spec, spec.row_scales(w.shape[0], x.device))
+        cache = (spec, spec.axis_scales(tuple(w.shape), x.device))
         layer.__dict__["_rtl_row_scale"] = cache
     return spec, cache[1]
 

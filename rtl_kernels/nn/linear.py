@@ -39,24 +39,11 @@ class RTLLinear(RTLLayer):
         if special is not None:
             return special(x, routes)
         if getattr(self, "_rtl_seeded", None) is not None:  # a seeded weight: regenerate it in the kernel instead of reading it
-            from ..init.seeded import seeded_forward_args
-            from ..ops.seeded import seeded_linear
+            from ..ops.seeded import seeded_layer_forward
 
-            args = seeded_forward_args(self, x)
-            if args is not None:
-                spec, row_scale = args
-                backend = self.backend if self.backend in ("cpu", "triton", "reference") else "auto"
-                return seeded_linear(
-                    x,
-                    self.packed_masks,
-                    routes,
-                    seed=spec.seed,
-                    layer=spec.layer_id,
-                    dist=spec.dist,
-                    row_scale=row_scale,
-                    bias=self.bias,
-                    backend=backend,
-                )
+            y = seeded_layer_forward(self, x, self.packed_masks, routes, self.bias)
+            if y is not None:
+                return y
         return routed_linear(x, self.weight, self.packed_masks, routes, self.bias, backend=self.backend)
 
     def to_dense(self, ticket: int) -> nn.Linear:

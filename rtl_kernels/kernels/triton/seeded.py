@@ -78,18 +78,18 @@ def _normal(w0, w1):
 
 
 @triton.jit
-def _generate_kernel(out_ptr, scale_ptr, N, C, key, DIST: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+def _generate_kernel(out_ptr, scale_ptr, N, C, row0, key, DIST: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     ok = (n[:, None] < N) & (c[None, :] < C)
     idx = n[:, None].to(tl.int64) * C + c[None, :]
     s = tl.load(scale_ptr + n, mask=n < N, other=0.0)
-    tl.store(out_ptr + idx, _unit(key, idx, DIST) * s[:, None], mask=ok)
+    tl.store(out_ptr + idx, _unit(key, idx + row0.to(tl.int64) * C, DIST) * s[:, None], mask=ok)
 
 
 @triton.jit
 def _forward_kernel(
-    x_ptr, bits_ptr, routes_ptr, scale_ptr, bias_ptr, y_ptr, N, C, n_words, key,
+    x_ptr, bits_ptr, routes_ptr, scale_ptr, bias_ptr, y_ptr, N, C, n_words, row0, key,
     DIST: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     m = tl.program_id(0)
@@ -102,7 +102,7 @@ def _forward_kernel(
         c = c0 + tl.arange(0, BLOCK_C)
         c_ok = c < C
         ok = n_ok[:, None] & c_ok[None, :]
-        idx = n[:, None].to(tl.int64) * C + c[None, :]
+        idx = (n[:, None] + row0).to(tl.int64) * C + c[None, :]
         w = _unit(key, idx, DIST) * s[:, None]
         word = tl.load(bits_ptr + (ticket * N + n[:, None]).to(tl.int64) * n_words + (c[None, :] >> 5), mask=ok, other=0)
         keep = ((word >> (c[None, :] & 31)) & 1) != 0
@@ -115,7 +115,7 @@ def _forward_kernel(
 
 @triton.jit
 def _grad_x_kernel(
-    dy_ptr, bits_ptr, routes_ptr, scale_ptr, dx_ptr, N, C, n_words, key,
+    dy_ptr, bits_ptr, routes_ptr, scale_ptr, dx_ptr, N, C, n_words, row0, key,
     DIST: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     m = tl.program_id(0)
@@ -127,7 +127,7 @@ def _grad_x_kernel(
         n = n0 + tl.arange(0, BLOCK_N)
         n_ok = n < N
         ok = n_ok[:, None] & c_ok[None, :]
-        idx = n[:, None].to(tl.int64) * C + c[None, :]
+        idx = (n[:, None] + row0).to(tl.int64) * C + c[None, :]
         s = tl.load(scale_ptr + n, mask=n_ok, other=0.0)
         w = _unit(key, idx, DIST) * s[:, None]
         word = tl.load(bits_ptr + (ticket * N + n[:, None]).to(tl.int64) * n_words + (c[None, :] >> 5), mask=ok, other=0)
@@ -142,19 +142,19 @@ def triton_key(seed: int, layer: int) -> int:
     return (layer << 32) | seed
 
 
-def generate(row_scale: torch.Tensor, in_features: int, seed: int, layer: int, dist: str) -> torch.Tensor:
-    """The seeded weight ``[N, in_features]`` (float32) on ``row_scale``'s device."""
+def generate(row_scale: torch.Tensor, in_features: int, seed: int, layer: int, dist: str, row0: int = 0) -> torch.Tensor:
+    """Rows ``[row0, row0 + N)`` of the seeded weight (float32, ``[N, in_features]``) on ``row_scale``'s device."""
     n = row_scale.shape[0]
     out = torch.empty(n, in_features, dtype=torch.float32, device=row_scale.device)
     if out.numel():
         grid = (triton.cdiv(n, 16), triton.cdiv(in_features, 64))
         _generate_kernel[grid](
-            out, row_scale, n, in_features, triton_key(seed, layer), DIST=DIST_IDS[dist], BLOCK_N=16, BLOCK_C=64, **NO_FMA
+            out, row_scale, n, in_features, row0, triton_key(seed, layer), DIST=DIST_IDS[dist], BLOCK_N=16, BLOCK_C=64, **NO_FMA
         )
     return out
 
 
-def forward(x, bits, routes, row_scale, bias, seed: int, layer: int, dist: str) -> torch.Tensor:
+def forward(x, bits, routes, row_scale, bias, seed: int, layer: int, dist: str, row0: int = 0) -> torch.Tensor:
     """``y[m] = x[m] @ (W ⊙ mask[routes[m]])ᵀ + bias`` (float32 ``x``)."""
     m, c = x.shape
     n = row_scale.shape[0]
@@ -162,13 +162,13 @@ def forward(x, bits, routes, row_scale, bias, seed: int, layer: int, dist: str) 
     if m and n:
         grid = (m, triton.cdiv(n, 32))
         _forward_kernel[grid](
-            x, bits, routes, row_scale, bias if bias is not None else row_scale, y, n, c, bits.shape[2], triton_key(seed, layer),
+            x, bits, routes, row_scale, bias if bias is not None else row_scale, y, n, c, bits.shape[2], row0, triton_key(seed, layer),
             DIST=DIST_IDS[dist], HAS_BIAS=bias is not None, BLOCK_N=32, BLOCK_C=64, **NO_FMA,
         )  # fmt: skip
     return y
 
 
-def grad_x(dy, bits, routes, row_scale, in_features: int, seed: int, layer: int, dist: str) -> torch.Tensor:
+def grad_x(dy, bits, routes, row_scale, in_features: int, seed: int, layer: int, dist: str, row0: int = 0) -> torch.Tensor:
     """``dx[m] = dy[m] @ (W ⊙ mask[routes[m]])`` (float32)."""
     m, n = dy.shape
     dx = torch.empty(m, in_features, dtype=torch.float32, device=dy.device)
@@ -183,6 +183,7 @@ def grad_x(dy, bits, routes, row_scale, in_features: int, seed: int, layer: int,
             n,
             in_features,
             bits.shape[2],
+            row0,
             triton_key(seed, layer),
             DIST=DIST_IDS[dist],
             BLOCK_N=32,
