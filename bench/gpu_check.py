@@ -33,6 +33,11 @@ GPU_TEST_FILES = (
     "python_tests/test_triton_linear.py",
     "python_tests/test_triton_conv.py",
     "python_tests/test_triton_configs.py",
+    # Triton calls on DEVICE (CUDA here): seeded-weight kernels, masked-delta kernels, Philox bits, NaN/Inf rules
+    "python_tests/test_seeded_kernels.py",
+    "python_tests/test_masked_delta.py",
+    "python_tests/test_strong_init.py",
+    "python_tests/test_nonfinite.py",
     "python_tests/test_compile.py",
     "python_tests/test_routed_model.py",
 )
@@ -131,9 +136,9 @@ def steps() -> list[Step]:
         ),
         Step(
             "gpu_tests",
-            "GPU backends: Triton, CUDA, bf16, CUDA graphs, torch.compile",
+            "GPU backends: Triton (routed, seeded, masked-delta), CUDA, bf16, CUDA graphs, torch.compile",
             gpu_tests,
-            90,
+            150,  # a cap: the check still ends at --budget; time this step takes is time later steps (tune, suite) lose
             dry_argv=(*gpu_tests, "--collect-only"),
         ),
         Step(

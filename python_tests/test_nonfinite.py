@@ -28,6 +28,7 @@ ext = extension.load_cpu()
 ISAS = ext.supported_isas() if ext is not None else []
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
 POISON = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # the Triton tests' device (CPU: the interpreter)
 
 
 @st.composite
@@ -145,22 +146,24 @@ def test_public_op_follows_the_select_rule(backend, case):
 @given(case=problem(max_rows=20, dtypes=(torch.float32,)))
 def test_triton_selects_in_every_kernel(case):
     tb = pytest.importorskip("rtl_kernels.backends.triton_backend")
-    if not tb.is_available(torch.device("cpu")):
-        pytest.skip("triton backend unavailable (no TRITON_INTERPRET)")
+    if not tb.is_available(DEVICE):
+        pytest.skip(f"triton backend unavailable on {DEVICE} (CPU: no TRITON_INTERPRET)")
     x, w, b, masks, routes, dy = case
     (y_d, y_s), (dx_d, dx_s), dw_ref = refs(x, w, b, masks, routes, dy)
+    x, w, b, masks, routes, dy = (None if t is None else t.to(DEVICE) for t in case)
     packed, plan = rtl.pack_masks(masks), make_plan(routes, masks.shape[0])
     y = tb.linear_forward(x, w, packed, plan, b)
     dx, dw = tb.linear_backward(dy, x, w, packed, plan, True, True)
-    assert_between(y, y_d, y_s, 1e-3, "triton forward")
-    assert_between(dx, dx_d, dx_s, 1e-3, "triton dx")
-    assert_ieee_equal(dw, dw_ref, 1e-3, "triton dw")
+    assert_between(y.cpu(), y_d, y_s, 1e-3, "triton forward")
+    assert_between(dx.cpu(), dx_d, dx_s, 1e-3, "triton dx")
+    assert_ieee_equal(dw.cpu(), dw_ref, 1e-3, "triton dw")
 
 
 @pytest.mark.parametrize("backend", ["reference", "auto", "triton"])
 def test_conv_never_reads_pruned_weights(backend):
-    if backend == "triton" and "triton" not in rtl.available_backends("cpu"):
-        pytest.skip("triton backend unavailable")
+    dev = DEVICE if backend == "triton" else torch.device("cpu")
+    if backend == "triton" and "triton" not in rtl.available_backends(dev):
+        pytest.skip(f"triton backend unavailable on {dev}")
     g = torch.Generator().manual_seed(3)
     w = torch.randn(4, 2, 3, 3, generator=g)
     masks = torch.rand(2, *w.shape, generator=g) < 0.5
@@ -168,12 +171,12 @@ def test_conv_never_reads_pruned_weights(backend):
     poisoned[0, 0, 0, 0] = float("inf") if not masks[:, 0, 0, 0, 0].any() else poisoned[0, 0, 0, 0]
     x = torch.randn(3, 2, 5, 5, generator=g)
     routes = torch.tensor([0, 1, 1])
-    xg, wg = x.clone().requires_grad_(), poisoned.clone().requires_grad_()
-    y = rtl.routed_conv2d(xg, wg, masks, routes, padding=1, backend=backend)
+    xg, wg = x.clone().to(dev).requires_grad_(), poisoned.clone().to(dev).requires_grad_()
+    y = rtl.routed_conv2d(xg, wg, masks.to(dev), routes.to(dev), padding=1, backend=backend)
     y.backward(torch.ones_like(y))
     clean_x, clean_w = x.clone().requires_grad_(), torch.where(masks.any(0), w, 0.0).requires_grad_()
     ref = rtl.routed_conv2d(clean_x, clean_w, masks, routes, padding=1, backend="reference")
     ref.backward(torch.ones_like(ref))
-    for got, want in ((y, ref), (xg.grad, clean_x.grad), (wg.grad, clean_w.grad)):
+    for got, want in ((y.detach().cpu(), ref), (xg.grad.cpu(), clean_x.grad), (wg.grad.cpu(), clean_w.grad)):
         assert bool(torch.isfinite(got).all())
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)

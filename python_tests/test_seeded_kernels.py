@@ -1,4 +1,8 @@
-"""Seeded-weight kernels (weight regenerated, never read): same bits on reference, cpu and triton; float64 checks."""
+"""Seeded-weight kernels (weight regenerated, never read): same bits on reference, cpu and triton; float64 checks.
+
+Triton calls run on ``DEVICE`` (CUDA where present, else the CPU interpreter conftest enables);
+references stay on the CPU and results are compared there.
+"""
 
 import importlib.util
 
@@ -16,6 +20,14 @@ from rtl_kernels.ops.seeded import seeded_linear, seeded_linear_t, seeded_weight
 
 CPU = load_cpu()
 needs_cpu = pytest.mark.skipif(CPU is None, reason="CPU extension not built")
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def on(backend, *tensors):
+    """``tensors`` on the device ``backend`` runs on (Triton: ``DEVICE``; the others: the CPU); None stays None."""
+    dev = DEVICE if backend == "triton" else torch.device("cpu")
+    moved = tuple(None if t is None else t.to(dev) for t in tensors)
+    return moved if len(moved) > 1 else moved[0]
 
 
 def _triton():
@@ -69,7 +81,8 @@ def test_triton_generator_bits_equal_reference(data, dist):
     n, c = data.draw(st.integers(1, 20)), data.draw(st.integers(1, 90))
     seed, layer = data.draw(st.integers(0, 2**32 - 1)), data.draw(st.integers(0, 2**31 - 1))
     row_scale = torch.rand(n) + 0.5
-    assert torch.equal(seeded_weight(row_scale, c, seed, layer, dist, "triton"), reference((n, c), dist, seed, layer, row_scale))
+    got = seeded_weight(on("triton", row_scale), c, seed, layer, dist, "triton").cpu()
+    assert torch.equal(got, reference((n, c), dist, seed, layer, row_scale))
 
 
 BACKENDS = ["reference"] + (["cpu"] if CPU is not None else [])
@@ -101,12 +114,14 @@ def test_triton_forward_and_dx_against_float64(data, dist):
     n, c, k, m = data.draw(st.integers(1, 12)), data.draw(st.integers(1, 70)), data.draw(st.integers(1, 3)), data.draw(st.integers(0, 4))
     row_scale, masks, routes, x, bias, seed, layer = problem(data, n, c, k, m, dist)
     w = reference((n, c), dist, seed, layer, row_scale)
-    x.requires_grad_(True)
-    y = seeded_linear(x, masks, routes, seed=seed, layer=layer, dist=dist, row_scale=row_scale, bias=bias, backend="triton")
+    xd = on("triton", x).requires_grad_(True)
+    rs, md, rd, bd = on("triton", row_scale, masks, routes, bias)
+    y = seeded_linear(xd, md, rd, seed=seed, layer=layer, dist=dist, row_scale=rs, bias=bd, backend="triton")
     if m:
-        assert rel(y, float64_linear(x.detach(), w, masks, routes, bias)) <= 1e-5
+        assert rel(y.cpu(), float64_linear(x.detach(), w, masks, routes, bias)) <= 1e-5
         dy = torch.randn(m, n)
-        (dx,) = torch.autograd.grad(y, x, dy)
+        (dx,) = torch.autograd.grad(y, xd, on("triton", dy))
+        dx = dx.cpu()
         assert rel(dx, torch.stack([dy[i].double() @ (w.double() * masks[routes[i]]) for i in range(m)])) <= 1e-5
 
 
@@ -126,14 +141,15 @@ def test_in_kernel_weights_are_the_reference_bits(dist):
     except ImportError:
         pass
     for backend in backends:
+        eye_b, masks_b, scale_b = on(backend, eye, masks, row_scale)
         for t in range(2):
-            y = seeded_linear(eye, masks, t, seed=seed, layer=layer, dist=dist, row_scale=row_scale, backend=backend)
-            assert torch.equal(y, (w * masks[t]).T), backend
-            e = torch.eye(n)  # and dx of one-hot output gradients reads single weights of the dX kernel
-            xs = torch.zeros(n, c, requires_grad=True)
-            out = seeded_linear(xs, masks, t, seed=seed, layer=layer, dist=dist, row_scale=row_scale, backend=backend)
+            y = seeded_linear(eye_b, masks_b, t, seed=seed, layer=layer, dist=dist, row_scale=scale_b, backend=backend)
+            assert torch.equal(y.cpu(), (w * masks[t]).T), backend
+            e = on(backend, torch.eye(n))  # and dx of one-hot output gradients reads single weights of the dX kernel
+            xs = on(backend, torch.zeros(n, c)).requires_grad_(True)
+            out = seeded_linear(xs, masks_b, t, seed=seed, layer=layer, dist=dist, row_scale=scale_b, backend=backend)
             (dx,) = torch.autograd.grad(out, xs, e)
-            assert torch.equal(dx, w * masks[t]), backend
+            assert torch.equal(dx.cpu(), w * masks[t]), backend
 
 
 @needs_cpu
@@ -269,14 +285,15 @@ def test_triton_transposed_op_and_one_hot_weights():
     masks = torch.rand(2, c, n) < 0.7
     w = generate((c, n), "normal", seed, layer, 1.0) * col_scale[None, :]
     for backend in [*BACKENDS, "triton"]:
+        eye_b, masks_b, scale_b = on(backend, torch.eye(c), masks, col_scale)
         for t in range(2):  # one-hot rows read single weights: exact
-            y = seeded_linear_t(torch.eye(c), masks, t, seed=seed, layer=layer, dist="normal", col_scale=col_scale, backend=backend)
-            assert torch.equal(y, w * masks[t]), backend
-        x = torch.randn(3, c, requires_grad=True)
+            y = seeded_linear_t(eye_b, masks_b, t, seed=seed, layer=layer, dist="normal", col_scale=scale_b, backend=backend)
+            assert torch.equal(y.cpu(), w * masks[t]), backend
+        x = on(backend, torch.randn(3, c)).requires_grad_(True)
         routes = torch.tensor([1, 0, 1])
-        y = seeded_linear_t(x, masks, routes, seed=seed, layer=layer, dist="normal", col_scale=col_scale, backend=backend)
+        y = seeded_linear_t(x, masks_b, on(backend, routes), seed=seed, layer=layer, dist="normal", col_scale=scale_b, backend=backend)
         (dx,) = torch.autograd.grad(y.sum(), x)
-        assert rel(dx, torch.stack([(w.double() * masks[r]).sum(1) for r in routes])) <= 1e-5, backend
+        assert rel(dx.cpu(), torch.stack([(w.double() * masks[r]).sum(1) for r in routes])) <= 1e-5, backend
 
 
 def test_seeded_conv1d_layer_regenerates_its_weight():
@@ -305,10 +322,11 @@ def test_row_slices_are_the_reference_rows(dist):
     masks = torch.rand(2, 4, c) < 0.8
     backends = BACKENDS + (["triton"] if importlib.util.find_spec("triton") else [])
     for backend in backends:
-        kw = {"seed": seed, "layer": layer, "dist": dist, "row_scale": scale[r0 : r0 + 4], "backend": backend, "row0": r0}
-        assert torch.equal(seeded_linear(torch.eye(c), masks, 1, **kw), (w * masks[1]).T), backend
-        xs = torch.zeros(4, c, requires_grad=True)
-        (dx,) = torch.autograd.grad(seeded_linear(xs, masks, 1, **kw), xs, torch.eye(4))
-        assert torch.equal(dx, w * masks[1]), backend
+        eye_b, masks_b, scale_b = on(backend, torch.eye(c), masks, scale[r0 : r0 + 4])
+        kw = {"seed": seed, "layer": layer, "dist": dist, "row_scale": scale_b, "backend": backend, "row0": r0}
+        assert torch.equal(seeded_linear(eye_b, masks_b, 1, **kw).cpu(), (w * masks[1]).T), backend
+        xs = on(backend, torch.zeros(4, c)).requires_grad_(True)
+        (dx,) = torch.autograd.grad(seeded_linear(xs, masks_b, 1, **kw), xs, on(backend, torch.eye(4)))
+        assert torch.equal(dx.cpu(), w * masks[1]), backend
     with pytest.raises(ValueError, match="row0"):
-        seeded_linear(torch.eye(c), masks, 1, **{**kw, "row0": -1})
+        seeded_linear(eye_b, masks_b, 1, **{**kw, "row0": -1})

@@ -12,6 +12,8 @@ import rtl_kernels as rtl
 from rtl_kernels.init.philox import generate, philox4x32, randint4x, sqrt_rn, unit_values
 from rtl_kernels.init.seeded import SeededWeightError, checksum, seeded_forward_args, spec_of
 
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
 
 def small_mlp() -> nn.Module:
     torch.manual_seed(0)
@@ -31,10 +33,10 @@ def test_reference_matches_triton_randint4x(seed, base):
 
     kernel = _randint_kernel(triton, tl)
     offsets = torch.arange(16, dtype=torch.int64) * 977 + base
-    out = torch.empty(4, 16, dtype=torch.int32)
-    kernel[(1,)](out, offsets, seed, N=16)
+    out = torch.empty(4, 16, dtype=torch.int32, device=DEVICE)  # Triton reads CUDA memory (CPU: the interpreter)
+    kernel[(1,)](out, offsets.to(DEVICE), seed, N=16)
     ref = torch.stack(randint4x(seed, offsets))
-    assert torch.equal(out.to(torch.int64) & 0xFFFFFFFF, ref)
+    assert torch.equal(out.cpu().to(torch.int64) & 0xFFFFFFFF, ref)
 
 
 _KERNEL = None
