@@ -17,6 +17,14 @@ def named_rtl_layers(model: nn.Module) -> dict[str, RTLLayer]:
     return {name: m for name, m in model.named_modules() if isinstance(m, RTLLayer)}
 
 
+def converted_layers(model: nn.Module) -> tuple[dict[str, RTLLayer], set[int]]:
+    """The model's RTL layers and the set of their ticket counts; a model with none is an error."""
+    layers = named_rtl_layers(model)
+    if not layers:
+        raise ValueError("model: expected a converted model (rtl.convert(model, K)), found no RTL layers")
+    return layers, {layer.num_tickets for layer in layers.values()}
+
+
 def masks_of(model: nn.Module) -> dict[str, PackedMasks]:
     """``{module name: PackedMasks}`` for every RTL layer (views of the layers' buffers)."""
     return {name: layer.packed_masks for name, layer in named_rtl_layers(model).items()}

@@ -7,7 +7,7 @@ from torch import nn
 
 from ..masks.packed import ones_bits
 from ..models.norms import set_norm_tickets
-from ..models.state import named_rtl_layers
+from ..models.state import converted_layers
 
 
 def add_tickets(model: nn.Module, count: int = 1) -> list[int]:
@@ -22,10 +22,7 @@ def add_tickets(model: nn.Module, count: int = 1) -> list[int]:
     """
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"count: expected a positive int, got {count!r}")
-    layers = named_rtl_layers(model)
-    if not layers:
-        raise ValueError("model: expected a converted model (rtl.convert(model, K)), found no RTL layers")
-    ks = {layer.num_tickets for layer in layers.values()}
+    layers, ks = converted_layers(model)
     if len(ks) != 1:
         raise ValueError(f"model: expected every RTL layer to have the same K, got {sorted(ks)}")
     k_old = ks.pop()

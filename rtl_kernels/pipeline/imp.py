@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..models.convert import LOW_COVERAGE, coverage_of, low_coverage_message
-from ..models.state import named_rtl_layers, set_masks
+from ..models.state import converted_layers, set_masks
 from .batching import Batching, check_batching
 from .distributed import gather_masks, owned_tickets, world
 from .progress import bar
@@ -70,13 +70,10 @@ def dense_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _check_model(model: nn.Module, num_subsets: int) -> dict[str, nn.Module]:
-    layers = named_rtl_layers(model)
-    if not layers:
-        raise ValueError("model: expected a converted model (rtl.convert(model, K)), found no RTL layers")
+    layers, ks = converted_layers(model)
     coverage = coverage_of(model)
     if coverage < LOW_COVERAGE:
         warnings.warn(low_coverage_message(coverage, "find_tickets"), stacklevel=3)
-    ks = {layer.num_tickets for layer in layers.values()}
     if ks != {num_subsets}:
         raise ValueError(f"subsets: expected one subset per ticket (the model has K = {sorted(ks)}), got {num_subsets} subsets")
     return layers

@@ -24,7 +24,7 @@ from torch.func import functional_call
 
 from ..masks.packed import ones_bits
 from ..models.routing import routing
-from ..models.state import named_rtl_layers, set_masks
+from ..models.state import converted_layers, set_masks
 from ..nn.base import RTLLayer
 from ..nn.overrides import forward_overrides
 from .progress import bar
@@ -140,14 +140,10 @@ def find_strong_tickets(
     Returns ``name -> bool [K, *weight.shape]``.
     """
     subsets = check_subsets(subsets)
-    layers = named_rtl_layers(model)
-    if not layers:
-        raise ValueError("model: expected a converted model (rtl.convert(model, K)), found no RTL layers")
+    layers, ks = converted_layers(model)
     k_total = len(subsets)
-    if {layer.num_tickets for layer in layers.values()} != {k_total}:
-        raise ValueError(
-            f"subsets: expected one subset per ticket (the model has K = {sorted({m.num_tickets for m in layers.values()})}), got {k_total}"
-        )
+    if ks != {k_total}:
+        raise ValueError(f"subsets: expected one subset per ticket (the model has K = {sorted(ks)}), got {k_total}")
     sparsity = check_open_sparsity(sparsity)
     check_positive("epochs", epochs)
     check_positive("batch_size", batch_size)

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..models.routing import routing
-from ..models.state import named_rtl_layers
+from ..models.state import converted_layers, named_rtl_layers
 from ..nn.linear import RTLLinear
 from ..nn.overrides import forward_overrides
 from ..ops.linear import routed_linear
@@ -53,10 +53,7 @@ class EntropyRouter(nn.Module):
             raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
         if per not in GRANULARITIES:
             raise ValueError(f"per: expected one of {GRANULARITIES}, got {per!r}")
-        layers = named_rtl_layers(model)
-        if not layers:
-            raise ValueError("model: expected a converted model with RTL layers, found none")
-        ks = {m.num_tickets for m in layers.values()}
+        layers, ks = converted_layers(model)
         if len(ks) != 1:
             raise ValueError(f"model: expected every RTL layer to have the same number of tickets, got {sorted(ks)}")
         if method == "one_shot":
