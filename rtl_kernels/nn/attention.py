@@ -87,12 +87,9 @@ class RTLMultiheadAttention(RTLLayer):
             return special(x, routes, rows)
         masks = PackedMasks.trusted(self.mask_bits[:, rows].contiguous(), (rows.stop - rows.start, e))
         bias = None if self.in_proj_bias is None else self.in_proj_bias[rows]
-        if getattr(self, "_rtl_seeded", None) is not None:  # a seeded weight: regenerate these rows in the kernel
-            from ..ops.seeded import seeded_layer_forward
-
-            y = seeded_layer_forward(self, x, masks, routes, bias, rows)
-            if y is not None:
-                return y
+        y = self._seeded_output(x, masks, routes, bias, rows)  # a seeded weight: these rows regenerated in the kernel
+        if y is not None:
+            return y
         return routed_linear(x, self.in_proj_weight[rows], masks, routes, bias, backend=self.backend)
 
     def forward(

@@ -99,6 +99,19 @@ class RTLLayer(nn.Module):
     def _resolve_routes(self, routes: int | torch.Tensor | RoutingPlan | None) -> int | torch.Tensor | RoutingPlan:
         return resolve_routes(self, routes, self.num_tickets)
 
+    def _seeded_output(
+        self, x: torch.Tensor, masks: PackedMasks, routes, bias: torch.Tensor | None, rows: slice | None = None
+    ) -> torch.Tensor | None:
+        """The seeded kernel's output when this layer's weight is seeded (regenerated, never read), else None.
+
+        ``__dict__`` lookup: ``getattr`` on an unseeded module raises and catches inside ``nn.Module`` on every call.
+        """
+        if self.__dict__.get("_rtl_seeded") is None:
+            return None
+        from ..ops.seeded import seeded_layer_forward  # ops imports nn
+
+        return seeded_layer_forward(self, x, masks, routes, bias, rows)
+
     def _masked_weight(self, ticket: int) -> torch.Tensor:
         if not 0 <= ticket < self.num_tickets:
             raise ValueError(f"ticket: expected an int in [0, {self.num_tickets}), got {ticket}")

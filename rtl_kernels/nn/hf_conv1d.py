@@ -93,14 +93,9 @@ class RTLConv1DLinear(RTLLayer):
         special = override_of(self)
         if special is not None:
             return special(x, routes)
-        if (
-            getattr(self, "_rtl_seeded", None) is not None
-        ):  # a seeded weight: regenerate it in the kernel (masks in their own [in, out] layout)
-            from ..ops.seeded import seeded_layer_forward
-
-            y = seeded_layer_forward(self, x, self.packed_masks, routes, self.bias)
-            if y is not None:
-                return y
+        y = self._seeded_output(x, self.packed_masks, routes, self.bias)  # seeded: masks in their own [in, out] layout
+        if y is not None:
+            return y
         return routed_linear(x, self.weight.t(), self._linear_masks(), routes, self.bias, backend=self.backend)
 
     def to_dense(self, ticket: int) -> nn.Module:

@@ -38,12 +38,9 @@ class RTLLinear(RTLLayer):
         special = override_of(self)
         if special is not None:
             return special(x, routes)
-        if getattr(self, "_rtl_seeded", None) is not None:  # a seeded weight: regenerate it in the kernel instead of reading it
-            from ..ops.seeded import seeded_layer_forward
-
-            y = seeded_layer_forward(self, x, self.packed_masks, routes, self.bias)
-            if y is not None:
-                return y
+        y = self._seeded_output(x, self.packed_masks, routes, self.bias)  # a seeded weight: regenerated, not read
+        if y is not None:
+            return y
         return routed_linear(x, self.weight, self.packed_masks, routes, self.bias, backend=self.backend)
 
     def to_dense(self, ticket: int) -> nn.Linear:
