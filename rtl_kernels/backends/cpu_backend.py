@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from ..conv_params import ConvParams, conv_output_format
 from ..routing_plans.plan import RoutingPlan
 from . import crossovers, extension
-from .reference import active_segments
+from .reference import active_segments, masked_grad
 from .registry import Backend, Call, register_backend
 
 DTYPES = (torch.float32, torch.bfloat16)
@@ -107,8 +107,7 @@ def linear_backward(dy, x, weight, masks, plan, need_dx, need_dw):
 
 def use_conv_kernel(plan: RoutingPlan, dtype: torch.dtype, limits: dict[torch.dtype, int] = CONV_KERNEL_IMAGES_PER_TICKET) -> bool:
     """True when the implicit-GEMM conv kernel is the faster path for this batch (else masked copies + F.conv2d)."""
-    images, limit = plan.num_rows, limits[dtype]
-    return images <= limit or images <= limit * _active(plan)
+    return use_direct(plan, dtype, limits)
 
 
 def conv2d_forward(x, weight, masks, plan, bias, params: ConvParams):
@@ -162,7 +161,7 @@ def grouped_conv2d_backward(dy, x, weight, masks, plan, params: ConvParams, need
             dx.index_copy_(0, rows, torch.nn.grad.conv2d_input(x_k.shape, _masked_filter(ext, weight, bits, ticket), dy_k, *args))
         if need_dw:
             g = torch.nn.grad.conv2d_weight(x_k, weight.shape, dy_k, *args).float()
-            dw += torch.where(masks.select([ticket]).unpack()[0], g, 0.0)
+            dw += masked_grad(g, masks, ticket)
     return dx, (dw.to(weight.dtype) if need_dw else None)
 
 

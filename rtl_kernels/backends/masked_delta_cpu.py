@@ -5,12 +5,12 @@ products with masked accumulation kernels.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from ..masks.packed import PackedMasks
 from ..routing_plans.plan import RoutingPlan
 from . import extension
+from .cpu_backend import use_direct
 from .reference import active_segments
 
 # rows per active ticket up to which the fused kernel beats materialise + torch.mm (bench/merge_bench.py)
@@ -22,10 +22,7 @@ def supports(x: torch.Tensor) -> bool:
 
 
 def _direct(plan: RoutingPlan) -> bool:
-    if plan.num_rows <= DIRECT_ROWS_PER_TICKET:
-        return True
-    active = int(np.count_nonzero(np.diff(plan.offsets.numpy())))
-    return plan.num_rows <= DIRECT_ROWS_PER_TICKET * max(active, 1)
+    return use_direct(plan, torch.float32, {torch.float32: DIRECT_ROWS_PER_TICKET})
 
 
 def forward(x, base, delta, masks: PackedMasks, scales, plan: RoutingPlan, bias):

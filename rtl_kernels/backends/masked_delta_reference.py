@@ -10,12 +10,7 @@ import torch
 
 from ..masks.packed import PackedMasks
 from ..routing_plans.plan import RoutingPlan
-from .reference import accumulation_dtype, active_segments
-
-
-def _masked(delta: torch.Tensor, masks: PackedMasks, ticket: int, acc: torch.dtype) -> torch.Tensor:
-    mask = masks.select([ticket]).unpack()[0]
-    return torch.where(mask, delta.to(acc), torch.zeros((), dtype=acc, device=delta.device))
+from .reference import accumulation_dtype, active_segments, masked_weight, ticket_mask
 
 
 def _scales(scales: torch.Tensor, acc: torch.dtype) -> list[float]:
@@ -35,7 +30,7 @@ def forward(x, base, delta, masks: PackedMasks, scales, plan: RoutingPlan, bias)
     y = x.new_zeros(x.shape[0], base.shape[0], dtype=acc)
     s = _scales(scales, acc)
     for ticket, rows in active_segments(plan):
-        wk = base.to(acc) + s[ticket] * _masked(delta, masks, ticket, acc)
+        wk = base.to(acc) + s[ticket] * masked_weight(delta, masks, ticket, acc)
         y[rows] = x[rows].to(acc) @ wk.T
     return add_bias(y, bias, plan.routes).to(x.dtype)
 
@@ -48,16 +43,17 @@ def backward(dy, x, base, delta, masks: PackedMasks, scales, plan: RoutingPlan, 
     dd = delta.new_zeros(delta.shape, dtype=acc) if need_ddelta else None
     ds = torch.zeros(scales.shape[0], dtype=acc, device=x.device) if need_dscales else None
     s = _scales(scales, acc)
+    zero = torch.zeros((), dtype=acc, device=x.device)
     for ticket, rows in active_segments(plan):
-        md = _masked(delta, masks, ticket, acc)
+        mask = ticket_mask(masks, ticket)
+        md = torch.where(mask, delta.to(acc), zero)
         dy_k = dy[rows].to(acc)
         if need_dx:
             dx[rows] = dy_k @ (base.to(acc) + s[ticket] * md)
         if need_ddelta or need_dscales:
             g = dy_k.T @ x[rows].to(acc)
-            mask = masks.select([ticket]).unpack()[0]
             if need_ddelta:
-                dd += s[ticket] * torch.where(mask, g, torch.zeros((), dtype=acc, device=g.device))
+                dd += s[ticket] * torch.where(mask, g, zero)
             if need_dscales:
                 ds[ticket] = (md * g).sum()
     return (

@@ -9,8 +9,8 @@ import torch
 
 from ..masks.packed import PackedMasks
 from ..routing_plans.plan import RoutingPlan
+from . import masked_delta_reference
 from .masked_delta_reference import add_bias
-from .reference import active_segments
 
 try:
     from ..kernels.triton.common import sorted_tickets
@@ -46,19 +46,6 @@ def backward(dy, x, base, delta, masks: PackedMasks, scales, plan: RoutingPlan, 
         dx = launch(
             dy, base, delta, masks.bits.contiguous(), _scales(scales), plan.perm, sorted_tickets(plan.routes, plan.perm), plan.offsets, True
         )
-    if need_ddelta or need_dscales:
-        acc = torch.float32
-        dd = torch.zeros(delta.shape, dtype=acc, device=x.device) if need_ddelta else None
-        ds = torch.zeros(scales.shape[0], dtype=acc, device=x.device) if need_dscales else None
-        s = scales.to(acc)
-        zero = torch.zeros((), dtype=acc, device=x.device)
-        for ticket, rows in active_segments(plan):
-            g = dy[rows].to(acc).T @ x[rows].to(acc)
-            mask = masks.select([ticket]).unpack()[0]
-            if need_ddelta:
-                dd += s[ticket] * torch.where(mask, g, zero)
-            if need_dscales:
-                ds[ticket] = (torch.where(mask, delta.to(acc), zero) * g).sum()
-        dd = None if dd is None else dd.to(delta.dtype)
-        ds = None if ds is None else ds.to(scales.dtype)
+    if need_ddelta or need_dscales:  # per-ticket products, as the reference computes them
+        _, dd, ds = masked_delta_reference.backward(dy, x, base, delta, masks, scales, plan, False, need_ddelta, need_dscales)
     return dx, dd, ds

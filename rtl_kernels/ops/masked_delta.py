@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..backends import masked_delta_backends as backends
+from ..backends.reference import accumulation_dtype
 from ..masks.packed import PackedMasks
 from ..routing_plans.plan import RoutingPlan
 from ..routing_plans.routes import plan_for_rows
@@ -66,7 +67,7 @@ def _backward(dy, x, base, delta, bits, scales, routes, perm, offsets, bias, bac
     if need_dx or need_dd or need_ds:
         plan, masks = RoutingPlan(routes, perm, offsets), PackedMasks.trusted(bits, base.shape)
         dx, dd, ds = backends.resolve(backend, x).backward(dy, x, base, delta, masks, scales, plan, need_dx, need_dd, need_ds)
-    acc = torch.float64 if dy.dtype == torch.float64 else torch.float32
+    acc = accumulation_dtype(dy.dtype)
     if need_dbase:
         dbase = (dy.to(acc).T @ x.to(acc)).to(base.dtype)
     if need_db:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..backends import cpu_backend, extension
-from ..init.philox import generate
+from ..init.philox import DISTS, generate
 from ..masks.packed import PackedMasks
 from ..routing_plans.plan import RoutingPlan
 from ..routing_plans.routes import plan_for_rows
@@ -134,7 +134,6 @@ def _checked(x, masks, routes, seed: int, dist: str, scale_name: str, scale: Ten
         raise ValueError("x: expected a tensor of shape [..., in_features], got a 0-D tensor")
     if backend not in BACKENDS:
         raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
-    from ..init.philox import DISTS
     from ..init.seeded import check_seed
 
     check_seed(seed)
