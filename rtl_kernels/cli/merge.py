@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 from pathlib import Path
+
+from ..plugins import load_object
 
 DESCRIPTION = """\
 Merge K experts fine-tuned from one base model. Every checkpoint is a safetensors state dict of the
@@ -45,13 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def load_factory(spec: str):
     """``module:callable`` → the callable (a clear error when it is not one)."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
+    if spec.count(":") != 1 or not all(spec.split(":")):
         raise ValueError(f"--model: expected MODULE:FACTORY (e.g. mypkg.models:make_mlp), got {spec!r}")
-    factory = getattr(importlib.import_module(module_name), attr, None)
-    if not callable(factory):
-        raise ValueError(f"--model: {spec!r} is not a callable in module {module_name!r}")
-    return factory
+    return load_object(spec, "--model")
 
 
 def parse_options(items: list[str]) -> dict:

@@ -3,7 +3,6 @@ directory plus a ``module:factory`` that builds its architecture."""
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -15,22 +14,8 @@ from ..models.io import LoadError, load, read_metadata
 from ..models.norms import swap_norms
 from ..models.routing import RoutedModel
 from ..models.state import named_rtl_layers
+from ..plugins import load_object
 from ..routers.store import load_router
-
-
-def import_factory(spec: str) -> Callable[[], nn.Module]:
-    """``"package.module:name"`` -> the callable ``name`` of that module."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError(f"model: expected 'module:factory' (e.g. 'mypkg.models:build'), got {spec!r}")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"model: cannot import module {module_name!r} ({exc})") from None
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise ValueError(f"model: {module_name!r} has no callable {attr!r}")
-    return factory
 
 
 def _converted(model: object, save_dir: Path) -> nn.Module:
@@ -87,7 +72,7 @@ def load_served_model(path: str | os.PathLike, model: str | Callable[[], nn.Modu
     else:
         raise LoadError(f"path: expected a run directory (recipe.json + model/) or an rtl.save directory (rtl.json), got {base}")
     if model is not None:
-        factory = import_factory(model) if isinstance(model, str) else model
+        factory = load_object(model, "model") if isinstance(model, str) else model
         net = _converted(factory(), save_dir)
     elif run_dir is not None:
         net = _zoo_model(run_dir, save_dir)
