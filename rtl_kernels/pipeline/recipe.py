@@ -41,6 +41,8 @@ ROUTERS = ("best", "centroid", "linear", "mlp")
 STAGE_FIELDS = {
     "retrain": frozenset({"retrain_epochs", "mode", "strong", "strong_epochs", "strong_lr", "routed_bn"}),
     "eval": frozenset({"one_vs_rest", "router", "recalibrate_bn"}),
+    # the fitted router's folder: only ``router`` decides it, so an eval setting such as ``recalibrate_bn`` reuses it
+    "router": frozenset({"router"}),
 }
 # in no key: where it runs, which levels are reported (rounds are checked by schedule), and whether baselines run
 UNKEYED_FIELDS = frozenset({"device", "sparsities", "baselines", "allow_low_coverage"})
@@ -240,16 +242,8 @@ class Recipe:
         return {k: v for k, v in fields.items() if (k in own if own else k not in others)}
 
     def stage_digest(self, stage: str) -> str:
-        """Short hash of :meth:`stage_fields`: names that stage's folder in the run directory.
-
-        ``"router"`` hashes the eval fields that decide the router (only ``router``), so an eval
-        setting such as ``recalibrate_bn`` reuses the fitted router.
-        """
-        if stage == "router":
-            fields = {k: v for k, v in self.stage_fields("eval").items() if k == "router"}
-        else:
-            fields = self.stage_fields(stage)
-        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
+        """Short hash of :meth:`stage_fields`: names that stage's folder in the run directory."""
+        return hashlib.sha256(json.dumps(self.stage_fields(stage), sort_keys=True).encode()).hexdigest()[:10]
 
     def digest(self) -> str:
         """The ticket stage's digest: the run directory name (later stages get their own folders inside)."""
