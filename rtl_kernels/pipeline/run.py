@@ -48,7 +48,7 @@ from .retrain import joint_retrain
 from .router_stage import fit_router, load_fitted, save_fitted
 from .schedule import level_schedule
 from .similarity import CollapseController, collapse_point, similarity, to_json
-from .store import DirStore, StageFileError, atomic_save, read_json, read_tensors
+from .store import DirStore, StageFileError, atomic_save, read_json, read_tensors, schedule_text
 from .training import concat, predict
 
 logger = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def level_name(sparsity: float) -> str:
 
 def schedule_key(schedule: list[float]) -> str:
     """Short hash of a schedule prefix: which rounds led to a level's masks."""
-    return hashlib.sha256(json.dumps([round(s, 12) for s in schedule]).encode()).hexdigest()[:8]
+    return hashlib.sha256(schedule_text(schedule).encode()).hexdigest()[:8]
 
 
 def load_datasets(recipe: Recipe) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:

@@ -14,6 +14,11 @@ from safetensors.torch import load_file, save_file
 from ..atomic import atomic_write
 
 
+def schedule_text(schedule: Sequence[float]) -> str:
+    """A schedule (prefix) as stable text: what mask files record and what run keys hash."""
+    return json.dumps([round(s, 12) for s in schedule])
+
+
 class StageFileError(ValueError):
     """A file in a pipeline run directory that exists but cannot be read (truncated, edited, from another version)."""
 
@@ -59,7 +64,7 @@ class DirStore:
 
     def _prefix(self, round_index: int) -> str | None:
         # a round's mask depends on the sparsities of that round and every round before it
-        return None if self.schedule is None else json.dumps([round(s, 12) for s in self.schedule[: round_index + 1]])
+        return None if self.schedule is None else schedule_text(self.schedule[: round_index + 1])
 
     def load_mask(self, round_index: int, ticket: int) -> dict[str, torch.Tensor] | None:
         """The saved mask, or None when there is none or (with a schedule) it was found on another schedule."""
