@@ -19,6 +19,7 @@ from ..nn.hf_conv1d import RTLConv1DLinear, is_hf_conv1d, is_hf_conv1d_class
 from ..nn.linear import RTLLinear
 from ..nn.transformer import RTLTransformerDecoderLayer, RTLTransformerEncoderLayer
 from ..ops.checks import check_num_tickets
+from .state import replace_modules
 
 logger = logging.getLogger(__name__)
 # under this fraction of the parameters in RTL layers, convert and the pipeline warn (the pipeline's Run refuses unless allowed)
@@ -330,11 +331,7 @@ def convert(
             stacklevel=2,
         )
     root = replaced.get(id(model), model)
-    # replace every reference (a module shared by two parents is converted once, still shared)
-    for parent in list(model.modules()):
-        for child_name, child in list(parent._modules.items()):
-            if child is not None and id(child) in replaced:
-                parent._modules[child_name] = replaced[id(child)]
+    replace_modules(model, replaced)  # a module shared by two parents is converted once, still shared
     if routed_norms:
         from .norms import swap_norms
 

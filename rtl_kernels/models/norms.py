@@ -8,6 +8,7 @@ from torch import nn
 
 from ..nn.norm import RTLBatchNorm
 from ..ops.checks import check_num_tickets
+from .state import replace_modules
 
 ROUTABLE_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
@@ -46,10 +47,7 @@ def swap_norms(model: nn.Module, num_tickets: int, ignored: Callable[[str], bool
         if type(m) in ROUTABLE_NORMS and m.track_running_stats and id(m) not in swapped and not ignored(name):
             swapped[id(m)] = RTLBatchNorm.from_dense(m, num_tickets)
             names.append(name)
-    for parent in list(model.modules()):
-        for child_name, child in list(parent._modules.items()):
-            if child is not None and id(child) in swapped:
-                parent._modules[child_name] = swapped[id(child)]
+    replace_modules(model, swapped)
     return names
 
 

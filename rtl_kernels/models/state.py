@@ -17,6 +17,14 @@ def named_rtl_layers(model: nn.Module) -> dict[str, RTLLayer]:
     return {name: m for name, m in model.named_modules() if isinstance(m, RTLLayer)}
 
 
+def replace_modules(model: nn.Module, replaced: Mapping[int, nn.Module]) -> None:
+    """Swap every reference to a module whose ``id`` is in ``replaced`` (a module shared by two parents stays shared)."""
+    for parent in list(model.modules()):
+        for child_name, child in list(parent._modules.items()):
+            if child is not None and id(child) in replaced:
+                parent._modules[child_name] = replaced[id(child)]
+
+
 def converted_layers(model: nn.Module) -> tuple[dict[str, RTLLayer], set[int]]:
     """The model's RTL layers and the set of their ticket counts; a model with none is an error."""
     layers = named_rtl_layers(model)
