@@ -34,6 +34,11 @@ def _check_options(method: str, options: dict) -> None:
     unknown = sorted(set(options) - set(_OPTIONS[method]))
     if unknown:
         raise TypeError(f"options: method {method!r} takes {list(_OPTIONS[method])}, got unexpected {unknown}")
+    if method == "fda":  # before any work on the experts
+        if options.get("start", "ta") not in FDA_STARTS:
+            raise ValueError(f"start: expected one of {list(FDA_STARTS)}, got {options['start']!r}")
+        if options.get("masks", "tall") not in FDA_MASKS:
+            raise ValueError(f"masks: expected one of {list(FDA_MASKS)}, got {options['masks']!r}")
 
 
 def merge_task_vectors(
@@ -131,10 +136,6 @@ def merge_experts(
     fda_options = FDAOptions(**fda_kw)
     start = options.pop("start", "ta")
     mask_method = options.pop("masks", "tall")
-    if start not in FDA_STARTS:
-        raise ValueError(f"start: expected one of {list(FDA_STARTS)}, got {start!r}")
-    if mask_method not in FDA_MASKS:
-        raise ValueError(f"masks: expected one of {list(FDA_MASKS)}, got {mask_method!r}")
     layers = linear_layers(base)
     if not layers:
         raise ValueError(f"base: FDA adapts nn.Linear layers, found none in {type(base).__name__}")

@@ -62,15 +62,13 @@ def routed_model(base: nn.Module, merge: MaskedMerge) -> nn.Module:
     for name, layer in layers.items():
         prefix = f"{name}." if name else ""
         wkey, bkey = f"{prefix}weight", f"{prefix}bias"
-        k = merge.num_tickets
-        ones = torch.ones((k, *layer.weight.shape), dtype=torch.bool)
         with torch.no_grad():
             layer.weight.copy_(merge.base[wkey])
             if layer.bias is not None:
                 layer.bias.copy_(merge.base[bkey])
         layer.set_merge(
             merge.delta[wkey],
-            merge.masks.get(wkey, ones),
+            merge.masks[wkey] if wkey in merge.masks else torch.ones((merge.num_tickets, *layer.weight.shape), dtype=torch.bool),
             merge.scales,
             merge.delta.get(bkey),
             merge.masks.get(bkey),
