@@ -375,6 +375,12 @@ class Run:
         self.log({"stage": "router", **info})
         return router, info
 
+    @functools.cached_property
+    def test_routes(self) -> torch.Tensor:
+        """The fitted router's routes for the test inputs: one router serves every level, so routed once."""
+        with torch.no_grad():
+            return self.router(self.test.tensors[0].reshape(len(self.test), -1).float())
+
     def evaluate_level(self, level: Level, models: dict, dense: nn.Module | None = None) -> dict:
         """Balanced accuracy with the router's routes and with oracle routes, baselines, parameters, similarity."""
         path = self.retrain_dir / level.name / f"eval-{self.eval_key}.json"
@@ -385,8 +391,7 @@ class Run:
         k_total = self.recipe.num_tickets
         counts = param_counts(level.masks)
         shared = dense_param_count(models["rtl"])
-        with torch.no_grad():
-            routes = self.router(self.test.tensors[0].reshape(len(self.test), -1).float())
+        routes = self.test_routes
         result = {
             "target": level.target, "sparsity": level.achieved, "round": level.round_index, "relaxed": level.relaxed,
             "router": {**self.router_info, "test_accuracy": float((routes == self.test_ids).float().mean())}, "methods": {},
