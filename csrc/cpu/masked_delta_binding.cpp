@@ -5,18 +5,18 @@
 
 #include <ATen/Parallel.h>
 
+#include "binding_checks.h"
 #include "masked_delta_cpu.h"
+#include "routed_cpu.h"
 
 namespace {
 
 using DeltaOpsFor = const rtl_cpu::DeltaOps& (*)(int64_t);
 DeltaOpsFor g_ops_for = nullptr;
 
-void check_f32(const at::Tensor& t, const char* name, int64_t dim) {
-  TORCH_CHECK_VALUE(t.defined() && t.device().is_cpu() && t.is_contiguous(), name, ": expected a contiguous CPU tensor");
-  TORCH_CHECK_VALUE(t.dim() == dim, name, ": expected a ", dim, "-D tensor, got ", t.dim(), "-D");
-  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat, name, ": expected dtype float32, got ", t.scalar_type());
-}
+using rtl_bind::parallel_blocks;
+
+void check_f32(const at::Tensor& t, const char* name, int64_t dim) { rtl_bind::check_float(t, name, dim, at::kFloat); }
 
 // base, delta, bits, scales: the weight side of a problem
 rtl_cpu::DeltaProblem weight_side(const at::Tensor& base, const at::Tensor& delta, const at::Tensor& bits, const at::Tensor& scales) {
@@ -43,16 +43,10 @@ void add_rows(rtl_cpu::DeltaProblem& p, const at::Tensor& x, const at::Tensor& p
   check_f32(x, "x", 2);
   TORCH_CHECK_VALUE(x.size(1) == p.C, "x: expected ", p.C, " columns (in_features), got ", x.size(1));
   p.M = x.size(0);
-  TORCH_CHECK_VALUE(perm.is_contiguous() && perm.scalar_type() == at::kLong && perm.numel() == p.M, "perm: expected int64 [", p.M, "]");
-  TORCH_CHECK_VALUE(offsets.is_contiguous() && offsets.scalar_type() == at::kLong && offsets.numel() == p.K + 1, "offsets: expected int64 [", p.K + 1, "]");
-  const int64_t* off = offsets.data_ptr<int64_t>();
-  TORCH_CHECK_VALUE(off[0] == 0 && off[p.K] == p.M, "offsets: expected offsets[0] = 0 and offsets[K] = ", p.M);
-  for (int64_t k = 0; k < p.K; ++k) TORCH_CHECK_VALUE(off[k] <= off[k + 1], "offsets: expected a non-decreasing sequence");
-  const int64_t* pr = perm.data_ptr<int64_t>();
-  for (int64_t i = 0; i < p.M; ++i) TORCH_CHECK_VALUE(pr[i] >= 0 && pr[i] < p.M, "perm: expected row ids in [0, ", p.M, ")");
+  const rtl_bind::Plan plan = rtl_bind::check_plan(p.K, p.M, perm, offsets);
   p.x = x.data_ptr<float>();
-  p.perm = pr;
-  p.offsets = off;
+  p.perm = plan.perm;
+  p.offsets = plan.offsets;
 }
 
 // bias [N] (shared) or [K, N] (per ticket), as float32; undefined when absent
@@ -67,13 +61,6 @@ at::Tensor add_bias(rtl_cpu::DeltaProblem& p, const c10::optional<at::Tensor>& b
   return b;
 }
 
-template <typename F>
-void over_rows(int64_t rows, int64_t work_per_row, const F& fn) {
-  if (rows <= 0) return;
-  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, work_per_row));
-  at::parallel_for(0, rows, grain, fn);
-}
-
 void check_ticket(const rtl_cpu::DeltaProblem& p, int64_t k) { TORCH_CHECK_VALUE(k >= 0 && k < p.K, "ticket: expected a value in [0, ", p.K, "), got ", k); }
 
 at::Tensor delta_forward(const at::Tensor& x, const at::Tensor& base, const at::Tensor& delta, const at::Tensor& bits, const at::Tensor& scales,
@@ -81,12 +68,11 @@ at::Tensor delta_forward(const at::Tensor& x, const at::Tensor& base, const at::
   const rtl_cpu::DeltaOps& ops = g_ops_for(isa);
   rtl_cpu::DeltaProblem p = weight_side(base, delta, bits, scales);
   add_rows(p, x, perm, offsets);
-  const at::Tensor b = add_bias(p, bias);
+  add_bias(p, bias);
   at::Tensor y = at::zeros({p.M, p.N}, x.options());
   float* yp = y.data_ptr<float>();
-  // blocks of 8 weight rows per task, so a block of base and delta is read by one thread only
-  if (p.M > 0)
-    over_rows((p.N + 7) / 8, 8 * p.M * p.C, [&](int64_t b0, int64_t b1) { ops.forward(p, yp, b0 * 8, std::min(p.N, b1 * 8)); });
+  // blocks of weight rows per task, so a block of base and delta is read by one thread only
+  if (p.M > 0) parallel_blocks(p.N, rtl_cpu::kRowBlock, p.M * p.C, [&](int64_t n0, int64_t n1) { ops.forward(p, yp, n0, n1); });
   return y;
 }
 
@@ -96,7 +82,7 @@ at::Tensor delta_materialize(const at::Tensor& base, const at::Tensor& delta, co
   check_ticket(p, ticket);
   at::Tensor out = at::empty_like(base);
   float* o = out.data_ptr<float>();
-  over_rows(p.N, p.C, [&](int64_t n0, int64_t n1) { ops.materialize(p, ticket, o, n0, n1); });
+  parallel_blocks(p.N, 1, p.C, [&](int64_t n0, int64_t n1) { ops.materialize(p, ticket, o, n0, n1); });
   return out;
 }
 
@@ -114,7 +100,7 @@ at::Tensor delta_forward_grouped(const at::Tensor& x, const at::Tensor& base, co
   for (int64_t k = 0; k < p.K; ++k) {
     const int64_t lo = p.offsets[k], hi = p.offsets[k + 1];
     if (hi <= lo) continue;
-    over_rows(p.N, p.C, [&](int64_t n0, int64_t n1) { ops.materialize(p, k, wp, n0, n1); });
+    parallel_blocks(p.N, 1, p.C, [&](int64_t n0, int64_t n1) { ops.materialize(p, k, wp, n0, n1); });
     at::Tensor out = ys.narrow(0, lo, hi - lo);
     if (b.defined())
       at::addmm_out(out, p.bias_stride ? b.select(0, k) : b, xs.narrow(0, lo, hi - lo), wk.t());
@@ -135,7 +121,7 @@ void delta_masked_axpy(at::Tensor& out, const at::Tensor& g, const at::Tensor& b
   TORCH_CHECK_VALUE(out.sizes() == base.sizes() && g.sizes() == base.sizes(), "out, g: expected the shape of base");
   float* o = out.data_ptr<float>();
   const float* gp = g.data_ptr<float>();
-  over_rows(p.N, p.C, [&](int64_t n0, int64_t n1) { ops.masked_axpy(p, ticket, static_cast<float>(s), gp, o, n0, n1); });
+  parallel_blocks(p.N, 1, p.C, [&](int64_t n0, int64_t n1) { ops.masked_axpy(p, ticket, static_cast<float>(s), gp, o, n0, n1); });
 }
 
 // sum over mask_ticket of delta * g
@@ -147,7 +133,7 @@ double delta_masked_dot(const at::Tensor& delta, const at::Tensor& g, const at::
   TORCH_CHECK_VALUE(g.sizes() == delta.sizes(), "g: expected the shape of delta");
   std::vector<double> rows(static_cast<size_t>(p.N), 0.0);
   const float* gp = g.data_ptr<float>();
-  over_rows(p.N, p.C, [&](int64_t n0, int64_t n1) { ops.masked_dot(p, ticket, gp, rows.data(), n0, n1); });
+  parallel_blocks(p.N, 1, p.C, [&](int64_t n0, int64_t n1) { ops.masked_dot(p, ticket, gp, rows.data(), n0, n1); });
   double total = 0.0;
   for (double v : rows) total += v;
   return total;

@@ -7,9 +7,6 @@ namespace RTL_ISA_NS {
 
 using rtl_cpu::DeltaProblem;
 
-static constexpr int64_t kDeltaColChunk = 1024;  // 4 KiB of each base and delta row per block
-static constexpr int64_t kDeltaRowBlock = 8;
-
 // ticket k's weight rows, base + s * (delta where the mask bits are set), built as they are loaded
 struct DeltaRows {
   const float* const* br;
@@ -56,10 +53,10 @@ static void delta_rows(const DeltaProblem& p, int64_t k, const int64_t* rows, in
 }
 
 static void delta_forward(const DeltaProblem& p, float* y, int64_t n0, int64_t n1) {
-  for (int64_t nb = n0; nb < n1; nb += kDeltaRowBlock) {
-    const int64_t nb_end = imin(nb + kDeltaRowBlock, n1);
-    for (int64_t c0 = 0; c0 < p.C || c0 == 0; c0 += kDeltaColChunk) {
-      const int64_t c1 = imin(c0 + kDeltaColChunk, p.C);
+  for (int64_t nb = n0; nb < n1; nb += rtl_cpu::kRowBlock) {
+    const int64_t nb_end = imin(nb + rtl_cpu::kRowBlock, n1);
+    for (int64_t c0 = 0; c0 < p.C || c0 == 0; c0 += kColChunk<float>) {
+      const int64_t c1 = imin(c0 + kColChunk<float>, p.C);
       for (int64_t k = 0; k < p.K; ++k) {
         const int64_t hi = p.offsets[k + 1];
         for (int64_t q = p.offsets[k]; q < hi;) {
