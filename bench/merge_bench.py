@@ -43,6 +43,12 @@ TASK_SETS = {
     "dihedral": ("rot90", "rot180", "rot270", "hflip", "vflip", "transpose", "antitranspose", "invert"),
     # the digit moved 6 pixels (5 diagonally) in 8 directions, zeros shifted in: each task uses its own part of the canvas
     "shift": ("up", "down", "left", "right", "up_left", "up_right", "down_left", "down_right"),
+    # mild geometric warps (rotations, shears, zooms, stretches) the base gets 20-47% on: the base's features
+    # still serve, as a large pre-trained model's serve the papers' tasks (CLIP's zero-shot is 48% there)
+    "warp": ("rot+45", "rot-45", "shear_x", "shear_y", "zoom_in", "zoom_out", "stretch_x", "stretch_y"),
+    # the digit shrunk to a third and drawn in one of the 8 outer cells of a 3x3 grid: each task owns its own
+    # pixels, so the input-layer task vectors are disjoint (the regime the mask papers' tasks are in)
+    "cells": tuple(f"cell_{r}{c}" for r in range(3) for c in range(3) if (r, c) != (1, 1)),
 }
 _SHIFTS = {
     "up": (-6, 0),
@@ -54,6 +60,18 @@ _SHIFTS = {
     "down_left": (5, -5),
     "down_right": (5, 5),
 }
+_R45 = math.sqrt(0.5)
+# affine_grid matrices (output pixel -> input sampling point): a scale > 1 shrinks the digit
+_WARPS = {
+    "rot+45": ((_R45, -_R45, 0.0), (_R45, _R45, 0.0)),
+    "rot-45": ((_R45, _R45, 0.0), (-_R45, _R45, 0.0)),
+    "shear_x": ((1.0, 0.8, 0.0), (0.0, 1.0, 0.0)),
+    "shear_y": ((1.0, 0.0, 0.0), (0.8, 1.0, 0.0)),
+    "zoom_in": ((0.6, 0.0, 0.0), (0.0, 0.6, 0.0)),
+    "zoom_out": ((1.7, 0.0, 0.0), (0.0, 1.7, 0.0)),
+    "stretch_x": ((0.6, 0.0, 0.0), (0.0, 1.3, 0.0)),
+    "stretch_y": ((1.3, 0.0, 0.0), (0.0, 0.6, 0.0)),
+}
 _PERMUTATION_SEEDS = {"permute_a": 1, "permute_b": 2, "permute_c": 8}
 
 
@@ -63,6 +81,18 @@ def transform(name: str, x: torch.Tensor, side: int) -> torch.Tensor:
     if name.startswith("permute"):
         perm = torch.randperm(side * side, generator=torch.Generator().manual_seed(_PERMUTATION_SEEDS[name]))
         return x[:, perm]
+    if name in _WARPS:
+        theta = torch.tensor(_WARPS[name], dtype=x.dtype).expand(x.shape[0], 2, 3)
+        grid = F.affine_grid(theta, [x.shape[0], 1, side, side], align_corners=False)
+        return F.grid_sample(img.unsqueeze(1), grid, align_corners=False).reshape(x.shape[0], -1)
+    if name.startswith("cell_"):
+        cell = side // 3
+        offsets = (0, cell, side - cell)  # for 28: rows/cols 0-8, 9-17, 19-27
+        r, c = offsets[int(name[5])], offsets[int(name[6])]
+        small = F.interpolate(img.unsqueeze(1), size=(cell, cell), mode="area").squeeze(1)
+        out = img.new_zeros(img.shape)
+        out[:, r : r + cell, c : c + cell] = small
+        return out.reshape(x.shape[0], -1)
     if name in _SHIFTS:
         (dy, dx), pad = _SHIFTS[name], 6
         padded = F.pad(img, (pad, pad, pad, pad))
@@ -112,8 +142,10 @@ def train(
     *,
     optimizer: str = "adam",
     augment=None,
+    support: dict[str, torch.Tensor] | None = None,
 ) -> torch.nn.Module:
-    """Mini-batch (128) training with Adam or SGD (momentum 0.9); ``augment(x, g)`` redraws inputs every epoch."""
+    """Mini-batch (128) training with Adam or SGD (momentum 0.9); ``augment(x, g)`` redraws inputs every epoch;
+    ``support`` (bool per parameter name) zeroes the gradient outside it, so only those entries move."""
     g = torch.Generator().manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr) if optimizer == "adam" else torch.optim.SGD(params, lr=lr, momentum=0.9)
@@ -125,6 +157,9 @@ def train(
             idx = order[i : i + 128]
             opt.zero_grad()
             F.cross_entropy(model(xe[idx]), y[idx]).backward()
+            if support is not None:
+                for key, p in model.named_parameters():
+                    p.grad.mul_(support[key])
             opt.step()
     return model.eval()
 
@@ -174,12 +209,29 @@ def prepare(args: argparse.Namespace) -> Setup:
             for key, p in expert.named_parameters():
                 p.requires_grad_(key.startswith("fc1."))
         expert = train(expert, xt, yfit, args.expert_epochs, args.expert_lr, args.seed + 1 + t, optimizer=args.expert_opt)
+        if args.expert_density < 1.0:
+            expert = sparse_refit(base, expert, xt, yfit, args, seed=args.seed + 1 + t)
         expert.requires_grad_(True)
         experts.append(expert)
         validation.append(TensorDataset(transform(name, xval, side), yval))
         dev.append((transform(name, xdev, side), ydev))
         tests.append((transform(name, xte, side), yte))
     return Setup(tasks, side, base, experts, validation, dev, tests)
+
+
+def sparse_refit(base: torch.nn.Module, dense: torch.nn.Module, x, y, args: argparse.Namespace, seed: int) -> torch.nn.Module:
+    """Lottery-ticket sparse fine-tuning (Ansell et al. 2022, LT-SFT): keep the ``expert_density`` fraction of
+    entries that dense fine-tuning moved most (per tensor), rewind to the base, fine-tune only those entries."""
+    base_state = dict(base.named_parameters())
+    support = {}
+    for key, p in dense.named_parameters():
+        moved = (p.detach() - base_state[key].detach()).abs().flatten()
+        keep = max(1, round(args.expert_density * moved.numel()))
+        top = torch.zeros(moved.numel(), dtype=p.dtype)
+        top[moved.topk(keep).indices] = 1.0
+        support[key] = top.view(p.shape)
+    expert = copy.deepcopy(base)
+    return train(expert, x, y, args.expert_epochs, args.expert_lr, seed, optimizer=args.expert_opt, support=support)
 
 
 @torch.no_grad()
@@ -280,6 +332,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--expert-layers", choices=("all", "fc1"), default="all", help="what fine-tuning trains: every layer, or the input layer only"
     )
+    parser.add_argument(
+        "--expert-density",
+        type=float,
+        default=1.0,
+        help="< 1: sparse fine-tuning (LT-SFT): re-fine-tune from the base only this fraction of each tensor's entries",
+    )
     parser.add_argument("--fda-construct-steps", type=int, default=200)
     parser.add_argument("--fda-adapt-epochs", type=int, default=60)
     parser.add_argument("--fda-lr", type=float, default=1e-3)
@@ -287,13 +345,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: CPU-time clock, robust on a shared machine)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="tiny smoke run (digits, 4 tasks, few steps)")
-    parser.add_argument("--wide-hidden", type=int, default=1024, help="width of the second, wider model timed (synthetic experts)")
     parser.add_argument(
-        "--latency-only", action="store_true", help="only storage and latency (run under /work/wt/quiet); writes merge_latency_*.json"
+        "--synthetic-hidden",
+        type=int,
+        default=256,
+        help="width of a second model timed (synthetic experts): 256, whose 8 experts fit in a 32 MiB L3",
+    )
+    parser.add_argument(
+        "--latency-only", action="store_true", help="only storage and latency (time it on a quiet machine); writes merge_latency_*.json"
     )
     parser.add_argument("--no-latency", action="store_true", help="accuracy and storage only (JSON); time later with --latency-only")
     parser.add_argument("--render", nargs=2, metavar=("ACCURACY_JSON", "LATENCY_JSON"), help="join a --no-latency and a --latency-only run")
-    parser.add_argument("--out", default="bench/results", help="directory for merge_<date>.json/.md/.png")
+    parser.add_argument("--out", default="bench/results", help="directory for merge_<cpu>_<date>[_<tag>].json/.md/.png")
+    parser.add_argument("--tag", default="", help="suffix of the result files' names (several configurations on one day)")
     return parser
 
 
@@ -302,7 +366,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.data, args.tasks, args.hidden, args.base_epochs, args.expert_epochs = "digits", 4, 32, 3, 2
-        args.fda_construct_steps, args.fda_adapt_epochs, args.wide_hidden = 5, 2, 64
+        args.fda_construct_steps, args.fda_adapt_epochs, args.synthetic_hidden = 5, 2, 64
     if not 1 <= args.tasks <= len(TASK_SETS[args.task_set]):
         parser.error(f"--tasks: expected 1..{len(TASK_SETS[args.task_set])}, got {args.tasks}")
     return args
@@ -310,7 +374,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def synthetic_merge(side: int, hidden: int, k: int, seed: int) -> tuple[torch.nn.Module, list, torch.nn.Module]:
     """A TALL merge of ``k`` experts that are a random base plus small dense random task vectors (for timing
-    a wider model only: the kernels' cost does not depend on the values)."""
+    a second width only: the kernels' cost does not depend on the values)."""
     torch.manual_seed(seed)
     base = MLP(side * side, 10, hidden).eval()
     experts = []
@@ -324,7 +388,7 @@ def synthetic_merge(side: int, hidden: int, k: int, seed: int) -> tuple[torch.nn
 
 
 def measure_latency(args: argparse.Namespace, merged, experts, base, k: int, side: int) -> dict:
-    """Latency at 16 and 256 rows for the bench's merged model and for a wider synthetic one, with the load."""
+    """Latency at 16 and 256 rows for the bench's merged model and for a synthetic one of another width, with the load."""
     # with one thread the process CPU time excludes the time other jobs on a shared machine take from us
     clock = "cpu" if args.threads == 1 else "wall"
     config = TimerConfig(min_time_s=0.3 if not args.quick else 0.02, rounds=6 if not args.quick else 1, clock=clock)
@@ -334,9 +398,9 @@ def measure_latency(args: argparse.Namespace, merged, experts, base, k: int, sid
         "load_1min_start": load,
         "bench_model": {str(r): latency(merged, experts, base, k, r, side, config) for r in (16, 256)},
     }
-    wide = synthetic_merge(side, args.wide_hidden, k, args.seed)
-    out["wide_model"] = {str(r): latency(wide[0], wide[1], wide[2], k, r, side, config) for r in (16, 256)}
-    out["wide_hidden"] = args.wide_hidden
+    other = synthetic_merge(side, args.synthetic_hidden, k, args.seed)
+    out["synthetic_model"] = {str(r): latency(other[0], other[1], other[2], k, r, side, config) for r in (16, 256)}
+    out["synthetic_hidden"] = args.synthetic_hidden
     out["load_1min_end"] = os.getloadavg()[0]
     return out
 
@@ -357,7 +421,7 @@ def main(argv: list[str] | None = None) -> dict:
         lat["options"] = vars(args)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / f"merge_latency_{slug(lat['cpu'])}_{lat['date'][:10]}.json").write_text(json.dumps(lat, indent=2))
+        (out / f"merge_latency_{slug(lat['cpu'])}_{lat['date'][:10]}{tag(args)}.json").write_text(json.dumps(lat, indent=2))
         return lat
 
     table: dict[str, list[float]] = {}
@@ -436,13 +500,13 @@ def with_latency(result: dict, timing: dict) -> dict:
     result = dict(result, targets=dict(result["targets"]))
     result.update(
         latency_s=timing["bench_model"],
-        latency_wide_s=timing["wide_model"],
-        latency_wide_hidden=timing["wide_hidden"],
+        latency_synthetic_s=timing["synthetic_model"],
+        latency_synthetic_hidden=timing["synthetic_hidden"],
         latency_clock=timing["clock"],
         latency_load_1min=[timing["load_1min_start"], timing["load_1min_end"]],
         latency_source=timing["source"],
     )
-    for label, table in (("", timing["bench_model"]), (f"wide ({timing['wide_hidden']}) ", timing["wide_model"])):
+    for label, table in (("", timing["bench_model"]), (f"synthetic ({timing['synthetic_hidden']}) ", timing["synthetic_model"])):
         result["targets"][f"{label}16 rows: routed >= 3x faster than separate experts"] = (
             table["16"]["separate"] / table["16"]["routed"] >= 3.0
         )
@@ -499,7 +563,7 @@ def markdown(r: dict) -> str:
     ]
     for model, table in (
         (f"bench model ({r['options']['hidden']})", r["latency_s"]),
-        (f"wide synthetic ({r['latency_wide_hidden']})", r["latency_wide_s"]),
+        (f"synthetic ({r['latency_synthetic_hidden']})", r["latency_synthetic_s"]),
     ):
         for rows, v in table.items():
             lines.append(
@@ -509,8 +573,9 @@ def markdown(r: dict) -> str:
     lines += [
         "",
         f"Latency: 1 torch thread, median of interleaved rounds, 1-min load average {r['latency_load_1min'][0]:.1f} → "
-        f"{r['latency_load_1min'][1]:.1f} ({r['latency_source']}). The wide model's experts are synthetic (a random base plus "
-        "random dense task vectors, TALL-merged): its timing shows where a model stops fitting in the caches.",
+        f"{r['latency_load_1min'][1]:.1f} ({r['latency_source']}). The synthetic model's experts are a random base plus "
+        "random dense task vectors, TALL-merged (the kernels' cost does not depend on the values): it shows the other side "
+        "of the cache boundary.",
     ]
     lines += ["", "## Targets", ""]
     lines += [f"- {'met' if ok else 'NOT met'}: {name}" for name, ok in r["targets"].items()]
@@ -518,9 +583,15 @@ def markdown(r: dict) -> str:
     return "\n".join(lines)
 
 
+def tag(options: argparse.Namespace | dict) -> str:
+    """The ``--tag`` suffix of the result files (``_<tag>``, or nothing)."""
+    value = options.get("tag", "") if isinstance(options, dict) else options.tag
+    return f"_{value}" if value else ""
+
+
 def write_json(result: dict, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"merge_{slug(result['machine']['cpu'])}_{result['date'][:10]}"
+    stem = out / f"merge_{slug(result['machine']['cpu'])}_{result['date'][:10]}{tag(result['options'])}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
     return stem
 
@@ -542,7 +613,9 @@ def write(result: dict, out: Path) -> None:
     ax1.set_xlabel("mean test accuracy over tasks (%)")
     ax1.invert_yaxis()
     groups = [(f"{r} rows", result["latency_s"][r]) for r in result["latency_s"]]
-    groups += [(f"{r} rows,\nwidth {result['latency_wide_hidden']}", result["latency_wide_s"][r]) for r in result["latency_wide_s"]]
+    groups += [
+        (f"{r} rows,\nwidth {result['latency_synthetic_hidden']}", result["latency_synthetic_s"][r]) for r in result["latency_synthetic_s"]
+    ]
     width = 0.25
     for i, name in enumerate(("routed", "separate", "rebuild")):
         ax2.bar([j + i * width for j in range(len(groups))], [1e3 * g[name] for _, g in groups], width, label=name)

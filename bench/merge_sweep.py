@@ -6,7 +6,7 @@ fine-tunes K experts and merges them with task arithmetic, TIES, EMR and TALL ex
 here is on the **dev** split (500 training digits held out from fitting and from validation),
 never on the test split, so the configuration the committed bench uses is chosen without it.
 
-    python bench/merge_sweep.py --out bench/results            # the committed sweep
+    python bench/merge_sweep.py --out bench/results            # the committed sweep (also --part fc1, --part sft)
     python bench/merge_sweep.py --quick --out /tmp             # a smoke run (seconds)
 """
 
@@ -37,6 +37,11 @@ GRID = [(ts, 256, "plain", ft) for ts in ("conflict", "dihedral", "shift") for f
 GRID += [("conflict", 256, "rotate", FINETUNES[0]), ("conflict", 1024, "plain", FINETUNES[0]), ("dihedral", 1024, "plain", FINETUNES[0])]
 # fine-tuning the input layer only (the rest stays the base's): the tasks differ in their inputs
 GRID_FC1 = [(ts, 256, "plain", ft) for ts in ("conflict", "dihedral", "shift") for ft in (FINETUNES[0], FINETUNES[3])]
+# sparse (LT-SFT) against dense fine-tuning, on the mild warps (the base keeps 20-47 %), the conflicting tasks and
+# the disjoint cells: (task set, hidden, expert density), all with Adam lr 1e-3 x 10 epochs (per fit), every layer
+GRID_SFT = [("warp", h, d) for h in (256, 1024) for d in (1.0, 0.1, 0.05)]
+GRID_SFT += [(ts, 256, d) for ts in ("conflict", "cells", "dihedral") for d in (1.0, 0.1)]
+PARTS = {"all-layers": GRID, "fc1": GRID_FC1, "sft": GRID_SFT}
 
 
 def run_config(argv: list[str]) -> dict:
@@ -83,26 +88,32 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default="bench/results")
     parser.add_argument("--quick", action="store_true", help="digits, 4 tasks, two configurations")
     parser.add_argument(
-        "--part", choices=("all-layers", "fc1"), default="all-layers", help="which grid: experts fine-tuned in every layer, or in fc1 only"
+        "--part",
+        choices=tuple(PARTS),
+        default="all-layers",
+        help="which grid: experts fine-tuned densely in every layer, in fc1 only, or sparse (LT-SFT) against dense",
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    grid = list(GRID if args.part == "all-layers" else GRID_FC1)
+    grid = [entry if args.part != "sft" else (entry[0], entry[1], "plain", FINETUNES[0], entry[2]) for entry in PARTS[args.part]]
     if args.quick:
         grid = grid[:2]
     result = {"date": utc_now().isoformat(timespec="seconds"), "cpu": cpu_model(), "versions": versions(), "load_start": os.getloadavg()[0]}
     runs = []
-    for task_set, hidden, pretrain, (opt, lr, epochs) in grid:
+    for task_set, hidden, pretrain, (opt, lr, epochs), *density in grid:
+        density = density[0] if density else 1.0
         bench_argv = ["--task-set", task_set, "--hidden", str(hidden), "--pretrain", pretrain]
         bench_argv += ["--expert-opt", opt, "--expert-lr", str(lr), "--expert-epochs", str(epochs)]
-        bench_argv += ["--expert-layers", "fc1" if args.part == "fc1" else "all"]
+        bench_argv += ["--expert-layers", "fc1" if args.part == "fc1" else "all", "--expert-density", str(density)]
         if pretrain == "rotate":
             bench_argv += ["--base-epochs", "30"]
         if args.quick:
             bench_argv += ["--quick"]
         r = run_config(bench_argv)
         layers = "fc1 only" if args.part == "fc1" else "all layers"
+        if density < 1.0:
+            layers += f", LT-SFT at density {density}"
         r["config"] = {"task_set": task_set, "hidden": hidden, "pretrain": pretrain, "finetune": f"{opt} lr {lr} × {epochs} ep, {layers}"}
         runs.append(r)
         m = r["dev_mean"]
