@@ -342,8 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="< 1: sparse fine-tuning (LT-SFT): re-fine-tune from the base only this fraction of each tensor's entries",
     )
     parser.add_argument("--fda-construct-steps", type=int, default=200)
-    parser.add_argument("--fda-adapt-epochs", type=int, default=60)
-    parser.add_argument("--fda-lr", type=float, default=1e-3)
+    parser.add_argument(
+        "--fda-adapt-epochs", type=int, default=20, help="FDA stage II epochs (20 and lr 1e-4: best on dev, merge_sweep --part fda)"
+    )
+    parser.add_argument("--fda-lr", type=float, default=1e-4)
+    parser.add_argument("--fda-anchors", type=int, default=64, help="FDA anchors per task and layer")
     parser.add_argument("--fda-dist", choices=("cosine", "l2", "l1"), default="cosine")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: CPU-time clock, robust on a shared machine)")
     parser.add_argument("--seed", type=int, default=0)
@@ -436,6 +439,7 @@ def main(argv: list[str] | None = None) -> dict:
         "adapt_epochs": args.fda_adapt_epochs,
         "adapt_lr": args.fda_lr,
         "dist": args.fda_dist,
+        "anchors": args.fda_anchors,
         "seed": args.seed,
     }
     runs = {

@@ -42,6 +42,35 @@ GRID_FC1 = [(ts, 256, "plain", ft) for ts in ("conflict", "dihedral", "shift") f
 GRID_SFT = [("warp", h, d) for h in (256, 1024) for d in (1.0, 0.1, 0.05)]
 GRID_SFT += [(ts, 256, d) for ts in ("conflict", "cells", "dihedral") for d in (1.0, 0.1)]
 PARTS = {"all-layers": GRID, "fc1": GRID_FC1, "sft": GRID_SFT}
+# FDA's stage II on the default bench configuration (width 1024: 64 anchors per task fit a 1M-entry layer)
+FDA_VARIANTS = (
+    {"adapt_lr": 1e-3, "adapt_epochs": 60},
+    {"adapt_lr": 1e-3, "adapt_epochs": 5},
+    {"adapt_lr": 1e-4, "adapt_epochs": 20},
+    {"anchors": 256, "adapt_lr": 1e-4, "adapt_epochs": 20},
+)
+
+
+def run_fda(quick: bool) -> dict:
+    """Dev-split mean accuracy of task arithmetic and of FDA from TA under each of ``FDA_VARIANTS``."""
+    args = merge_bench.parse_args(["--quick"] if quick else [])
+    setup = merge_bench.prepare(args)
+    acc = merge_bench.accuracy
+
+    def dev_mean(model) -> float:
+        return sum(acc(model, x, y) for x, y in setup.dev) / len(setup.dev)
+
+    kw = {"routed": False, "validation": setup.validation}
+    rows = {"experts": sum(acc(e, x, y) for e, (x, y) in zip(setup.experts, setup.dev)) / len(setup.dev)}
+    rows["task arithmetic"] = dev_mean(rtl.merge.merge_experts(setup.base, setup.experts, method="task_arithmetic", **kw))
+    steps = args.fda_construct_steps
+    for options in FDA_VARIANTS[:2] if quick else FDA_VARIANTS:
+        t0 = time.time()
+        model = rtl.merge.merge_experts(setup.base, setup.experts, method="fda", start="ta", construct_steps=steps, **options, **kw)
+        label = ", ".join(f"{k} {v}" for k, v in options.items())
+        rows[f"FDA from TA ({label})"] = dev_mean(model)
+        logger.info("%s: %.4f (%.0f s)", label, rows[f"FDA from TA ({label})"], time.time() - t0)
+    return rows
 
 
 def run_config(argv: list[str]) -> dict:
@@ -83,19 +112,40 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_fda(rows: dict, out: Path) -> dict:
+    """``merge_sweep_fda.{json,md}``: the FDA variants' dev accuracy."""
+    result = {"date": utc_now().isoformat(timespec="seconds"), "cpu": cpu_model(), "versions": versions(), "dev_mean": rows}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "merge_sweep_fda.json").write_text(json.dumps(result, indent=2))
+    lines = [
+        f"# FDA stage II options, default bench configuration ({result['date']})",
+        "",
+        f"CPU: {result['cpu']}, 1 torch thread. Mean **dev** accuracy over the 8 tasks (never the test split).",
+        "",
+        "| model | dev accuracy |",
+        "|---|---|",
+    ]
+    lines += [f"| {label} | {100 * value:.2f} |" for label, value in rows.items()]
+    (out / "merge_sweep_fda.md").write_text("\n".join(lines) + "\n")
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="bench/results")
     parser.add_argument("--quick", action="store_true", help="digits, 4 tasks, two configurations")
     parser.add_argument(
         "--part",
-        choices=tuple(PARTS),
+        choices=(*PARTS, "fda"),
         default="all-layers",
-        help="which grid: experts fine-tuned densely in every layer, in fc1 only, or sparse (LT-SFT) against dense",
+        help="which grid: experts fine-tuned densely in every layer, in fc1 only, sparse (LT-SFT) against dense; "
+        "or fda: FDA's stage II options on the default configuration",
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.part == "fda":
+        return write_fda(run_fda(args.quick), Path(args.out))
     grid = [entry if args.part != "sft" else (entry[0], entry[1], "plain", FINETUNES[0], entry[2]) for entry in PARTS[args.part]]
     if args.quick:
         grid = grid[:2]
