@@ -39,8 +39,8 @@ def test_quick_merge_bench_runs_end_to_end_and_writes_its_results(tmp_path):
     # the split form: an accuracy run without latency joined with a --latency-only run
     acc = {key: value for key, value in result.items() if not key.startswith("latency")}
     acc["targets"] = {key: v for key, v in result["targets"].items() if "rows" not in key}
-    timing = {"date": result["date"], "bench_model": result["latency_s"], "wide_model": result["latency_wide_s"], "clock": "cpu"}
-    timing.update(wide_hidden=result["latency_wide_hidden"], load_1min_start=1.0, load_1min_end=2.0)
+    timing = {"date": result["date"], "bench_model": result["latency_s"], "synthetic_model": result["latency_synthetic_s"], "clock": "cpu"}
+    timing.update(synthetic_hidden=result["latency_synthetic_hidden"], load_1min_start=1.0, load_1min_end=2.0)
     (tmp_path / "acc.json").write_text(json.dumps(acc))
     (tmp_path / "lat.json").write_text(json.dumps(timing))
     joined = bench.main(["--render", str(tmp_path / "acc.json"), str(tmp_path / "lat.json"), "--out", str(tmp_path / "joined")])
@@ -60,3 +60,20 @@ def test_every_task_transform_keeps_the_shape_and_the_splits_are_stratified():
     order = bench.interleaved_classes(y.sort().values, seed=0)
     assert sorted(order.tolist()) == list(range(40))
     assert torch.bincount(y.sort().values[order][:8]).tolist() == [2, 2, 2, 2]
+
+
+def test_sparse_fine_tuning_moves_only_its_support():
+    torch = pytest.importorskip("torch")
+    bench = _bench()
+    from rtl_kernels.zoo.mlp import MLP
+
+    torch.manual_seed(0)
+    x, y = torch.rand(64, 16), torch.randint(0, 4, (64,))
+    base = MLP(16, 4, 8).eval()
+    args = bench.parse_args(["--expert-density", "0.25", "--expert-epochs", "2"])
+    dense = bench.train(bench.copy.deepcopy(base), x, y, 2, 1e-2, seed=1)
+    sparse = bench.sparse_refit(base, dense, x, y, args, seed=1)
+    base_params = dict(base.named_parameters())
+    for key, p in sparse.named_parameters():
+        moved = int((p != base_params[key]).sum())
+        assert 0 < moved <= round(0.25 * p.numel()), key
