@@ -537,7 +537,7 @@ def markdown(r: dict) -> str:
     lines = [
         f"# Merging {len(tasks)} MNIST experts ({r['date']})",
         "",
-        f"CPU: {r['machine']['cpu']}, {r['machine']['cores']} cores, {r['machine']['torch_threads']} torch threads; "
+        f"CPU: {r['machine']['cpu']}, {r['machine']['cores']} cores, torch threads: {r['machine']['torch_threads']}; "
         f"1-min load average {r['machine']['load_1min_start']:.1f} at start, {r['machine']['load_1min_end']:.1f} at end "
         "(a shared machine: other jobs ran at the same time). "
         f"Data: {r['options']['data']}; command: `{r['command']}`.",
@@ -619,7 +619,7 @@ def write(result: dict, out: Path) -> None:
     ax1.axvline(100 * result["mean_accuracy"]["individual experts"], color="k", ls="--", lw=1)
     ax1.set_xlabel("mean test accuracy over tasks (%)")
     ax1.invert_yaxis()
-    groups = [(f"{r} rows", result["latency_s"][r]) for r in result["latency_s"]]
+    groups = [(f"{r} rows,\nwidth {result['options']['hidden']}", result["latency_s"][r]) for r in result["latency_s"]]
     groups += [
         (f"{r} rows,\nwidth {result['latency_synthetic_hidden']}", result["latency_synthetic_s"][r]) for r in result["latency_synthetic_s"]
     ]
