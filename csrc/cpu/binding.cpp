@@ -7,6 +7,8 @@
 
 #include <atomic>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "binding_checks.h"
@@ -75,23 +77,28 @@ using rtl_bind::check_shape;
 using rtl_bind::parallel_blocks;
 using rtl_bind::shape_of;
 
+// packed masks [K >= 1, N, words] (int32): returns K and the mask words
+std::pair<int64_t, const uint32_t*> check_bits(const at::Tensor& bits, int64_t N, int64_t words) {
+  check_common(bits, "bits", 3);
+  TORCH_CHECK_TYPE(bits.scalar_type() == at::kInt, "bits: expected dtype int32, got ", bits.scalar_type());
+  const int64_t K = bits.size(0);
+  TORCH_CHECK_VALUE(K >= 1, "bits: expected at least one ticket, got shape ", shape_of(bits));
+  check_shape(bits, "bits", {K, N, words});
+  return {K, reinterpret_cast<const uint32_t*>(bits.data_ptr<int32_t>())};
+}
+
 // weight, bits and dtype: everything a masked-weight problem needs
 rtl_cpu::Problem weight_problem(const at::Tensor& weight, const at::Tensor& bits) {
   check_common(weight, "weight", 2);
   const auto dt = weight.scalar_type();
   TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kBFloat16, "weight: expected dtype float32 or bfloat16, got ", dt);
-  check_common(bits, "bits", 3);
-  TORCH_CHECK_TYPE(bits.scalar_type() == at::kInt, "bits: expected dtype int32, got ", bits.scalar_type());
   rtl_cpu::Problem p{};
   p.dtype = dt == at::kBFloat16 ? rtl_cpu::kBFloat16 : rtl_cpu::kFloat32;
   p.N = weight.size(0);
   p.C = weight.size(1);
   p.words = (p.C + 31) / 32;
-  p.K = bits.size(0);
-  TORCH_CHECK_VALUE(p.K >= 1, "bits: expected at least one ticket, got shape ", shape_of(bits));
-  check_shape(bits, "bits", {p.K, p.N, p.words});
+  std::tie(p.K, p.bits) = check_bits(bits, p.N, p.words);
   p.w = weight.data_ptr();
-  p.bits = reinterpret_cast<const uint32_t*>(bits.data_ptr<int32_t>());
   return p;
 }
 
@@ -313,18 +320,11 @@ rtl_seeded::Problem seeded_problem(const at::Tensor& row_scale, int64_t in_featu
 }
 
 void add_seeded_masks(rtl_seeded::Problem& p, int64_t M, const at::Tensor& bits, const at::Tensor& perm, const at::Tensor& offsets) {
-  check_common(bits, "bits", 3);
-  TORCH_CHECK_TYPE(bits.scalar_type() == at::kInt, "bits: expected dtype int32, got ", bits.scalar_type());
-  p.K = bits.size(0);
-  TORCH_CHECK_VALUE(p.K >= 1, "bits: expected at least one ticket, got shape ", shape_of(bits));
-  check_shape(bits, "bits", {p.K, p.N, p.words});
-  rtl_cpu::Problem plan{};
-  plan.K = p.K;
-  add_plan(plan, M, perm, offsets);
+  std::tie(p.K, p.bits) = check_bits(bits, p.N, p.words);
+  const rtl_bind::Plan plan = rtl_bind::check_plan(p.K, M, perm, offsets);
   p.M = M;
   p.perm = plan.perm;
   p.offsets = plan.offsets;
-  p.bits = reinterpret_cast<const uint32_t*>(bits.data_ptr<int32_t>());
 }
 
 at::Tensor seeded_forward(const at::Tensor& x, const at::Tensor& bits, const at::Tensor& perm, const at::Tensor& offsets, const at::Tensor& row_scale,
@@ -417,18 +417,11 @@ ConvCall conv_call(at::IntArrayRef input, const at::Tensor& weight, const at::Te
                     ", ", p.W, "] is too small for the kernel, padding and dilation");
   TORCH_CHECK_VALUE(std::max(p.H * p.W, p.Ho * p.Wo) * p.kh * p.kw < (int64_t{1} << 31), "x: expected fewer than 2^31 pixel taps per image");
   TORCH_CHECK_VALUE(p.R() * 64 < (int64_t{1} << 31), "weight: expected fewer than 2^25 elements per output channel, got ", p.R());
-  check_common(bits, "bits", 3);
-  TORCH_CHECK_TYPE(bits.scalar_type() == at::kInt, "bits: expected dtype int32, got ", bits.scalar_type());
-  p.K = bits.size(0);
   p.words = (p.R() + 31) / 32;
-  TORCH_CHECK_VALUE(p.K >= 1, "bits: expected at least one ticket, got shape ", shape_of(bits));
-  check_shape(bits, "bits", {p.K, p.N, p.words});
-  rtl_cpu::Problem plan{};
-  plan.K = p.K;
-  add_plan(plan, p.B, perm, offsets);
+  std::tie(p.K, p.bits) = check_bits(bits, p.N, p.words);
+  const rtl_bind::Plan plan = rtl_bind::check_plan(p.K, p.B, perm, offsets);
   p.perm = plan.perm;
   p.offsets = plan.offsets;
-  p.bits = reinterpret_cast<const uint32_t*>(bits.data_ptr<int32_t>());
   call.w32 = weight.to(at::kFloat).contiguous();
   p.w = call.w32.data_ptr<float>();
   call.slot.assign(static_cast<size_t>(p.B), 0);
