@@ -41,6 +41,14 @@ int64_t best_isa() {
   return best;
 }
 
+// an ISA id this CPU runs (-1 resolved to the best one); anything else is an error naming `isa`
+int64_t checked_isa(int64_t isa) {
+  if (isa == kBest) return best_isa();
+  TORCH_CHECK_VALUE(isa >= kGeneric && isa <= kAvx512Bf16, "isa: expected -1 (best), 0 (generic), 1 (avx2), 2 (avx512) or 3 (avx512_bf16), got ", isa);
+  TORCH_CHECK_VALUE(isa_supported(isa), "isa: ", isa, " is not supported by this CPU (best available: ", best_isa(), ")");
+  return isa;
+}
+
 const rtl_cpu::Ops& ops_for(int64_t isa);
 
 // the default kernels (isa = -1), chosen once
@@ -51,8 +59,7 @@ const rtl_cpu::Ops& best_ops() {
 
 const rtl_cpu::Ops& ops_for(int64_t isa) {
   if (isa == kBest) return best_ops();
-  TORCH_CHECK_VALUE(isa >= kGeneric && isa <= kAvx512Bf16, "isa: expected -1 (best), 0 (generic), 1 (avx2), 2 (avx512) or 3 (avx512_bf16), got ", isa);
-  TORCH_CHECK_VALUE(isa_supported(isa), "isa: ", isa, " is not supported by this CPU (best available: ", best_isa(), ")");
+  isa = checked_isa(isa);
 #if defined(__x86_64__) || defined(_M_X64)
   if (isa == kAvx512Bf16) return rtl_cpu::kOpsAvx512Bf16;
   if (isa == kAvx512) return rtl_cpu::kOpsAvx512;
@@ -62,8 +69,7 @@ const rtl_cpu::Ops& ops_for(int64_t isa) {
 }
 
 const rtl_cpu::DeltaOps& delta_ops_for(int64_t isa) {
-  ops_for(isa);  // validates isa
-  if (isa == kBest) isa = best_isa();
+  isa = checked_isa(isa);
 #if defined(__x86_64__) || defined(_M_X64)
   if (isa == kAvx512 || isa == kAvx512Bf16) return rtl_cpu::kDeltaOpsAvx512;
   if (isa == kAvx2) return rtl_cpu::kDeltaOpsAvx2;
@@ -214,7 +220,7 @@ bool gemm_supported(int64_t isa) {
 // fused GEMM: the mask is applied while weight panels are packed, rows gathered and scattered in place
 at::Tensor forward_gemm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bits, const at::Tensor& perm, const at::Tensor& offsets,
                         const c10::optional<at::Tensor>& bias, int64_t isa) {
-  ops_for(isa);  // validates isa
+  checked_isa(isa);  // validates isa
   rtl_cpu::Problem p = linear_problem(x, weight, bits, perm, offsets);
   TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat, "x: forward_gemm expects float32 inputs, got ", x.scalar_type(), " (use forward or forward_grouped)");
   TORCH_CHECK_VALUE(gemm_supported(isa), "isa: forward_gemm needs AVX-512 (isa 2 or 3), got ", isa, " (use forward or forward_grouped)");
@@ -291,8 +297,7 @@ std::tuple<at::Tensor, at::Tensor> backward_grouped(const at::Tensor& dy, const 
 // ------------------------------------------------------------------------------- seeded weights (never read)
 
 const rtl_seeded::Ops& seeded_ops_for(int64_t isa) {
-  ops_for(isa);  // validates isa
-  if (isa == kBest) isa = best_isa();
+  isa = checked_isa(isa);
 #if defined(__x86_64__) || defined(_M_X64)
   if (isa == kAvx512 || isa == kAvx512Bf16) return rtl_seeded::kOpsAvx512;
   if (isa == kAvx2) return rtl_seeded::kOpsAvx2;
@@ -371,8 +376,7 @@ at::Tensor seeded_generate(const at::Tensor& row_scale, int64_t in_features, int
 // ------------------------------------------------------------------------------- routed conv2d
 
 const rtl_cpu::ConvOps& conv_ops_for(int64_t isa) {
-  if (isa == kBest) isa = best_isa();
-  ops_for(isa);  // validates isa
+  isa = checked_isa(isa);
 #if defined(__x86_64__) || defined(_M_X64)
   if (isa == kAvx512 || isa == kAvx512Bf16) return rtl_cpu::kConvAvx512;
 #endif
