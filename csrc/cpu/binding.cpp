@@ -131,11 +131,17 @@ void check_dy(rtl_cpu::Problem& p, const at::Tensor& dy, at::ScalarType dt) {
   p.dy = dy.data_ptr();
 }
 
-at::Tensor bias_f32(const c10::optional<at::Tensor>& bias, const rtl_cpu::Problem& p, at::ScalarType dt) {
-  if (!bias.has_value() || !bias->defined()) return at::Tensor();
+// whether there is a bias; one must be [N] (N outputs) of dtype dt
+bool check_bias(const c10::optional<at::Tensor>& bias, int64_t N, at::ScalarType dt) {
+  if (!bias.has_value() || !bias->defined()) return false;
   check_float(*bias, "bias", 1, dt);
-  check_shape(*bias, "bias", {p.N});
-  return bias->to(at::kFloat).contiguous();
+  check_shape(*bias, "bias", {N});
+  return true;
+}
+
+// the checked bias as float32 (undefined when there is none)
+at::Tensor bias_f32(const c10::optional<at::Tensor>& bias, int64_t N, at::ScalarType dt) {
+  return check_bias(bias, N, dt) ? bias->to(at::kFloat).contiguous() : at::Tensor();
 }
 
 // fn(i0, i1) over [0, n) in chunks of `grain` that the team's threads claim one at a time. With
@@ -169,7 +175,7 @@ at::Tensor forward(const at::Tensor& x, const at::Tensor& weight, const at::Tens
                    const c10::optional<at::Tensor>& bias, int64_t isa) {
   const rtl_cpu::Ops& ops = ops_for(isa);
   rtl_cpu::Problem p = linear_problem(x, weight, bits, perm, offsets);
-  const at::Tensor b = bias_f32(bias, p, x.scalar_type());
+  const at::Tensor b = bias_f32(bias, p.N, x.scalar_type());
   at::Tensor y = at::zeros({p.M, p.N}, x.options().dtype(at::kFloat));
   const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
@@ -224,7 +230,7 @@ at::Tensor forward_gemm(const at::Tensor& x, const at::Tensor& weight, const at:
   rtl_cpu::Problem p = linear_problem(x, weight, bits, perm, offsets);
   TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat, "x: forward_gemm expects float32 inputs, got ", x.scalar_type(), " (use forward or forward_grouped)");
   TORCH_CHECK_VALUE(gemm_supported(isa), "isa: forward_gemm needs AVX-512 (isa 2 or 3), got ", isa, " (use forward or forward_grouped)");
-  const at::Tensor b = bias_f32(bias, p, x.scalar_type());
+  const at::Tensor b = bias_f32(bias, p.N, x.scalar_type());
   at::Tensor y = at::empty({p.M, p.N}, x.options());
 #if defined(__x86_64__) || defined(_M_X64)
   const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
@@ -242,11 +248,7 @@ at::Tensor forward_grouped(const at::Tensor& x, const at::Tensor& weight, const 
                            const c10::optional<at::Tensor>& bias, int64_t isa) {
   const rtl_cpu::Ops& ops = ops_for(isa);
   rtl_cpu::Problem p = linear_problem(x, weight, bits, perm, offsets);
-  const bool has_bias = bias.has_value() && bias->defined();
-  if (has_bias) {
-    check_float(*bias, "bias", 1, x.scalar_type());
-    check_shape(*bias, "bias", {p.N});
-  }
+  const bool has_bias = check_bias(bias, p.N, x.scalar_type());
   const at::Tensor xs = x.index_select(0, perm);
   at::Tensor ys = at::empty({p.M, p.N}, x.options());
   at::Tensor wk = at::empty_like(weight);
@@ -338,15 +340,12 @@ at::Tensor seeded_forward(const at::Tensor& x, const at::Tensor& bits, const at:
   check_float(x, "x", 2, at::kFloat);
   rtl_seeded::Problem p = seeded_problem(row_scale, x.size(1), seed, layer, dist, row0);
   add_seeded_masks(p, x.size(0), bits, perm, offsets);
+  const at::Tensor b = bias_f32(bias, p.N, at::kFloat);
   p.x = x.data_ptr<float>();
   at::Tensor y = at::zeros({p.M, p.N}, x.options());
   float* yp = y.data_ptr<float>();
   if (p.M > 0) parallel_blocks(p.N, 8, p.M * p.C, [&](int64_t n0, int64_t n1) { ops.forward(p, yp, n0, n1); });
-  if (bias.has_value() && bias->defined()) {
-    check_float(*bias, "bias", 1, at::kFloat);
-    check_shape(*bias, "bias", {p.N});
-    y.add_(*bias);
-  }
+  if (b.defined()) y.add_(b);
   return y;
 }
 
@@ -514,12 +513,7 @@ at::Tensor conv_forward(const at::Tensor& x, const at::Tensor& weight, const at:
   TORCH_CHECK_VALUE(x.defined() && x.dim() == 4, "x: expected a 4-D tensor [B, C, H, W], got ", x.defined() ? shape_of(x) : "None");
   const ConvCall call = conv_call(x.sizes(), weight, bits, perm, offsets, stride, padding, dilation, groups);
   const at::Tensor x32 = nhwc_f32(x, "x", weight.scalar_type());
-  at::Tensor b32;
-  if (bias.has_value() && bias->defined()) {
-    check_float(*bias, "bias", 1, x.scalar_type());
-    check_shape(*bias, "bias", {call.p.N});
-    b32 = bias->to(at::kFloat).contiguous();
-  }
+  const at::Tensor b32 = bias_f32(bias, call.p.N, x.scalar_type());
   const at::Tensor y = conv_gather(ops, call, false, x32, b32.defined() ? b32.data_ptr<float>() : nullptr);
   return y.permute({0, 3, 1, 2}).to(x.scalar_type());
 }
