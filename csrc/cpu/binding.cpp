@@ -396,17 +396,18 @@ struct ConvCall {
   std::vector<int64_t> active;  // tickets with images, in slot order
 };
 
-// `input` is x's shape [B, C, H, W]; weight, bits and the plan are checked before any pointer is read
-ConvCall conv_call(at::IntArrayRef input, const at::Tensor& weight, const at::Tensor& bits, const at::Tensor& perm, const at::Tensor& offsets,
+// x [B, C, H, W] (its shape here; nhwc_f32 checks its dtype where it is read), weight, bits and the
+// plan, all checked before any pointer is read
+ConvCall conv_call(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bits, const at::Tensor& perm, const at::Tensor& offsets,
                    const std::vector<int64_t>& stride, const std::vector<int64_t>& padding, const std::vector<int64_t>& dilation, int64_t groups) {
+  TORCH_CHECK_VALUE(x.defined() && x.dim() == 4, "x: expected a 4-D tensor [B, C, H, W], got ", x.defined() ? shape_of(x) : "None");
   check_common(weight, "weight", 4);
   const auto dt = weight.scalar_type();
   TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kBFloat16, "weight: expected dtype float32 or bfloat16, got ", dt);
-  TORCH_CHECK_VALUE(input.size() == 4, "x: expected a 4-D input [B, C, H, W], got ", input.size(), " dims");
   TORCH_CHECK_VALUE(groups >= 1, "groups: expected a positive value, got ", groups);
   ConvCall call;
   rtl_cpu::ConvProblem& p = call.p;
-  p.B = input[0], p.C = input[1], p.H = input[2], p.W = input[3];
+  p.B = x.size(0), p.C = x.size(1), p.H = x.size(2), p.W = x.size(3);
   p.N = weight.size(0), p.Cg = weight.size(1), p.kh = weight.size(2), p.kw = weight.size(3), p.groups = groups;
   TORCH_CHECK_VALUE(p.N % groups == 0, "weight: expected out_channels ", p.N, " divisible by groups = ", groups);
   TORCH_CHECK_VALUE(p.C == p.Cg * groups, "x: expected ", p.Cg * groups, " input channels (weight.shape[1] * groups), got ", p.C);
@@ -510,8 +511,7 @@ at::Tensor conv_forward(const at::Tensor& x, const at::Tensor& weight, const at:
                         const c10::optional<at::Tensor>& bias, const std::vector<int64_t>& stride, const std::vector<int64_t>& padding,
                         const std::vector<int64_t>& dilation, int64_t groups, int64_t isa) {
   const rtl_cpu::ConvOps& ops = conv_ops_for(isa);
-  TORCH_CHECK_VALUE(x.defined() && x.dim() == 4, "x: expected a 4-D tensor [B, C, H, W], got ", x.defined() ? shape_of(x) : "None");
-  const ConvCall call = conv_call(x.sizes(), weight, bits, perm, offsets, stride, padding, dilation, groups);
+  const ConvCall call = conv_call(x, weight, bits, perm, offsets, stride, padding, dilation, groups);
   const at::Tensor x32 = nhwc_f32(x, "x", weight.scalar_type());
   const at::Tensor b32 = bias_f32(bias, call.p.N, x.scalar_type());
   const at::Tensor y = conv_gather(ops, call, false, x32, b32.defined() ? b32.data_ptr<float>() : nullptr);
@@ -524,8 +524,7 @@ std::tuple<at::Tensor, at::Tensor> conv_backward(const at::Tensor& dy, const at:
                                                  const std::vector<int64_t>& padding, const std::vector<int64_t>& dilation, int64_t groups, bool need_dx,
                                                  bool need_dw, int64_t isa) {
   const rtl_cpu::ConvOps& ops = conv_ops_for(isa);
-  TORCH_CHECK_VALUE(x.defined() && x.dim() == 4, "x: expected a 4-D tensor [B, C, H, W], got ", x.defined() ? shape_of(x) : "None");
-  const ConvCall call = conv_call(x.sizes(), weight, bits, perm, offsets, stride, padding, dilation, groups);
+  const ConvCall call = conv_call(x, weight, bits, perm, offsets, stride, padding, dilation, groups);
   const rtl_cpu::ConvProblem& p = call.p;
   TORCH_CHECK_VALUE(dy.defined() && dy.dim() == 4, "dy: expected a 4-D tensor, got ", dy.defined() ? shape_of(dy) : "None");
   check_shape(dy, "dy", {p.B, p.N, p.Ho, p.Wo});
