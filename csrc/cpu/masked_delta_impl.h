@@ -74,8 +74,6 @@ static void delta_forward(const DeltaProblem& p, float* y, int64_t n0, int64_t n
   }
 }
 
-static inline bool bit_at(const uint32_t* mrow, int64_t c) { return (mrow[c >> 5] >> (c & 31)) & 1u; }
-
 static void delta_materialize(const DeltaProblem& p, int64_t k, float* out, int64_t n0, int64_t n1) {
   const vec sv = V::bcast(p.scales[k]);
   const float s = p.scales[k];

@@ -41,6 +41,8 @@ static inline float to_f32(bf16_t v) {
 
 // mask bits of columns [c, c + L) of one mask row (c is a multiple of L)
 static inline uint32_t chunk_mask(const uint32_t* mrow, int64_t c) { return (mrow[c >> 5] >> (c & 31)) & kFull; }
+// the mask bit of column c of one mask row
+static inline bool bit_at(const uint32_t* mrow, int64_t c) { return (mrow[c >> 5] >> (c & 31)) & 1u; }
 // lanes of a chunk at column c that lie inside a row of C columns
 static inline uint32_t limit_mask(int64_t c, int64_t C) { return C - c >= L ? kFull : ((1u << (C - c)) - 1u); }
 
@@ -375,7 +377,7 @@ static void materialize_t(const Problem& p, int64_t k, T* out, int64_t n0, int64
     T* o = out + n * C;
     int64_t c = 0;
     for (; c + L <= C; c += L) V::copy_keep(o + c, wr + c, V::mask_at(mrow, c));
-    for (; c < C; ++c) o[c] = ((mrow[c >> 5] >> (c & 31)) & 1u) ? wr[c] : T(0);
+    for (; c < C; ++c) o[c] = bit_at(mrow, c) ? wr[c] : T(0);
   }
 }
 
@@ -395,7 +397,7 @@ static void masked_add(const Problem& p, int64_t k, const float* g, float* dw, i
     int64_t c = 0;
     for (; c + L <= C; c += L) V::store(o + c, V::mask_add(V::load(o + c), V::mask_at(mrow, c), V::load(gr + c)));
     for (; c < C; ++c)
-      if ((mrow[c >> 5] >> (c & 31)) & 1u) o[c] += gr[c];
+      if (bit_at(mrow, c)) o[c] += gr[c];
   }
 }
 
