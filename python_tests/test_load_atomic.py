@@ -135,6 +135,18 @@ def test_corrupt_stage_files_name_the_file_and_say_it_can_be_deleted(tmp_path):
     assert issubclass(StageFileError, ValueError)
 
 
+def test_a_stored_mask_is_reused_only_on_the_schedule_that_found_it(tmp_path):
+    mask = {"0": torch.tensor([[True, False], [False, True]])}
+    DirStore(tmp_path, schedule=[0.5, 0.75]).save_mask(1, 0, mask)
+    # round 1's mask depends on the sparsities of rounds 0 and 1 only
+    for schedule, reused in (([0.5, 0.75], True), ([0.5, 0.75, 0.9], True), ([0.5, 0.8], False), ([0.4, 0.75], False)):
+        got = DirStore(tmp_path, schedule=schedule).load_mask(1, 0)
+        assert (got is not None) == reused, schedule
+        if reused:
+            assert got.keys() == mask.keys() and got["0"].dtype == torch.bool and torch.equal(got["0"], mask["0"])
+    assert torch.equal(DirStore(tmp_path).load_mask(1, 0)["0"], mask["0"]), "a store without a schedule takes any mask"
+
+
 def _as_format_1(path, model) -> None:
     """Rewrite a save as format 1 wrote it: int32 mask rows padded to whole words."""
     save_file({name: p.bits for name, p in rtl.masks_of(model).items()}, str(path / "masks.safetensors"))

@@ -240,6 +240,31 @@ def test_load_served_model_from_a_run_directory(tmp_path) -> None:
         load_served_model(tmp_path / "nothing")
 
 
+def test_load_served_model_routes_the_norms_of_a_model_the_factory_converted(tmp_path) -> None:
+    """A factory may return the model converted already (RTL layers, plain BatchNorm): the BatchNorms
+    the save keeps per ticket are made routed all the same, so the save loads and serves its statistics."""
+    from rtl_kernels.nn import RTLBatchNorm1d
+
+    def arch() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(D, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 4))
+
+    source = rtl.convert(arch(), K, routed_norms=True)
+    gen = torch.Generator().manual_seed(3)
+    rtl.set_masks(source, {n: torch.rand((K, *p.weight_shape), generator=gen) < 0.5 for n, p in rtl.masks_of(source).items()})
+    with torch.no_grad():  # per-ticket statistics that differ from one shared BatchNorm's
+        for k in range(K):
+            with rtl.routing(source, k):
+                source(torch.randn(16, D, generator=gen) * (k + 1) + k)
+    source.eval()
+    rtl.save(source, tmp_path)
+    served = load_served_model(tmp_path, lambda: rtl.convert(arch(), K))
+    assert isinstance(served.model[1], RTLBatchNorm1d) and not served.training
+    x, routes = torch.randn(6, D, generator=gen), torch.tensor([0, 1, 2, 2, 1, 0])
+    with torch.no_grad():
+        torch.testing.assert_close(served(x, routes=routes), rtl.RoutedModel(source)(x, routes=routes), rtol=0, atol=0)
+
+
 FACTORY = textwrap.dedent(
     """
     from torch import nn

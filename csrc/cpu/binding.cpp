@@ -7,6 +7,8 @@
 
 #include <atomic>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "binding_checks.h"
@@ -39,6 +41,14 @@ int64_t best_isa() {
   return best;
 }
 
+// an ISA id this CPU runs (-1 resolved to the best one); anything else is an error naming `isa`
+int64_t checked_isa(int64_t isa) {
+  if (isa == kBest) return best_isa();
+  TORCH_CHECK_VALUE(isa >= kGeneric && isa <= kAvx512Bf16, "isa: expected -1 (best), 0 (generic), 1 (avx2), 2 (avx512) or 3 (avx512_bf16), got ", isa);
+  TORCH_CHECK_VALUE(isa_supported(isa), "isa: ", isa, " is not supported by this CPU (best available: ", best_isa(), ")");
+  return isa;
+}
+
 const rtl_cpu::Ops& ops_for(int64_t isa);
 
 // the default kernels (isa = -1), chosen once
@@ -49,8 +59,7 @@ const rtl_cpu::Ops& best_ops() {
 
 const rtl_cpu::Ops& ops_for(int64_t isa) {
   if (isa == kBest) return best_ops();
-  TORCH_CHECK_VALUE(isa >= kGeneric && isa <= kAvx512Bf16, "isa: expected -1 (best), 0 (generic), 1 (avx2), 2 (avx512) or 3 (avx512_bf16), got ", isa);
-  TORCH_CHECK_VALUE(isa_supported(isa), "isa: ", isa, " is not supported by this CPU (best available: ", best_isa(), ")");
+  isa = checked_isa(isa);
 #if defined(__x86_64__) || defined(_M_X64)
   if (isa == kAvx512Bf16) return rtl_cpu::kOpsAvx512Bf16;
   if (isa == kAvx512) return rtl_cpu::kOpsAvx512;
@@ -60,8 +69,7 @@ const rtl_cpu::Ops& ops_for(int64_t isa) {
 }
 
 const rtl_cpu::DeltaOps& delta_ops_for(int64_t isa) {
-  ops_for(isa);  // validates isa
-  if (isa == kBest) isa = best_isa();
+  isa = checked_isa(isa);
 #if defined(__x86_64__) || defined(_M_X64)
   if (isa == kAvx512 || isa == kAvx512Bf16) return rtl_cpu::kDeltaOpsAvx512;
   if (isa == kAvx2) return rtl_cpu::kDeltaOpsAvx2;
@@ -75,23 +83,28 @@ using rtl_bind::check_shape;
 using rtl_bind::parallel_blocks;
 using rtl_bind::shape_of;
 
+// packed masks [K >= 1, N, words] (int32): returns K and the mask words
+std::pair<int64_t, const uint32_t*> check_bits(const at::Tensor& bits, int64_t N, int64_t words) {
+  check_common(bits, "bits", 3);
+  TORCH_CHECK_TYPE(bits.scalar_type() == at::kInt, "bits: expected dtype int32, got ", bits.scalar_type());
+  const int64_t K = bits.size(0);
+  TORCH_CHECK_VALUE(K >= 1, "bits: expected at least one ticket, got shape ", shape_of(bits));
+  check_shape(bits, "bits", {K, N, words});
+  return {K, reinterpret_cast<const uint32_t*>(bits.data_ptr<int32_t>())};
+}
+
 // weight, bits and dtype: everything a masked-weight problem needs
 rtl_cpu::Problem weight_problem(const at::Tensor& weight, const at::Tensor& bits) {
   check_common(weight, "weight", 2);
   const auto dt = weight.scalar_type();
   TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kBFloat16, "weight: expected dtype float32 or bfloat16, got ", dt);
-  check_common(bits, "bits", 3);
-  TORCH_CHECK_TYPE(bits.scalar_type() == at::kInt, "bits: expected dtype int32, got ", bits.scalar_type());
   rtl_cpu::Problem p{};
   p.dtype = dt == at::kBFloat16 ? rtl_cpu::kBFloat16 : rtl_cpu::kFloat32;
   p.N = weight.size(0);
   p.C = weight.size(1);
   p.words = (p.C + 31) / 32;
-  p.K = bits.size(0);
-  TORCH_CHECK_VALUE(p.K >= 1, "bits: expected at least one ticket, got shape ", shape_of(bits));
-  check_shape(bits, "bits", {p.K, p.N, p.words});
+  std::tie(p.K, p.bits) = check_bits(bits, p.N, p.words);
   p.w = weight.data_ptr();
-  p.bits = reinterpret_cast<const uint32_t*>(bits.data_ptr<int32_t>());
   return p;
 }
 
@@ -118,11 +131,17 @@ void check_dy(rtl_cpu::Problem& p, const at::Tensor& dy, at::ScalarType dt) {
   p.dy = dy.data_ptr();
 }
 
-at::Tensor bias_f32(const c10::optional<at::Tensor>& bias, const rtl_cpu::Problem& p, at::ScalarType dt) {
-  if (!bias.has_value() || !bias->defined()) return at::Tensor();
+// whether there is a bias; one must be [N] (N outputs) of dtype dt
+bool check_bias(const c10::optional<at::Tensor>& bias, int64_t N, at::ScalarType dt) {
+  if (!bias.has_value() || !bias->defined()) return false;
   check_float(*bias, "bias", 1, dt);
-  check_shape(*bias, "bias", {p.N});
-  return bias->to(at::kFloat).contiguous();
+  check_shape(*bias, "bias", {N});
+  return true;
+}
+
+// the checked bias as float32 (undefined when there is none)
+at::Tensor bias_f32(const c10::optional<at::Tensor>& bias, int64_t N, at::ScalarType dt) {
+  return check_bias(bias, N, dt) ? bias->to(at::kFloat).contiguous() : at::Tensor();
 }
 
 // fn(i0, i1) over [0, n) in chunks of `grain` that the team's threads claim one at a time. With
@@ -156,7 +175,7 @@ at::Tensor forward(const at::Tensor& x, const at::Tensor& weight, const at::Tens
                    const c10::optional<at::Tensor>& bias, int64_t isa) {
   const rtl_cpu::Ops& ops = ops_for(isa);
   rtl_cpu::Problem p = linear_problem(x, weight, bits, perm, offsets);
-  const at::Tensor b = bias_f32(bias, p, x.scalar_type());
+  const at::Tensor b = bias_f32(bias, p.N, x.scalar_type());
   at::Tensor y = at::zeros({p.M, p.N}, x.options().dtype(at::kFloat));
   const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
@@ -207,11 +226,11 @@ bool gemm_supported(int64_t isa) {
 // fused GEMM: the mask is applied while weight panels are packed, rows gathered and scattered in place
 at::Tensor forward_gemm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bits, const at::Tensor& perm, const at::Tensor& offsets,
                         const c10::optional<at::Tensor>& bias, int64_t isa) {
-  ops_for(isa);  // validates isa
+  checked_isa(isa);  // validates isa
   rtl_cpu::Problem p = linear_problem(x, weight, bits, perm, offsets);
   TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat, "x: forward_gemm expects float32 inputs, got ", x.scalar_type(), " (use forward or forward_grouped)");
   TORCH_CHECK_VALUE(gemm_supported(isa), "isa: forward_gemm needs AVX-512 (isa 2 or 3), got ", isa, " (use forward or forward_grouped)");
-  const at::Tensor b = bias_f32(bias, p, x.scalar_type());
+  const at::Tensor b = bias_f32(bias, p.N, x.scalar_type());
   at::Tensor y = at::empty({p.M, p.N}, x.options());
 #if defined(__x86_64__) || defined(_M_X64)
   const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
@@ -229,11 +248,7 @@ at::Tensor forward_grouped(const at::Tensor& x, const at::Tensor& weight, const 
                            const c10::optional<at::Tensor>& bias, int64_t isa) {
   const rtl_cpu::Ops& ops = ops_for(isa);
   rtl_cpu::Problem p = linear_problem(x, weight, bits, perm, offsets);
-  const bool has_bias = bias.has_value() && bias->defined();
-  if (has_bias) {
-    check_float(*bias, "bias", 1, x.scalar_type());
-    check_shape(*bias, "bias", {p.N});
-  }
+  const bool has_bias = check_bias(bias, p.N, x.scalar_type());
   const at::Tensor xs = x.index_select(0, perm);
   at::Tensor ys = at::empty({p.M, p.N}, x.options());
   at::Tensor wk = at::empty_like(weight);
@@ -284,8 +299,7 @@ std::tuple<at::Tensor, at::Tensor> backward_grouped(const at::Tensor& dy, const 
 // ------------------------------------------------------------------------------- seeded weights (never read)
 
 const rtl_seeded::Ops& seeded_ops_for(int64_t isa) {
-  ops_for(isa);  // validates isa
-  if (isa == kBest) isa = best_isa();
+  isa = checked_isa(isa);
 #if defined(__x86_64__) || defined(_M_X64)
   if (isa == kAvx512 || isa == kAvx512Bf16) return rtl_seeded::kOpsAvx512;
   if (isa == kAvx2) return rtl_seeded::kOpsAvx2;
@@ -313,18 +327,11 @@ rtl_seeded::Problem seeded_problem(const at::Tensor& row_scale, int64_t in_featu
 }
 
 void add_seeded_masks(rtl_seeded::Problem& p, int64_t M, const at::Tensor& bits, const at::Tensor& perm, const at::Tensor& offsets) {
-  check_common(bits, "bits", 3);
-  TORCH_CHECK_TYPE(bits.scalar_type() == at::kInt, "bits: expected dtype int32, got ", bits.scalar_type());
-  p.K = bits.size(0);
-  TORCH_CHECK_VALUE(p.K >= 1, "bits: expected at least one ticket, got shape ", shape_of(bits));
-  check_shape(bits, "bits", {p.K, p.N, p.words});
-  rtl_cpu::Problem plan{};
-  plan.K = p.K;
-  add_plan(plan, M, perm, offsets);
+  std::tie(p.K, p.bits) = check_bits(bits, p.N, p.words);
+  const rtl_bind::Plan plan = rtl_bind::check_plan(p.K, M, perm, offsets);
   p.M = M;
   p.perm = plan.perm;
   p.offsets = plan.offsets;
-  p.bits = reinterpret_cast<const uint32_t*>(bits.data_ptr<int32_t>());
 }
 
 at::Tensor seeded_forward(const at::Tensor& x, const at::Tensor& bits, const at::Tensor& perm, const at::Tensor& offsets, const at::Tensor& row_scale,
@@ -333,15 +340,12 @@ at::Tensor seeded_forward(const at::Tensor& x, const at::Tensor& bits, const at:
   check_float(x, "x", 2, at::kFloat);
   rtl_seeded::Problem p = seeded_problem(row_scale, x.size(1), seed, layer, dist, row0);
   add_seeded_masks(p, x.size(0), bits, perm, offsets);
+  const at::Tensor b = bias_f32(bias, p.N, at::kFloat);
   p.x = x.data_ptr<float>();
   at::Tensor y = at::zeros({p.M, p.N}, x.options());
   float* yp = y.data_ptr<float>();
   if (p.M > 0) parallel_blocks(p.N, 8, p.M * p.C, [&](int64_t n0, int64_t n1) { ops.forward(p, yp, n0, n1); });
-  if (bias.has_value() && bias->defined()) {
-    check_float(*bias, "bias", 1, at::kFloat);
-    check_shape(*bias, "bias", {p.N});
-    y.add_(*bias);
-  }
+  if (b.defined()) y.add_(b);
   return y;
 }
 
@@ -371,8 +375,7 @@ at::Tensor seeded_generate(const at::Tensor& row_scale, int64_t in_features, int
 // ------------------------------------------------------------------------------- routed conv2d
 
 const rtl_cpu::ConvOps& conv_ops_for(int64_t isa) {
-  if (isa == kBest) isa = best_isa();
-  ops_for(isa);  // validates isa
+  isa = checked_isa(isa);
 #if defined(__x86_64__) || defined(_M_X64)
   if (isa == kAvx512 || isa == kAvx512Bf16) return rtl_cpu::kConvAvx512;
 #endif
@@ -393,17 +396,18 @@ struct ConvCall {
   std::vector<int64_t> active;  // tickets with images, in slot order
 };
 
-// `input` is x's shape [B, C, H, W]; weight, bits and the plan are checked before any pointer is read
-ConvCall conv_call(at::IntArrayRef input, const at::Tensor& weight, const at::Tensor& bits, const at::Tensor& perm, const at::Tensor& offsets,
+// x [B, C, H, W] (its shape here; nhwc_f32 checks its dtype where it is read), weight, bits and the
+// plan, all checked before any pointer is read
+ConvCall conv_call(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bits, const at::Tensor& perm, const at::Tensor& offsets,
                    const std::vector<int64_t>& stride, const std::vector<int64_t>& padding, const std::vector<int64_t>& dilation, int64_t groups) {
+  TORCH_CHECK_VALUE(x.defined() && x.dim() == 4, "x: expected a 4-D tensor [B, C, H, W], got ", x.defined() ? shape_of(x) : "None");
   check_common(weight, "weight", 4);
   const auto dt = weight.scalar_type();
   TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kBFloat16, "weight: expected dtype float32 or bfloat16, got ", dt);
-  TORCH_CHECK_VALUE(input.size() == 4, "x: expected a 4-D input [B, C, H, W], got ", input.size(), " dims");
   TORCH_CHECK_VALUE(groups >= 1, "groups: expected a positive value, got ", groups);
   ConvCall call;
   rtl_cpu::ConvProblem& p = call.p;
-  p.B = input[0], p.C = input[1], p.H = input[2], p.W = input[3];
+  p.B = x.size(0), p.C = x.size(1), p.H = x.size(2), p.W = x.size(3);
   p.N = weight.size(0), p.Cg = weight.size(1), p.kh = weight.size(2), p.kw = weight.size(3), p.groups = groups;
   TORCH_CHECK_VALUE(p.N % groups == 0, "weight: expected out_channels ", p.N, " divisible by groups = ", groups);
   TORCH_CHECK_VALUE(p.C == p.Cg * groups, "x: expected ", p.Cg * groups, " input channels (weight.shape[1] * groups), got ", p.C);
@@ -417,18 +421,11 @@ ConvCall conv_call(at::IntArrayRef input, const at::Tensor& weight, const at::Te
                     ", ", p.W, "] is too small for the kernel, padding and dilation");
   TORCH_CHECK_VALUE(std::max(p.H * p.W, p.Ho * p.Wo) * p.kh * p.kw < (int64_t{1} << 31), "x: expected fewer than 2^31 pixel taps per image");
   TORCH_CHECK_VALUE(p.R() * 64 < (int64_t{1} << 31), "weight: expected fewer than 2^25 elements per output channel, got ", p.R());
-  check_common(bits, "bits", 3);
-  TORCH_CHECK_TYPE(bits.scalar_type() == at::kInt, "bits: expected dtype int32, got ", bits.scalar_type());
-  p.K = bits.size(0);
   p.words = (p.R() + 31) / 32;
-  TORCH_CHECK_VALUE(p.K >= 1, "bits: expected at least one ticket, got shape ", shape_of(bits));
-  check_shape(bits, "bits", {p.K, p.N, p.words});
-  rtl_cpu::Problem plan{};
-  plan.K = p.K;
-  add_plan(plan, p.B, perm, offsets);
+  std::tie(p.K, p.bits) = check_bits(bits, p.N, p.words);
+  const rtl_bind::Plan plan = rtl_bind::check_plan(p.K, p.B, perm, offsets);
   p.perm = plan.perm;
   p.offsets = plan.offsets;
-  p.bits = reinterpret_cast<const uint32_t*>(bits.data_ptr<int32_t>());
   call.w32 = weight.to(at::kFloat).contiguous();
   p.w = call.w32.data_ptr<float>();
   call.slot.assign(static_cast<size_t>(p.B), 0);
@@ -514,15 +511,9 @@ at::Tensor conv_forward(const at::Tensor& x, const at::Tensor& weight, const at:
                         const c10::optional<at::Tensor>& bias, const std::vector<int64_t>& stride, const std::vector<int64_t>& padding,
                         const std::vector<int64_t>& dilation, int64_t groups, int64_t isa) {
   const rtl_cpu::ConvOps& ops = conv_ops_for(isa);
-  TORCH_CHECK_VALUE(x.defined() && x.dim() == 4, "x: expected a 4-D tensor [B, C, H, W], got ", x.defined() ? shape_of(x) : "None");
-  const ConvCall call = conv_call(x.sizes(), weight, bits, perm, offsets, stride, padding, dilation, groups);
+  const ConvCall call = conv_call(x, weight, bits, perm, offsets, stride, padding, dilation, groups);
   const at::Tensor x32 = nhwc_f32(x, "x", weight.scalar_type());
-  at::Tensor b32;
-  if (bias.has_value() && bias->defined()) {
-    check_float(*bias, "bias", 1, x.scalar_type());
-    check_shape(*bias, "bias", {call.p.N});
-    b32 = bias->to(at::kFloat).contiguous();
-  }
+  const at::Tensor b32 = bias_f32(bias, call.p.N, x.scalar_type());
   const at::Tensor y = conv_gather(ops, call, false, x32, b32.defined() ? b32.data_ptr<float>() : nullptr);
   return y.permute({0, 3, 1, 2}).to(x.scalar_type());
 }
@@ -533,8 +524,7 @@ std::tuple<at::Tensor, at::Tensor> conv_backward(const at::Tensor& dy, const at:
                                                  const std::vector<int64_t>& padding, const std::vector<int64_t>& dilation, int64_t groups, bool need_dx,
                                                  bool need_dw, int64_t isa) {
   const rtl_cpu::ConvOps& ops = conv_ops_for(isa);
-  TORCH_CHECK_VALUE(x.defined() && x.dim() == 4, "x: expected a 4-D tensor [B, C, H, W], got ", x.defined() ? shape_of(x) : "None");
-  const ConvCall call = conv_call(x.sizes(), weight, bits, perm, offsets, stride, padding, dilation, groups);
+  const ConvCall call = conv_call(x, weight, bits, perm, offsets, stride, padding, dilation, groups);
   const rtl_cpu::ConvProblem& p = call.p;
   TORCH_CHECK_VALUE(dy.defined() && dy.dim() == 4, "dy: expected a 4-D tensor, got ", dy.defined() ? shape_of(dy) : "None");
   check_shape(dy, "dy", {p.B, p.N, p.Ho, p.Wo});

@@ -52,29 +52,18 @@ static void delta_rows(const DeltaProblem& p, int64_t k, const int64_t* rows, in
   }
 }
 
-static void delta_forward(const DeltaProblem& p, float* y, int64_t n0, int64_t n1) {
-  for (int64_t nb = n0; nb < n1; nb += rtl_cpu::kRowBlock) {
-    const int64_t nb_end = imin(nb + rtl_cpu::kRowBlock, n1);
-    for (int64_t c0 = 0; c0 < p.C || c0 == 0; c0 += kColChunk<float>) {
-      const int64_t c1 = imin(c0 + kColChunk<float>, p.C);
-      for (int64_t k = 0; k < p.K; ++k) {
-        const int64_t hi = p.offsets[k + 1];
-        for (int64_t q = p.offsets[k]; q < hi;) {
-          const int rt = row_tile(hi - q);
-          if constexpr (V::RT >= 4)
-            if (rt == 4) delta_rows<4>(p, k, p.perm + q, nb, nb_end, c0, c1, y);
-          if constexpr (V::RT >= 2)
-            if (rt == 2) delta_rows<2>(p, k, p.perm + q, nb, nb_end, c0, c1, y);
-          if (rt == 1) delta_rows<1>(p, k, p.perm + q, nb, nb_end, c0, c1, y);
-          q += rt;
-        }
-      }
-      if (c1 >= p.C) break;
-    }
+// delta_rows as forward_blocks' row-tile callable
+struct DeltaForward {
+  const DeltaProblem& p;
+  float* y;
+  template <int RT>
+  void operator()(RowTile<RT>, int64_t k, const int64_t* rows, int64_t nb, int64_t nb_end, int64_t c0, int64_t c1) const {
+    delta_rows<RT>(p, k, rows, nb, nb_end, c0, c1, y);
   }
-}
+};
 
-static inline bool bit_at(const uint32_t* mrow, int64_t c) { return (mrow[c >> 5] >> (c & 31)) & 1u; }
+// the routed forward's weight-stationary schedule (forward_blocks), without its prefetch
+static void delta_forward(const DeltaProblem& p, float* y, int64_t n0, int64_t n1) { forward_blocks<float>(p, n0, n1, NoPrefetch{}, DeltaForward{p, y}); }
 
 static void delta_materialize(const DeltaProblem& p, int64_t k, float* out, int64_t n0, int64_t n1) {
   const vec sv = V::bcast(p.scales[k]);

@@ -203,21 +203,14 @@ class Run:
         return out
 
     def load_deployed(self) -> RoutedModel:
-        """``model/`` (the report's RTL model and its router, one ``rtl.save``) as an eval-mode :class:`RoutedModel`.
+        """``model/`` (the report's RTL model and its router, one ``rtl.save``) as an eval-mode :class:`RoutedModel`:
+        :func:`~rtl_kernels.serve.loading.load_served_model` of that save with :meth:`fresh` as the architecture.
 
         Run directories from before one-call saves keep the router in ``model/router/``; it is read from there.
         """
-        from ..models.io import read_metadata
-        from ..routers import load_router
+        from ..serve.loading import load_served_model
 
-        path = self.directory / "model"
-        model = self.fresh()
-        if read_metadata(path).get("norms"):
-            convert_norms(model, self.recipe.num_tickets)
-        routed = load(path, RoutedModel(model))
-        if routed.router is None:
-            routed.router = load_router(path / "router", model)
-        return routed.eval()
+        return load_served_model(self.directory / "model", self.fresh)
 
     def log(self, record: dict) -> None:
         """Append one metrics record to ``metrics.jsonl``."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ..atomic import atomic_write
 
@@ -26,14 +26,22 @@ class StageFileError(ValueError):
         super().__init__(f"{path}: this stage file of the run is corrupt ({reason}); delete it to recompute that stage")
 
 
-def read_tensors(path: Path) -> dict[str, torch.Tensor] | None:
-    """The tensors of stage file ``path``, None when it does not exist yet; :class:`StageFileError` when unreadable."""
+def read_stage_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
+    """The tensors and metadata of stage file ``path`` (one open), None when it does not exist yet;
+    :class:`StageFileError` when unreadable."""
     if not path.is_file():
         return None
     try:
-        return load_file(str(path))
+        with safe_open(str(path), "pt") as fh:
+            return {key: fh.get_tensor(key) for key in fh.keys()}, fh.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
         raise StageFileError(path, exc) from None
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor] | None:
+    """The tensors of stage file ``path``, None when it does not exist yet; :class:`StageFileError` when unreadable."""
+    read = read_stage_file(path)
+    return None if read is None else read[0]
 
 
 def read_json(path: Path) -> object | None:
@@ -68,15 +76,13 @@ class DirStore:
 
     def load_mask(self, round_index: int, ticket: int) -> dict[str, torch.Tensor] | None:
         """The saved mask, or None when there is none or (with a schedule) it was found on another schedule."""
-        path = self._mask_path(round_index, ticket)
-        tensors = read_tensors(path)
-        if tensors is None:
+        read = read_stage_file(self._mask_path(round_index, ticket))
+        if read is None:
             return None
+        tensors, metadata = read
         prefix = self._prefix(round_index)
-        if prefix is not None:
-            with safe_open(str(path), "pt") as fh:
-                if (fh.metadata() or {}).get("schedule") != prefix:
-                    return None
+        if prefix is not None and metadata.get("schedule") != prefix:
+            return None
         return {k: v.bool() for k, v in tensors.items()}
 
     def save_mask(self, round_index: int, ticket: int, masks: dict[str, torch.Tensor]) -> None:

@@ -19,15 +19,15 @@ from ..routers.store import load_router
 
 
 def _converted(model: object, save_dir: Path) -> nn.Module:
-    """``model`` converted like the save (only the layers the save names), unless it already is."""
+    """``model`` converted like the save (only the layers the save names) unless it already is, and in
+    either case with the BatchNorms the save keeps per ticket routed."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: the factory must return an nn.Module, got {type(model).__name__}")
-    if named_rtl_layers(model):
-        return model
     meta = read_metadata(save_dir)
-    saved = set(meta["layers"])
-    converted = convert(model, int(meta["num_tickets"]), filter_fn=lambda module, name: name in saved)
-    return _routed_norms_like(converted, meta)
+    if not named_rtl_layers(model):
+        saved = set(meta["layers"])
+        model = convert(model, int(meta["num_tickets"]), filter_fn=lambda module, name: name in saved)
+    return _routed_norms_like(model, meta)
 
 
 def _routed_norms_like(model: nn.Module, meta: dict) -> nn.Module:
