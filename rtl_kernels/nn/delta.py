@@ -1,38 +1,35 @@
-"""``RTLDeltaLinear``: K merged experts in one linear layer, ``W_k = weight + scale_k · (delta ⊙ M_k)``.
+"""Merged experts in one layer: ticket k's weight is ``weight + scale_k · (delta ⊙ M_k)``.
 
-``weight`` and ``bias`` hold the pre-trained base (named as in ``nn.Linear``), ``delta``/``bias_delta``
-the shared merged task vector, ``mask_bits``/``bias_mask_bits`` one bit per entry and ticket, and
-``scales`` one scalar per ticket: 2 weights + K/32 of bits, whatever K is.
+``RTLDeltaLinear`` (for ``nn.Linear``) and ``RTLDeltaConv2d`` (for ``nn.Conv2d``): ``weight`` and
+``bias`` hold the pre-trained base (named as in the dense layer), ``delta``/``bias_delta`` the shared
+merged task vector, ``mask_bits``/``bias_mask_bits`` one bit per entry and ticket, and ``scales`` one
+scalar per ticket: 2 weights + K/32 of bits, whatever K is.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..backends.masked_delta_backends import resolve as resolve_backend
 from ..masks.packed import PackedMasks, ones_bits, pack_masks
+from ..ops.checks import check_float, check_tensor
+from ..ops.conv import routed_conv2d
 from ..ops.define import _any_autocast
 from ..ops.masked_delta import apply_checked, masked_delta_linear
 from ..routing_plans.plan import RoutingPlan
+from ..routing_plans.routes import plan_for_rows
 from .base import RTLLayer
+from .conv import ConvGeometry
 
 
-class RTLDeltaLinear(RTLLayer):
-    """Routed "base + masked delta" linear layer; ``forward(x, routes)`` like :class:`RTLLinear`."""
+class RTLDeltaLayer(RTLLayer):
+    """What the "base + masked delta" layers share: the delta, the K scales, the bias parts, and
+    each ticket's dense weight and bias. Subclasses set up ``weight``/``bias`` (out features first)."""
 
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        num_tickets: int,
-        bias: bool = True,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__()
-        self._init_linear(in_features, out_features, num_tickets, bias, device, dtype)
-        self._init_delta()
+    delta: nn.Parameter
+    scales: nn.Parameter
 
     def _init_delta(self) -> None:
         """A zero delta, unit scales and all-ones bias masks: every ticket is the base."""
@@ -41,20 +38,32 @@ class RTLDeltaLinear(RTLLayer):
         self.delta = nn.Parameter(torch.zeros(w.shape, **kw))
         self.scales = nn.Parameter(torch.ones(self.num_tickets, **kw))
         if self.bias is not None:
-            self.bias_delta = nn.Parameter(torch.zeros(self.out_features, **kw))
-            self.register_buffer("bias_mask_bits", ones_bits(self.num_tickets, (self.out_features,), device=w.device))
+            self.bias_delta = nn.Parameter(torch.zeros(w.shape[0], **kw))
+            self.register_buffer("bias_mask_bits", ones_bits(self.num_tickets, (w.shape[0],), device=w.device))
         else:
             self.register_parameter("bias_delta", None)
             self.register_buffer("bias_mask_bits", None)
 
-    @classmethod
-    def from_dense(cls, module: nn.Linear, num_tickets: int) -> RTLDeltaLinear:
-        """A layer whose base is ``module``'s own weight and bias, with a zero delta (every ticket = ``module``)."""
-        if not isinstance(module, nn.Linear):
-            raise TypeError(f"module: expected an nn.Linear, got {type(module).__name__}")
-        layer = cls._sharing(module, num_tickets, in_features=module.in_features, out_features=module.out_features)
-        layer._init_delta()
-        return layer
+    def _check_merge(self, delta: object, scales: object, bias_delta: object, bias_masks: object) -> None:
+        """``set_merge``'s tensors against this layer, before anything is written (each error names its argument)."""
+        k, shape, out = self.num_tickets, tuple(self.weight.shape), self.weight.shape[0]
+        if tuple(check_tensor("delta", delta).shape) != shape:
+            raise ValueError(f"delta: expected shape {list(shape)} (the weight's), got {list(delta.shape)}")
+        if tuple(check_tensor("scales", scales).shape) != (k,):
+            raise ValueError(f"scales: expected shape [{k}] (one per ticket), got {list(scales.shape)}")
+        if self.bias is None:
+            for name, value in (("bias_delta", bias_delta), ("bias_masks", bias_masks)):
+                if value is not None:
+                    raise ValueError(f"{name}: expected None (this layer has no bias), got a {type(value).__name__}")
+            return
+        if bias_delta is not None and tuple(check_tensor("bias_delta", bias_delta).shape) != (out,):
+            raise ValueError(f"bias_delta: expected shape [{out}] (the bias'), got {list(bias_delta.shape)}")
+        if bias_masks is not None:
+            check_tensor("bias_masks", bias_masks)
+            if bias_masks.dtype != torch.bool:
+                raise TypeError(f"bias_masks: expected a bool tensor [{k}, {out}], got dtype {bias_masks.dtype}")
+            if tuple(bias_masks.shape) != (k, out):
+                raise ValueError(f"bias_masks: expected shape [{k}, {out}] (one mask of the bias per ticket), got {list(bias_masks.shape)}")
 
     @torch.no_grad()
     def set_merge(
@@ -65,18 +74,20 @@ class RTLDeltaLinear(RTLLayer):
         bias_delta: torch.Tensor | None = None,
         bias_masks: torch.Tensor | None = None,
     ) -> None:
-        """Set the shared delta, the K masks (bool ``[K, out, in]`` or packed) and the K scales (bias parts likewise)."""
+        """Set the shared delta, the K masks (bool ``[K, *weight.shape]`` or packed) and the K scales (bias parts likewise)."""
+        self._check_merge(delta, scales, bias_delta, bias_masks)
         self.set_masks(masks)
         self.delta.copy_(delta)
         self.scales.copy_(scales.to(self.scales.dtype))
         if self.bias is not None:
             self.bias_delta.copy_(torch.zeros_like(self.bias_delta) if bias_delta is None else bias_delta)
-            bm = torch.ones((self.num_tickets, self.out_features), dtype=torch.bool) if bias_masks is None else bias_masks
+            out = self.weight.shape[0]
+            bm = torch.ones((self.num_tickets, out), dtype=torch.bool) if bias_masks is None else bias_masks
             self.bias_mask_bits.copy_(pack_masks(bm.to(self.bias_mask_bits.device)).bits)
 
     def extra_mask_shapes(self) -> dict[str, tuple[int, ...]]:
         """Packed-mask buffers besides ``mask_bits`` and the shape each covers (``rtl.save`` stores them flat)."""
-        return {} if self.bias is None else {"bias_mask_bits": (self.out_features,)}
+        return {} if self.bias is None else {"bias_mask_bits": (self.weight.shape[0],)}
 
     def ticket_bias(self) -> torch.Tensor | None:
         """Per-ticket bias ``[K, out]``: ``bias + scale_k · (bias_delta ⊙ m_k)`` (a select, never a multiply by the mask).
@@ -93,11 +104,49 @@ class RTLDeltaLinear(RTLLayer):
         cache = self.__dict__.get("_bias_cache")
         if caching and cache is not None and cache[0] == key:
             return cache[1]
-        m = PackedMasks.trusted(bits, (self.out_features,)).unpack()
+        m = PackedMasks.trusted(bits, (bias.shape[0],)).unpack()
         out = bias + scales[:, None] * torch.where(m, bias_delta, torch.zeros((), dtype=bias_delta.dtype))
         if caching:
             self._bias_cache = (key, out.detach())
         return out
+
+    def ticket_weight(self, ticket: int) -> torch.Tensor:
+        """Ticket ``ticket``'s dense weight ``weight + scale · (delta ⊙ M)``."""
+        if not 0 <= ticket < self.num_tickets:
+            raise ValueError(f"ticket: expected an int in [0, {self.num_tickets}), got {ticket}")
+        m = self.packed_masks.select([ticket]).unpack()[0]
+        d = self.delta.detach()
+        return self.weight.detach() + self.scales.detach()[ticket] * torch.where(m, d, torch.zeros((), dtype=d.dtype))
+
+    def _ticket_bias_of(self, ticket: int) -> torch.Tensor | None:
+        bias = self.ticket_bias()
+        return None if bias is None else bias[ticket].detach()
+
+
+class RTLDeltaLinear(RTLDeltaLayer):
+    """Routed "base + masked delta" linear layer; ``forward(x, routes)`` like :class:`RTLLinear`."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        num_tickets: int,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self._init_linear(in_features, out_features, num_tickets, bias, device, dtype)
+        self._init_delta()
+
+    @classmethod
+    def from_dense(cls, module: nn.Linear, num_tickets: int) -> RTLDeltaLinear:
+        """A layer whose base is ``module``'s own weight and bias, with a zero delta (every ticket = ``module``)."""
+        if not isinstance(module, nn.Linear):
+            raise TypeError(f"module: expected an nn.Linear, got {type(module).__name__}")
+        layer = cls._sharing(module, num_tickets, in_features=module.in_features, out_features=module.out_features)
+        layer._init_delta()
+        return layer
 
     def forward(self, x: torch.Tensor, routes: int | torch.Tensor | RoutingPlan | None = None) -> torch.Tensor:
         routes = self._resolve_routes(routes)
@@ -130,14 +179,6 @@ class RTLDeltaLinear(RTLLayer):
             )  # the full checks name what is wrong
         return apply_checked(x, w, self.delta, self.mask_bits, self.scales, routes, self.ticket_bias(), self.backend)
 
-    def ticket_weight(self, ticket: int) -> torch.Tensor:
-        """Ticket ``ticket``'s dense weight ``weight + scale · (delta ⊙ M)``."""
-        if not 0 <= ticket < self.num_tickets:
-            raise ValueError(f"ticket: expected an int in [0, {self.num_tickets}), got {ticket}")
-        m = self.packed_masks.select([ticket]).unpack()[0]
-        d = self.delta.detach()
-        return self.weight.detach() + self.scales.detach()[ticket] * torch.where(m, d, torch.zeros((), dtype=d.dtype))
-
     def to_dense(self, ticket: int) -> nn.Linear:
         """A plain ``nn.Linear`` equal to ticket ``ticket`` (the per-task model TALL/EMR would rebuild)."""
         w = self.ticket_weight(ticket)
@@ -150,3 +191,81 @@ class RTLDeltaLinear(RTLLayer):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, num_tickets={self.num_tickets}"
+
+
+class RTLDeltaConv2d(ConvGeometry, RTLDeltaLayer):
+    """Routed "base + masked delta" conv2d: image b is convolved with ticket ``routes[b]``'s filter
+    ``weight + scales[k] · (delta ⊙ M_k)`` and bias ``bias + scales[k] · (bias_delta ⊙ m_k)``.
+
+    No ticket's filter is ever built: ``y = conv2d(x, weight) + scales[routes] · routed_conv2d(x, delta,
+    masks, routes) + bias[routes]``, the second term the fused routed masked conv (every backend of
+    :func:`rtl_kernels.routed_conv2d`, with its backward), so base, delta and mask bits are each read
+    once per call. Attributes and arguments as in ``nn.Conv2d`` (stride, padding, padding modes,
+    dilation, groups) and :class:`RTLDeltaLinear`.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        num_tickets: int,
+        stride: int | tuple[int, int] = 1,
+        padding: str | int | tuple[int, int] = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        padding_mode: str = "zeros",
+    ) -> None:
+        super().__init__()
+        self._init_conv(
+            in_channels, out_channels, kernel_size, num_tickets, stride, padding, dilation, groups, bias, device, dtype, padding_mode
+        )
+        self._init_delta()
+
+    @classmethod
+    def from_dense(cls, module: nn.Conv2d, num_tickets: int) -> RTLDeltaConv2d:
+        """A layer whose base is ``module``'s own weight and bias, with a zero delta (every ticket = ``module``)."""
+        layer = cls._sharing(module, num_tickets, **cls._conv_attrs(module))
+        layer._init_delta()
+        return layer
+
+    def _checked_input(self, x: object) -> torch.Tensor:
+        """``x`` checked against the layer (named ``x``: the op would name the layer's tensors instead)."""
+        x = check_tensor("x", x, (3, 4))
+        check_float("x", x)
+        w = self.weight
+        if x.device != w.device:
+            raise ValueError(f"x: expected a tensor on {w.device} (the layer's device), got one on {x.device}")
+        if x.dtype != w.dtype and not _any_autocast():
+            raise TypeError(f"x: expected dtype {w.dtype} (the layer's dtype), got {x.dtype}")
+        if x.shape[-3] != self.in_channels:
+            raise ValueError(f"x: expected {self.in_channels} input channels ([B, C, H, W] or [C, H, W]), got shape {list(x.shape)}")
+        return x
+
+    def forward(self, x: torch.Tensor, routes: int | torch.Tensor | RoutingPlan | None = None) -> torch.Tensor:
+        routes = self._resolve_routes(routes)
+        x = self._checked_input(x)
+        unbatched = x.dim() == 3
+        if unbatched:
+            x = x.unsqueeze(0)
+        x, padding = self._padded_input(x)
+        plan = plan_for_rows(routes, self.num_tickets, x.shape[:1], x.device, what="[B] (the batch size)")
+        stride, dilation, groups = self.stride, self.dilation, self.groups
+        # the routed masked delta first: its checks name x (spatial size too small for the kernel)
+        d = routed_conv2d(x, self.delta, self.packed_masks, plan, None, stride, padding, dilation, groups, backend=self.backend)
+        y = F.conv2d(x, self.weight, None, stride, padding, dilation, groups)
+        y = torch.addcmul(y, self.scales[plan.routes].to(d.dtype)[:, None, None, None], d)
+        bias = self.ticket_bias()
+        if bias is not None:
+            y = y + bias[plan.routes].to(y.dtype)[:, :, None, None]
+        return y.squeeze(0) if unbatched else y
+
+    def to_dense(self, ticket: int) -> nn.Conv2d:
+        """A plain ``nn.Conv2d`` equal to ticket ``ticket`` (the per-task model TALL/EMR would rebuild)."""
+        return self._dense_conv(self.ticket_weight(ticket), self._ticket_bias_of(ticket))
+
+    def extra_repr(self) -> str:
+        return f"{self._conv_repr()}, num_tickets={self.num_tickets}"
