@@ -125,8 +125,9 @@ def layer_routes(case: dict, backend: str):
     return rtl.plan_routes(routes, case["k"]) if case["route_kind"] == "plan" else routes
 
 
-def check_case(case: dict, backend: str, dtype: torch.dtype = torch.float32) -> None:
+def check_case(case: dict, backend: str, dtype: torch.dtype = torch.float32, form: str = "auto") -> None:
     layer = make_layer(case, backend, dtype)
+    layer.delta_form = form
     routes = layer_routes(case, backend)
     x = case["tensors"]["x"].to(device_of(backend), dtype, copy=True).requires_grad_(True)
     y = layer(x, routes)
@@ -135,6 +136,9 @@ def check_case(case: dict, backend: str, dtype: torch.dtype = torch.float32) -> 
     assert y.shape == ref.shape and y.dtype == dtype
     tol = TOLERANCE[dtype]
     assert rel_error(y.cpu(), ref) <= tol
+    with torch.no_grad():  # serving: the per-ticket form builds its filters from the bits (cpu kernel)
+        served = layer(x, routes)
+    assert served.shape == ref.shape and rel_error(served.cpu(), ref) <= tol
     dy = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     y.backward(dy.to(y.device, dtype))
     ref.backward(dy)
@@ -149,15 +153,20 @@ def check_case(case: dict, backend: str, dtype: torch.dtype = torch.float32) -> 
         assert rel_error(got[name].cpu(), want.grad) <= tol, (name, rel_error(got[name].cpu(), want.grad))
 
 
+FORMS = ("fused", "per_ticket")
+
+
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @given(case=cases())
-def test_forward_and_backward_match_float64_per_image_filters(backend, case):
-    check_case(case, backend)
+def test_forward_and_backward_match_float64_per_image_filters(backend, form, case):
+    check_case(case, backend, form=form)
 
 
+@pytest.mark.parametrize("form", FORMS)
 @given(case=cases())
-def test_float64_layer_on_the_reference_backend_is_exact(case):
-    check_case(case, "reference", torch.float64)
+def test_float64_layer_on_the_reference_backend_is_exact(form, case):
+    check_case(case, "reference", torch.float64, form)
 
 
 @pytest.mark.skipif("triton" not in BACKENDS, reason="triton backend unavailable on this device")
@@ -201,13 +210,15 @@ def test_from_dense_is_the_dense_conv_and_to_dense_gives_each_ticket():
     assert "num_tickets=3" in repr(layer) and "groups=2" in repr(layer)
 
 
+@pytest.mark.parametrize("form", ("auto", *FORMS))
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_empty_tickets_empty_batch_int_routes_unbatched_and_channels_last(backend):
+def test_empty_tickets_empty_batch_int_routes_unbatched_and_channels_last(backend, form):
     dev = device_of(backend)
     layer = _merged_layer(padding=1)
     with torch.no_grad():
         layer.mask_bits[2] = 0  # ticket 2 has no delta at all
     layer.backend = backend
+    layer.delta_form = form
     layer.to(dev)
     x = torch.randn(4, 4, 5, 5, device=dev)
     base_only = nn.functional.conv2d(x, layer.weight, None, 1, 1) + layer.ticket_bias()[2][:, None, None]
@@ -222,8 +233,41 @@ def test_empty_tickets_empty_batch_int_routes_unbatched_and_channels_last(backen
     assert y.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(y, layer(x, torch.tensor([0, 1, 0, 1], device=dev)))
     single = _merged_layer(k=1).to(dev)
-    single.backend = backend
+    single.backend, single.delta_form = backend, form
     torch.testing.assert_close(single(x), single.to_dense(0)(x))  # K = 1: no routes needed
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x[:0], torch.zeros(0, dtype=torch.long, device=dev)), empty.detach())
+        torch.testing.assert_close(layer(x, torch.tensor([1, 1, 0, 1], device=dev)), y_tickets(layer, x, [1, 1, 0, 1]))
+        torch.testing.assert_close(single(x), single.to_dense(0)(x))
+
+
+def y_tickets(layer: RTLDeltaConv2d, x: torch.Tensor, routes: list[int]) -> torch.Tensor:
+    """Each image through its ticket's dense conv."""
+    return torch.cat([layer.to_dense(r)(x[i : i + 1]) for i, r in enumerate(routes)])
+
+
+def test_auto_form_follows_the_measured_cost_rule(monkeypatch):
+    """Serving on the CPU: per-ticket from PER_TICKET_MIN_MACS multiply-adds per ticket and channel;
+    fused below it, under autograd, for an empty batch, and a bad ``delta_form`` is named."""
+    from rtl_kernels.nn import delta as delta_mod
+
+    chosen = []
+    real = RTLDeltaConv2d._form
+    monkeypatch.setattr(RTLDeltaConv2d, "_form", lambda self, *a: chosen.append(real(self, *a)) or chosen[-1])
+    monkeypatch.setattr(delta_mod, "PER_TICKET_MIN_MACS", {torch.float32: 2 * 5 * 5 * 4 * 9})  # 2 images per ticket, 5x5, 4x3x3
+    layer = _merged_layer(k=3, padding=1)  # 4 -> 6 channels: fan-in 36
+    x = torch.randn(6, 4, 5, 5)
+    with torch.no_grad():
+        assert layer(x, torch.tensor([0, 0, 1, 1, 2, 2])).shape == (6, 6, 5, 5)  # 2 per active ticket: at the limit
+        layer(x, torch.tensor([0, 0, 0, 1, 1, 2]))  # 3 active tickets, 2 images each on average
+        layer(x[:4], torch.tensor([0, 0, 1, 2]))  # 4/3 per ticket: below
+        layer(x[:2], torch.tensor([1, 1]))  # one active ticket with 2 images
+        layer(x[:0], torch.zeros(0, dtype=torch.long))  # empty batch
+    layer(x, torch.tensor([0, 0, 1, 1, 2, 2]))  # autograd: fused
+    assert chosen == ["per_ticket", "per_ticket", "fused", "per_ticket", "fused", "fused"]
+    layer.delta_form = "dense"
+    with pytest.raises(ValueError, match="delta_form: expected one of"):
+        layer(x, 0)
 
 
 def test_routes_from_the_model_context_routed_model_and_no_grad():

@@ -12,7 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..backends import cpu_backend, crossovers
 from ..backends.masked_delta_backends import resolve as resolve_backend
+from ..conv_params import conv_output_format
 from ..masks.packed import PackedMasks, ones_bits, pack_masks
 from ..ops.checks import check_float, check_tensor
 from ..ops.conv import routed_conv2d
@@ -22,6 +24,12 @@ from ..routing_plans.plan import RoutingPlan
 from ..routing_plans.routes import plan_for_rows
 from .base import RTLLayer
 from .conv import ConvGeometry
+
+DELTA_CONV_FORMS = ("auto", "fused", "per_ticket")
+# measured crossover (data: cpu_crossovers.json, "delta_conv2d"): without autograd on the CPU, the
+# per-ticket form runs once the multiply-adds per active ticket and output channel, (images per
+# active ticket) × (output pixels) × (in_channels / groups × kh × kw), reach this many
+PER_TICKET_MIN_MACS = crossovers.per_dtype("delta_conv2d", "per_ticket_min_macs_per_ticket_channel")
 
 
 class RTLDeltaLayer(RTLLayer):
@@ -197,12 +205,27 @@ class RTLDeltaConv2d(ConvGeometry, RTLDeltaLayer):
     """Routed "base + masked delta" conv2d: image b is convolved with ticket ``routes[b]``'s filter
     ``weight + scales[k] · (delta ⊙ M_k)`` and bias ``bias + scales[k] · (bias_delta ⊙ m_k)``.
 
-    No ticket's filter is ever built: ``y = conv2d(x, weight) + scales[routes] · routed_conv2d(x, delta,
-    masks, routes) + bias[routes]``, the second term the fused routed masked conv (every backend of
-    :func:`rtl_kernels.routed_conv2d`, with its backward), so base, delta and mask bits are each read
-    once per call. Attributes and arguments as in ``nn.Conv2d`` (stride, padding, padding modes,
-    dilation, groups) and :class:`RTLDeltaLinear`.
+    Two forms compute it (``delta_form``: ``"auto"``, the default, ``"fused"`` or ``"per_ticket"``):
+
+    - *fused*: no ticket's filter is built, ``y = conv2d(x, weight) + scales[routes] · routed_conv2d(x,
+      delta, masks, routes) + bias[routes]``, the second term the fused routed masked conv (every backend
+      of :func:`rtl_kernels.routed_conv2d`, with its backward): base, delta and mask bits are each read
+      once, but the images go through two convolutions;
+    - *per_ticket*: each active ticket's filter is built (a select, never a multiply by the mask) and
+      one dense ``F.conv2d`` runs on that ticket's images, grouped by the routing plan: one convolution,
+      plus a few weight-sized ops per active ticket. Built from differentiable ops, so it is exact under
+      autograd too.
+
+    ``"auto"`` picks *per_ticket* only without autograd on the CPU, when the multiply-adds per active
+    ticket and output channel, (images per active ticket) × (output pixels) × (in_channels / groups ×
+    kh × kw), reach the measured crossover ``PER_TICKET_MIN_MACS[dtype]`` (the second convolution the
+    fused form saves against the per-ticket filter builds and calls; measured on 16..256 channels, 3×3).
+    Training (its backward crossover is not measured), other devices (not measured) and an empty batch
+    run *fused*. Attributes and arguments as in ``nn.Conv2d``
+    (stride, padding, padding modes, dilation, groups) and :class:`RTLDeltaLinear`.
     """
+
+    delta_form: str = "auto"
 
     def __init__(
         self,
@@ -253,6 +276,46 @@ class RTLDeltaConv2d(ConvGeometry, RTLDeltaLayer):
             x = x.unsqueeze(0)
         x, padding = self._padded_input(x)
         plan = plan_for_rows(routes, self.num_tickets, x.shape[:1], x.device, what="[B] (the batch size)")
+        segments = self._segments(plan) if self._form(x, padding, plan) == "per_ticket" else None
+        y = self._fused(x, padding, plan) if segments is None else self._per_ticket(x, padding, plan, segments)
+        return y.squeeze(0) if unbatched else y
+
+    def _out_pixels(self, x: torch.Tensor, padding: tuple[int, int]) -> int:
+        """Output pixels per image (``<= 0`` when the kernel does not fit: the fused op names ``x`` then)."""
+        sizes = [
+            (n + 2 * p - d * (k - 1) - 1) // s + 1
+            for n, p, d, k, s in zip(x.shape[2:], padding, self.dilation, self.kernel_size, self.stride)
+        ]
+        return sizes[0] * sizes[1] if min(sizes) > 0 else 0
+
+    def _form(self, x: torch.Tensor, padding: tuple[int, int], plan: RoutingPlan) -> str:
+        """``"fused"`` or ``"per_ticket"``: ``delta_form`` when forced, else the measured cost rule."""
+        form = self.delta_form
+        if form not in DELTA_CONV_FORMS:
+            raise ValueError(f"delta_form: expected one of {DELTA_CONV_FORMS}, got {form!r}")
+        pixels = self._out_pixels(x, padding)
+        if pixels <= 0:
+            return "fused"  # its checks name x (spatial size too small for the kernel)
+        if form != "auto":
+            return form
+        if x.device.type != "cpu" or x.shape[0] == 0:
+            return "fused"
+        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self._parameters.values() if p is not None)):
+            return "fused"  # training: the backward crossover is not measured
+        active = max(int(torch.count_nonzero(plan.counts)), 1)
+        fan_in = self.weight[0].numel()  # in_channels / groups × kh × kw: multiply-adds per output value
+        limit = PER_TICKET_MIN_MACS.get(x.dtype, PER_TICKET_MIN_MACS[torch.float32])
+        return "per_ticket" if x.shape[0] * pixels * fan_in >= limit * active else "fused"
+
+    @staticmethod
+    def _segments(plan: RoutingPlan) -> list[tuple[int, int, int]]:
+        """``(ticket, start, end)`` in ``plan.perm`` of each active ticket (ticket 0 alone for an empty batch)."""
+        offsets = plan.offsets.tolist()
+        segments = [(t, lo, hi) for t, (lo, hi) in enumerate(zip(offsets, offsets[1:])) if hi > lo]
+        return segments or [(0, 0, 0)]
+
+    def _fused(self, x: torch.Tensor, padding: tuple[int, int], plan: RoutingPlan) -> torch.Tensor:
+        """Base conv + scales[routes] · routed masked delta conv + ticket bias."""
         stride, dilation, groups = self.stride, self.dilation, self.groups
         # the routed masked delta first: its checks name x (spatial size too small for the kernel)
         d = routed_conv2d(x, self.delta, self.packed_masks, plan, None, stride, padding, dilation, groups, backend=self.backend)
@@ -261,7 +324,41 @@ class RTLDeltaConv2d(ConvGeometry, RTLDeltaLayer):
         bias = self.ticket_bias()
         if bias is not None:
             y = y + bias[plan.routes].to(y.dtype)[:, :, None, None]
-        return y.squeeze(0) if unbatched else y
+        return y
+
+    def _ticket_filters(self, tickets: list[int]) -> list[torch.Tensor] | torch.Tensor:
+        """The dense filters of ``tickets`` (a select, never a multiply by the mask: a NaN outside stays out).
+
+        Without autograd on the CPU the cpu backend's kernel selects ``delta ⊙ M_t`` straight from the
+        bits (measured 10-25x faster than unpacking the masks and ``torch.where``); else differentiable ops.
+        """
+        w, delta, scales = self.weight, self.delta, self.scales
+        grad = torch.is_grad_enabled() and (w.requires_grad or delta.requires_grad or scales.requires_grad)
+        if not grad and delta.device.type == "cpu" and delta.dtype in cpu_backend.DTYPES and cpu_backend.is_available(delta.device):
+            ext, s, bits = cpu_backend._ext(), scales.tolist(), self.mask_bits
+            return [torch.add(w, cpu_backend._masked_filter(ext, delta, bits, t), alpha=s[t]) for t in tickets]
+        masks = self.packed_masks.select(tickets).unpack()  # only the active tickets' masks
+        picked = scales[torch.tensor(tickets, device=delta.device)].view(-1, 1, 1, 1, 1)
+        return w + picked * torch.where(masks, delta, torch.zeros((), dtype=delta.dtype, device=delta.device))
+
+    def _per_ticket(
+        self, x: torch.Tensor, padding: tuple[int, int], plan: RoutingPlan, segments: list[tuple[int, int, int]]
+    ) -> torch.Tensor:
+        """Each active ticket's filter ``weight + s_t · (delta ⊙ M_t)`` and bias, one dense conv on its images."""
+        tickets = [t for t, _, _ in segments]
+        filters = self._ticket_filters(tickets)
+        bias = self.ticket_bias()
+        conv = (self.stride, padding, self.dilation, self.groups)
+        if segments[0][2] - segments[0][1] == x.shape[0]:  # one ticket holds every image (or the batch is empty)
+            return F.conv2d(x, filters[0], None if bias is None else bias[tickets[0]], *conv)
+        y = None
+        for i, (t, lo, hi) in enumerate(segments):
+            rows = plan.perm[lo:hi]
+            yt = F.conv2d(x.index_select(0, rows), filters[i], None if bias is None else bias[t], *conv)
+            if y is None:
+                y = torch.empty((x.shape[0], *yt.shape[1:]), dtype=yt.dtype, device=yt.device, memory_format=conv_output_format(x))
+            y.index_copy_(0, rows, yt)
+        return y
 
     def to_dense(self, ticket: int) -> nn.Conv2d:
         """A plain ``nn.Conv2d`` equal to ticket ``ticket`` (the per-task model TALL/EMR would rebuild)."""
