@@ -6,10 +6,12 @@ import torch
 
 from rtl_kernels import cpuinfo
 from rtl_kernels.backends import cpu_backend, crossovers
+from rtl_kernels.nn import delta
 
 LIMITS = {
     "linear": {"direct_rows_per_ticket": True, "backward_direct_rows_per_ticket": True, "gemm_max_rows_one_ticket": False},
     "conv2d": {"kernel_max_images_per_ticket": True, "backward_kernel_max_images_per_ticket": True},
+    "delta_conv2d": {"per_ticket_min_macs_per_ticket_channel": True},
 }
 
 
@@ -58,3 +60,18 @@ def test_the_backend_runs_on_this_machines_set():
     assert cpu_backend.CONV_KERNEL_IMAGES_PER_TICKET == {
         getattr(torch, n): crossovers.NO_LIMIT if v is None else v for n, v in conv.items()
     }
+    per_ticket = entry["delta_conv2d"]["per_ticket_min_macs_per_ticket_channel"]
+    assert delta.PER_TICKET_MIN_MACS == {getattr(torch, n): crossovers.NO_LIMIT if v is None else v for n, v in per_ticket.items()}
+
+
+def test_the_per_ticket_crossover_is_where_that_form_wins_from_then_on():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "cpu_crossovers.py"
+    spec = importlib.util.spec_from_file_location("cpu_crossovers_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.first_win_onwards({1: (1, 2), 2: (2, 1), 4: (2, 3), 8: (3, 2), 16: (5, 3)}) == 8  # a noisy early win is ignored
+    assert bench.first_win_onwards({1: (2, 1), 2: (2, 1)}) == 1
+    assert bench.first_win_onwards({1: (2, 1), 2: (1, 2)}) is None

@@ -11,7 +11,8 @@ from ..plugins import load_object
 DESCRIPTION = """\
 Merge K experts fine-tuned from one base model. Every checkpoint is a safetensors state dict of the
 architecture returned by --model (a `module:factory` no-argument callable). The default writes an
-rtl.save directory holding the routed merged model: shared base and delta, K bit masks and K scales;
+rtl.save directory holding the routed merged model: shared base and delta, K bit masks and K scales
+for every nn.Linear and nn.Conv2d (other tensors, e.g. norms, hold the experts' mean);
 ticket k approximates expert k (load it with rtl.load(PATH, rtl.merge.convert_delta(factory(), K))).
 --dense writes one merged state dict (model.safetensors) of the base architecture instead.
 """

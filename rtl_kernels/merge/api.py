@@ -98,6 +98,16 @@ def _tall_ticket(base: State, vector: State, mtl: State, lam: float) -> State:
     return {key: b + mtl[key] * (vector[key].abs() > lam * (mtl[key] - vector[key]).abs()) for key, b in base.items()}
 
 
+_FDA_START_NAMES = {"ta": "the task-arithmetic merge", "ties": "the TIES merge", "pretrained": "the pre-trained weights"}
+
+
+def _log_unadapted(base: nn.Module, kept: str) -> None:
+    """Say which layers FDA leaves as they start (it adapts ``nn.Linear`` layers only)."""
+    convs = [name for name, m in base.named_modules() if type(m) is nn.Conv2d]
+    if convs:
+        logger.warning("fda: adapts the nn.Linear layers only; %d nn.Conv2d layers keep %s (first ones: %s)", len(convs), kept, convs[:6])
+
+
 def merge_experts(
     base: nn.Module,
     experts: Sequence[nn.Module],
@@ -112,12 +122,14 @@ def merge_experts(
     """Merge K experts fine-tuned from ``base`` (see the contract, "Merging fine-tuned models").
 
     ``routed=True``: an RTL model whose ticket k approximates expert k (one ``RTLDeltaLinear`` per
-    ``nn.Linear``: shared base and delta, K bit masks, K scales; route with ``rtl.routing``).
+    ``nn.Linear`` and one ``RTLDeltaConv2d`` per ``nn.Conv2d``: shared base and delta, K bit masks, K
+    scales; route with ``rtl.routing``; other tensors, e.g. norms, hold the mean of the K tickets).
     ``routed=False``: one model of ``base``'s class (for ``"emr"``/``"tall"``, the mean of the K tickets).
     Options: ``lam`` (task arithmetic / TIES scale; default 0.3 / 1.0 or chosen on ``validation``),
     ``k`` (TIES' kept percent, 20), ``lambdas`` (TALL's λ_t; default 0.4 or chosen per task on
     ``validation``), ``mtl`` (TALL's multi-task vector: ``"sum"``, default, or ``"ties"``); ``"fda"`` takes ``start`` (``"ta"``, ``"ties"``, ``"pretrained"``; default ``"ta"``),
-    ``masks`` (``"tall"``/``"emr"``, the routed variant's masks) and the :class:`FDAOptions` fields.
+    ``masks`` (``"tall"``/``"emr"``, the routed variant's masks) and the :class:`FDAOptions` fields;
+    FDA adapts the ``nn.Linear`` layers, convolutions keep the parameter-space merge it starts from (logged).
     """
     if method not in METHODS:
         raise ValueError(f"method: expected one of {list(METHODS)}, got {method!r}")
@@ -139,6 +151,7 @@ def merge_experts(
     layers = linear_layers(base)
     if not layers:
         raise ValueError(f"base: FDA adapts nn.Linear layers, found none in {type(base).__name__}")
+    _log_unadapted(base, f"the {mask_method.upper()} masks and delta" if routed else _FDA_START_NAMES[start])
     expert_states = [{key: base_state[key] + v[key] for key in base_state} for v in vectors]
     anchors = construct_anchors(base_state, expert_states, layers, fda_options, progress=progress)
     if routed:

@@ -69,7 +69,7 @@ class FDAOptions:
 
 
 def linear_layers(model: nn.Module) -> list[str]:
-    """Names of the ``nn.Linear`` modules of ``model`` (FDA's layers)."""
+    """Names of the ``nn.Linear`` modules of ``model`` (FDA's layers; a CNN's ``nn.Conv2d`` layers keep the merge FDA starts from)."""
     return [name for name, m in model.named_modules() if type(m) is nn.Linear]
 
 

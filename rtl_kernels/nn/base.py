@@ -55,7 +55,11 @@ class RTLLayer(nn.Module):
         for name, value in attrs.items():
             setattr(layer, name, value)
         layer.weight = module.weight
-        layer.bias = getattr(module, "bias", None)
+        bias = getattr(module, "bias", None)
+        if bias is None:
+            layer.register_parameter("bias", None)  # registered, as in the dense layer (not a plain attribute)
+        else:
+            layer.bias = bias
         layer._init_masks(num_tickets)
         layer.train(module.training)
         return layer

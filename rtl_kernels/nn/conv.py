@@ -7,33 +7,46 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _pair
 
-from ..ops.conv import routed_conv2d
+from ..ops.conv import resolve_padding, routed_conv2d
 from ..routing_plans.plan import RoutingPlan
 from .base import RTLLayer, check_num_tickets
 from .overrides import override_of
 
 _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+CONV_ATTRS = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "padding_mode")
 
 
-class RTLConv2d(RTLLayer):
-    """Routed masked conv2d; ``weight``/``bias`` are named and initialised as in ``nn.Conv2d``."""
+class ConvGeometry:
+    """``nn.Conv2d``'s static attributes and what follows from them, for the RTL conv layers
+    (:class:`RTLConv2d`, :class:`~rtl_kernels.nn.delta.RTLDeltaConv2d`)."""
 
-    def __init__(
+    in_channels: int
+    out_channels: int
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    padding: str | tuple[int, int]
+    dilation: tuple[int, int]
+    groups: int
+    padding_mode: str
+    weight: nn.Parameter
+    bias: nn.Parameter | None
+
+    def _init_conv(
         self,
         in_channels: int,
         out_channels: int,
         kernel_size: int | tuple[int, int],
         num_tickets: int,
-        stride: int | tuple[int, int] = 1,
-        padding: str | int | tuple[int, int] = 0,
-        dilation: int | tuple[int, int] = 1,
-        groups: int = 1,
-        bias: bool = True,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-        padding_mode: str = "zeros",
+        stride: int | tuple[int, int],
+        padding: str | int | tuple[int, int],
+        dilation: int | tuple[int, int],
+        groups: int,
+        bias: bool,
+        device: torch.device | str | None,
+        dtype: torch.dtype | None,
+        padding_mode: str,
     ) -> None:
-        super().__init__()
+        """Checked attributes, ``weight`` and ``bias`` initialised as ``nn.Conv2d`` does, and all-ones masks."""
         check_num_tickets(num_tickets)
         if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
             raise ValueError(f"groups: expected a positive int, got {groups!r}")
@@ -56,21 +69,12 @@ class RTLConv2d(RTLLayer):
         nn.Conv2d.reset_parameters(self)
         self._init_masks(num_tickets)
 
-    @classmethod
-    def from_dense(cls, module: nn.Conv2d, num_tickets: int) -> RTLConv2d:
-        """An RTL layer that shares ``module``'s Parameter objects, with all-ones masks."""
+    @staticmethod
+    def _conv_attrs(module: nn.Module) -> dict[str, object]:
+        """The static attributes of the dense ``module`` (for ``from_dense``)."""
         if not isinstance(module, nn.Conv2d):
             raise TypeError(f"module: expected an nn.Conv2d, got {type(module).__name__}")
-        check_num_tickets(num_tickets)
-        layer = cls.__new__(cls)
-        RTLLayer.__init__(layer)
-        for attr in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "padding_mode"):
-            setattr(layer, attr, getattr(module, attr))
-        layer.weight = module.weight
-        layer.bias = module.bias
-        layer._init_masks(num_tickets)
-        layer.train(module.training)
-        return layer
+        return {attr: getattr(module, attr) for attr in CONV_ATTRS}
 
     def _explicit_padding(self) -> tuple[int, int, int, int]:
         """(left, right, top, bottom) pads for non-zero padding modes."""
@@ -81,6 +85,60 @@ class RTLConv2d(RTLLayer):
             return (totals[1] // 2, totals[1] - totals[1] // 2, totals[0] // 2, totals[0] - totals[0] // 2)
         ph, pw = self.padding
         return (pw, pw, ph, ph)
+
+    def _padded_input(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """``x`` padded as the padding mode asks, and the symmetric zero padding left for the kernel."""
+        padding = self.padding
+        if self.padding_mode != "zeros":
+            x, padding = F.pad(x, self._explicit_padding(), mode=self.padding_mode), 0
+        return resolve_padding(x, padding, tuple(self.kernel_size), tuple(self.stride), tuple(self.dilation))
+
+    def _dense_conv(self, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Conv2d:
+        """A plain ``nn.Conv2d`` of this geometry holding copies of ``weight`` and ``bias``."""
+        dense = nn.Conv2d(
+            self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding, self.dilation,
+            self.groups, self.bias is not None, self.padding_mode, device=weight.device, dtype=weight.dtype,
+        )  # fmt: skip
+        with torch.no_grad():
+            dense.weight.copy_(weight)
+            if self.bias is not None:
+                dense.bias.copy_(bias)
+        return dense
+
+    def _conv_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, bias={self.bias is not None}"
+        )
+
+
+class RTLConv2d(ConvGeometry, RTLLayer):
+    """Routed masked conv2d; ``weight``/``bias`` are named and initialised as in ``nn.Conv2d``."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        num_tickets: int,
+        stride: int | tuple[int, int] = 1,
+        padding: str | int | tuple[int, int] = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        padding_mode: str = "zeros",
+    ) -> None:
+        super().__init__()
+        self._init_conv(
+            in_channels, out_channels, kernel_size, num_tickets, stride, padding, dilation, groups, bias, device, dtype, padding_mode
+        )
+
+    @classmethod
+    def from_dense(cls, module: nn.Conv2d, num_tickets: int) -> RTLConv2d:
+        """An RTL layer that shares ``module``'s Parameter objects, with all-ones masks."""
+        return cls._sharing(module, num_tickets, **cls._conv_attrs(module))
 
     def forward(self, x: torch.Tensor, routes: int | torch.Tensor | RoutingPlan | None = None) -> torch.Tensor:
         special = override_of(self)
@@ -97,20 +155,7 @@ class RTLConv2d(RTLLayer):
 
     def to_dense(self, ticket: int) -> nn.Conv2d:
         """A plain ``nn.Conv2d`` with ticket ``ticket``'s mask baked into a copy of the weight."""
-        w = self._masked_weight(ticket)
-        dense = nn.Conv2d(
-            self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding, self.dilation,
-            self.groups, self.bias is not None, self.padding_mode, device=w.device, dtype=w.dtype,
-        )  # fmt: skip
-        with torch.no_grad():
-            dense.weight.copy_(w)
-            if self.bias is not None:
-                dense.bias.copy_(self.bias)
-        return dense
+        return self._dense_conv(self._masked_weight(ticket), self.bias)
 
     def extra_repr(self) -> str:
-        return (
-            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-            f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, bias={self.bias is not None}, "
-            f"num_tickets={self.num_tickets}"
-        )
+        return f"{self._conv_repr()}, num_tickets={self.num_tickets}"
