@@ -136,6 +136,11 @@ def _masked_filter(ext: ModuleType, weight: torch.Tensor, bits: torch.Tensor, ti
     return ext.masked_weight(weight.reshape(weight.shape[0], -1), bits, ticket).view(weight.shape)
 
 
+def masked_filter(weight: torch.Tensor, bits: torch.Tensor, ticket: int) -> torch.Tensor:
+    """Ticket ``ticket``'s filter ``weight ⊙ M_ticket`` from the packed ``bits`` by the C++ kernel (a select)."""
+    return _masked_filter(_ext(), weight, bits, ticket)
+
+
 def grouped_conv2d_forward(x, weight, masks, plan, bias, params: ConvParams):
     """Per active ticket: its masked filter, then ``F.conv2d`` (oneDNN) on that ticket's images."""
     ext, bits = _ext(), masks.bits.contiguous()

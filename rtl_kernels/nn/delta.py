@@ -335,8 +335,8 @@ class RTLDeltaConv2d(ConvGeometry, RTLDeltaLayer):
         w, delta, scales = self.weight, self.delta, self.scales
         grad = torch.is_grad_enabled() and (w.requires_grad or delta.requires_grad or scales.requires_grad)
         if not grad and delta.device.type == "cpu" and delta.dtype in cpu_backend.DTYPES and cpu_backend.is_available(delta.device):
-            ext, s, bits = cpu_backend._ext(), scales.tolist(), self.mask_bits
-            return [torch.add(w, cpu_backend._masked_filter(ext, delta, bits, t), alpha=s[t]) for t in tickets]
+            s, bits = scales.tolist(), self.mask_bits
+            return [torch.add(w, cpu_backend.masked_filter(delta, bits, t), alpha=s[t]) for t in tickets]
         masks = self.packed_masks.select(tickets).unpack()  # only the active tickets' masks
         picked = scales[torch.tensor(tickets, device=delta.device)].view(-1, 1, 1, 1, 1)
         return w + picked * torch.where(masks, delta, torch.zeros((), dtype=delta.dtype, device=delta.device))
