@@ -102,8 +102,11 @@ def test_forward_and_backward_match_float64(backend, data, density, bias_kind, s
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_values_outside_the_mask_are_never_read(backend):
-    x, base, delta, masks, scales, routes, bias = _case(9, 5, 37, 3, 0.4, torch.float32, 3)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_values_outside_the_mask_are_never_read(backend, dtype):
+    if backend == "triton" and dtype == torch.bfloat16 and INTERPRETED:
+        pytest.skip("the Triton CPU interpreter computes bfloat16 wrongly (as for the routed kernels)")
+    x, base, delta, masks, scales, routes, bias = _case(9, 5, 37, 3, 0.4, dtype, 3)
     poisoned = torch.where(masks.any(0), delta, torch.full_like(delta, float("nan")))
     dg = on(backend, poisoned.clone()).requires_grad_(True)
     sg = on(backend, scales.clone()).requires_grad_(True)
@@ -114,6 +117,20 @@ def test_values_outside_the_mask_are_never_read(backend):
     y.sum().backward()
     assert torch.isfinite(xg.grad).all() and torch.isfinite(sg.grad).all()
     assert torch.isfinite(dg.grad.cpu()[masks.any(0)]).all()
+    if backend == "cpu":  # the fused kernel itself, on every ISA, with NaN in delta outside every mask (and Inf)
+        from rtl_kernels.backends import extension
+        from rtl_kernels.routing_plans.plan import make_plan
+
+        ext = extension.load_cpu()
+        plan = make_plan(routes, 3)
+        bits = rtl.pack_masks(masks).bits
+        inf = torch.where(masks.any(0), delta, torch.full_like(delta, float("inf")))
+        want = oracle(x, base, delta, masks, scales, routes, bias)
+        for isa in ext.supported_isas():
+            for bad in (poisoned, inf):
+                got = ext.delta_forward(x, base, bad, bits, scales, plan.perm, plan.offsets, bias, isa)
+                assert got.dtype == dtype and torch.isfinite(got).all()
+                assert rel_error(got, want) <= TOLERANCE[dtype]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -212,9 +229,11 @@ def test_the_op_passes_torch_library_opcheck():
     torch.library.opcheck(torch.ops.rtl_kernels.masked_delta_linear.default, args)
 
 
-@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "cpu"])  # the CPU kernel is float32-only; "auto" falls back
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_within_the_contract_tolerance(backend, dtype):
+    if backend == "cpu" and dtype == torch.float16:
+        pytest.skip("the CPU kernel is float32 and bfloat16 only; 'auto' falls back to the reference for float16")
     if backend == "triton" and dtype == torch.bfloat16 and INTERPRETED:
         pytest.skip("the Triton CPU interpreter computes bfloat16 wrongly (as for the routed kernels)")
     x, base, delta, masks, scales, routes, bias = _case(10, 12, 40, 3, 0.5, dtype, 4)
@@ -262,3 +281,105 @@ def test_serving_fast_path_equals_the_checked_path_and_sees_parameter_updates(ba
     want = torch.cat([layer.to_dense(int(t))(x[i : i + 1]) for i, t in enumerate(routes)])
     torch.testing.assert_close(updated, want.detach())
     assert not torch.allclose(updated, fast)
+
+
+CPU_BF16 = pytest.mark.skipif("cpu" not in BACKENDS, reason="the C++ extension is not built here")
+
+
+@CPU_BF16
+@given(
+    data=st.data(),
+    density=st.sampled_from([0.0, 0.3, 1.0]),
+    bias_kind=st.sampled_from(["none", "shared", "ticket"]),
+    empty_ticket=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_bf16_forward_on_every_isa_matches_float64(data, density, bias_kind, empty_ticket, seed):
+    """The fused bf16 forward (every ISA this machine runs, and the backend's own path choice,
+    grouped for large batches) against the float64 oracle on the bf16 inputs."""
+    from rtl_kernels.backends import extension
+    from rtl_kernels.routing_plans.plan import make_plan
+
+    shapes = _shapes("cpu")
+    m = data.draw(st.one_of(shapes["m"], st.just(130)), label="m")  # 130: past the direct limit, the grouped path
+    n, kin, k = (data.draw(shapes[name], label=name) for name in ("n", "kin", "k"))
+    x, base, delta, masks, scales, routes, bias = _case(m, n, kin, k, density, torch.bfloat16, seed, bias_kind, empty_ticket)
+    ref = oracle(x, base, delta, masks, scales, routes, bias)
+    ext = extension.load_cpu()
+    plan = make_plan(routes, k)
+    bits = rtl.pack_masks(masks).bits
+    for isa in ext.supported_isas():
+        got = ext.delta_forward(x, base, delta, bits, scales, plan.perm, plan.offsets, bias, isa)
+        assert got.dtype == torch.bfloat16 and got.shape == (m, n)
+        assert rel_error(got, ref) <= TOLERANCE[torch.bfloat16]
+    y = masked_delta_linear(x, base, delta, masks, scales, routes, bias, backend="cpu")
+    assert y.dtype == torch.bfloat16 and y.shape == (m, n)
+    assert rel_error(y, ref) <= TOLERANCE[torch.bfloat16]
+
+
+@CPU_BF16
+def test_bf16_forward_rounds_as_the_reference_does():
+    """float32 accumulation rounded once to bf16: the reference's bf16 output, bit for bit or within
+    one bf16 step (summation order differs)."""
+    x, base, delta, masks, scales, routes, bias = _case(7, 33, 100, 3, 0.5, torch.bfloat16, 8)
+    got = masked_delta_linear(x, base, delta, masks, scales, routes, bias, backend="cpu")
+    want = masked_delta_linear(x, base, delta, masks, scales, routes, bias, backend="reference")
+    torch.testing.assert_close(got, want, rtol=2**-7, atol=1e-2)
+
+
+@CPU_BF16
+def test_bf16_k1_empty_tickets_empty_batch_and_int_routes():
+    x, base, delta, masks, scales, routes, bias = _case(6, 4, 33, 3, 0.5, torch.bfloat16, 5, empty_ticket=True)
+    tol = TOLERANCE[torch.bfloat16]
+    routes[:] = 2  # every row on the empty ticket: the base alone
+    y = masked_delta_linear(x, base, delta, masks, scales, routes, bias, backend="cpu")
+    assert y.dtype == torch.bfloat16
+    assert rel_error(y, x.double() @ base.double().T + bias.double()[2]) <= tol
+    y1 = masked_delta_linear(x, base, delta, masks[:1], scales[:1], 0, bias[:1], backend="cpu")
+    assert rel_error(y1, oracle(x, base, delta, masks[:1], scales[:1], torch.zeros(6, dtype=torch.long), bias[:1])) <= tol
+    empty = masked_delta_linear(x[:0], base, delta, masks, scales, routes[:0], bias, backend="cpu")
+    assert empty.shape == (0, 4) and empty.dtype == torch.bfloat16
+    x3 = x.reshape(2, 3, 33)  # routes per sample, broadcast over the second dim
+    r2 = torch.tensor([0, 1])
+    got = masked_delta_linear(x3, base, delta, masks, scales, r2, bias, backend="cpu")
+    want = oracle(x, base, delta, masks, scales, r2.repeat_interleave(3), bias).reshape(2, 3, 4)
+    assert rel_error(got, want) <= tol
+
+
+@CPU_BF16
+def test_bf16_kernel_rejects_mixed_dtypes_by_name():
+    from rtl_kernels.backends import extension
+    from rtl_kernels.routing_plans.plan import make_plan
+
+    ext = extension.load_cpu()
+    x, base, delta, masks, scales, routes, bias = _case(4, 3, 8, 2, 0.5, torch.bfloat16, 0)
+    plan = make_plan(routes, 2)
+    bits = rtl.pack_masks(masks).bits
+    with pytest.raises(TypeError, match="delta: expected dtype"):
+        ext.delta_forward(x, base, delta.float(), bits, scales, plan.perm, plan.offsets, bias)
+    with pytest.raises(TypeError, match="x: expected dtype"):
+        ext.delta_forward(x.float(), base, delta, bits, scales, plan.perm, plan.offsets, bias)
+    with pytest.raises(ValueError, match="bias: expected a contiguous bfloat16"):
+        ext.delta_forward(x, base, delta, bits, scales, plan.perm, plan.offsets, bias.float())
+    with pytest.raises(TypeError, match="scales: expected dtype"):
+        ext.delta_forward(x, base, delta, bits, scales.bfloat16(), plan.perm, plan.offsets, bias)
+    with pytest.raises(TypeError, match="base: expected dtype float32, got"):  # the grouped path stays float32
+        ext.delta_forward_grouped(x, base, delta, bits, scales, plan.perm, plan.offsets, bias)
+
+
+@CPU_BF16
+@pytest.mark.parametrize("m", [5, 130])  # the fused forward and the grouped one
+def test_bf16_autograd_end_to_end(m):
+    """bf16 leaves (scales float32) through the CPU backend: forward by the kernel, backward by the
+    reference; every gradient against float64 autograd of the oracle."""
+    x, base, delta, masks, scales, routes, bias = _case(m, 12, 40, 3, 0.5, torch.bfloat16, 6)
+    leaves = [t.clone().requires_grad_(True) for t in (x, base, delta, scales, bias)]
+    y = masked_delta_linear(leaves[0], leaves[1], leaves[2], masks, leaves[3], routes, leaves[4], backend="cpu")
+    assert y.dtype == torch.bfloat16
+    dy = torch.randn(m, 12, generator=torch.Generator().manual_seed(7)).bfloat16()
+    y.backward(dy)
+    refs = [t.double().clone().requires_grad_(True) for t in (x, base, delta, scales, bias)]
+    oracle(refs[0], refs[1], refs[2], masks, refs[3], routes, refs[4]).backward(dy.double())
+    for got, want in zip(leaves, refs):
+        assert got.grad is not None and got.grad.dtype == got.dtype
+        assert rel_error(got.grad, want.grad) <= TOLERANCE[torch.bfloat16]

@@ -18,10 +18,13 @@ using rtl_bind::parallel_blocks;
 
 void check_f32(const at::Tensor& t, const char* name, int64_t dim) { rtl_bind::check_float(t, name, dim, at::kFloat); }
 
-// base, delta, bits, scales: the weight side of a problem
-rtl_cpu::DeltaProblem weight_side(const at::Tensor& base, const at::Tensor& delta, const at::Tensor& bits, const at::Tensor& scales) {
-  check_f32(base, "base", 2);
-  check_f32(delta, "delta", 2);
+// base, delta, bits, scales: the weight side of a problem. base and delta float32, or (bf16_ok: the
+// fused forward) both bfloat16; scales float32 either way.
+rtl_cpu::DeltaProblem weight_side(const at::Tensor& base, const at::Tensor& delta, const at::Tensor& bits, const at::Tensor& scales, bool bf16_ok = false) {
+  rtl_bind::check_common(base, "base", 2);
+  const at::ScalarType dt = base.scalar_type();
+  TORCH_CHECK_TYPE(dt == at::kFloat || (bf16_ok && dt == at::kBFloat16), "base: expected dtype float32", bf16_ok ? " or bfloat16" : "", ", got ", dt);
+  rtl_bind::check_float(delta, "delta", 2, dt);
   check_f32(scales, "scales", 1);
   TORCH_CHECK_VALUE(delta.sizes() == base.sizes(), "delta: expected the shape of base");
   TORCH_CHECK_VALUE(bits.device().is_cpu() && bits.is_contiguous() && bits.dim() == 3 && bits.scalar_type() == at::kInt, "bits: expected a contiguous int32 [K, N, words] CPU tensor");
@@ -32,28 +35,33 @@ rtl_cpu::DeltaProblem weight_side(const at::Tensor& base, const at::Tensor& delt
   p.words = (p.C + 31) / 32;
   TORCH_CHECK_VALUE(p.K >= 1 && bits.size(1) == p.N && bits.size(2) == p.words, "bits: expected shape [K >= 1, ", p.N, ", ", p.words, "]");
   TORCH_CHECK_VALUE(scales.size(0) == p.K, "scales: expected shape [", p.K, "]");
-  p.base = base.data_ptr<float>();
-  p.delta = delta.data_ptr<float>();
+  p.dtype = dt == at::kBFloat16 ? rtl_cpu::kBFloat16 : rtl_cpu::kFloat32;
+  p.base = base.data_ptr();
+  p.delta = delta.data_ptr();
   p.scales = scales.data_ptr<float>();
   p.bits = reinterpret_cast<const uint32_t*>(bits.data_ptr<int32_t>());
   return p;
 }
 
+// x of the dtype of base and delta
 void add_rows(rtl_cpu::DeltaProblem& p, const at::Tensor& x, const at::Tensor& perm, const at::Tensor& offsets) {
-  check_f32(x, "x", 2);
+  rtl_bind::check_float(x, "x", 2, p.dtype == rtl_cpu::kBFloat16 ? at::kBFloat16 : at::kFloat);
   TORCH_CHECK_VALUE(x.size(1) == p.C, "x: expected ", p.C, " columns (in_features), got ", x.size(1));
   p.M = x.size(0);
   const rtl_bind::Plan plan = rtl_bind::check_plan(p.K, p.M, perm, offsets);
-  p.x = x.data_ptr<float>();
+  p.x = x.data_ptr();
   p.perm = plan.perm;
   p.offsets = plan.offsets;
 }
 
-// bias [N] (shared) or [K, N] (per ticket), as float32; undefined when absent
+// bias [N] (shared) or [K, N] (per ticket) of the problem's dtype, kept as float32 (a bf16 bias is
+// widened once, as in the routed forward); undefined when absent
 at::Tensor add_bias(rtl_cpu::DeltaProblem& p, const c10::optional<at::Tensor>& bias) {
   if (!bias.has_value() || !bias->defined()) return at::Tensor();
-  const at::Tensor& b = *bias;
-  TORCH_CHECK_VALUE(b.device().is_cpu() && b.is_contiguous() && b.scalar_type() == at::kFloat, "bias: expected a contiguous float32 CPU tensor");
+  const bool bf16 = p.dtype == rtl_cpu::kBFloat16;
+  TORCH_CHECK_VALUE(bias->device().is_cpu() && bias->is_contiguous() && bias->scalar_type() == (bf16 ? at::kBFloat16 : at::kFloat), "bias: expected a contiguous ",
+                    bf16 ? "bfloat16" : "float32", " CPU tensor");
+  const at::Tensor b = bf16 ? bias->to(at::kFloat) : *bias;
   const bool shared = b.dim() == 1 && b.size(0) == p.N;
   TORCH_CHECK_VALUE(shared || (b.dim() == 2 && b.size(0) == p.K && b.size(1) == p.N), "bias: expected shape [", p.N, "] or [", p.K, ", ", p.N, "]");
   p.bias = b.data_ptr<float>();
@@ -66,14 +74,15 @@ void check_ticket(const rtl_cpu::DeltaProblem& p, int64_t k) { TORCH_CHECK_VALUE
 at::Tensor delta_forward(const at::Tensor& x, const at::Tensor& base, const at::Tensor& delta, const at::Tensor& bits, const at::Tensor& scales,
                          const at::Tensor& perm, const at::Tensor& offsets, const c10::optional<at::Tensor>& bias, int64_t isa) {
   const rtl_cpu::DeltaOps& ops = g_ops_for(isa);
-  rtl_cpu::DeltaProblem p = weight_side(base, delta, bits, scales);
+  rtl_cpu::DeltaProblem p = weight_side(base, delta, bits, scales, /*bf16_ok=*/true);
   add_rows(p, x, perm, offsets);
-  add_bias(p, bias);
-  at::Tensor y = at::zeros({p.M, p.N}, x.options());
+  const at::Tensor b = add_bias(p, bias);  // held: a widened bf16 bias lives as long as p.bias is read
+  at::Tensor y = at::zeros({p.M, p.N}, x.options().dtype(at::kFloat));
   float* yp = y.data_ptr<float>();
   // blocks of weight rows per task, so a block of base and delta is read by one thread only
   if (p.M > 0) parallel_blocks(p.N, rtl_cpu::kRowBlock, p.M * p.C, [&](int64_t n0, int64_t n1) { ops.forward(p, yp, n0, n1); });
-  return y;
+  // float32 accumulation rounded once to bf16 (as the routed bf16 forward); float32 returned as is
+  return y.to(x.scalar_type());
 }
 
 at::Tensor delta_materialize(const at::Tensor& base, const at::Tensor& delta, const at::Tensor& bits, const at::Tensor& scales, int64_t ticket, int64_t isa) {
@@ -143,7 +152,7 @@ double delta_masked_dot(const at::Tensor& delta, const at::Tensor& g, const at::
 
 void register_masked_delta(pybind11::module_& m, const rtl_cpu::DeltaOps& (*ops_for)(int64_t)) {
   g_ops_for = ops_for;
-  m.def("delta_forward", &delta_forward, "y = x @ (base + s[r] * (delta & mask[r]))^T, base/delta/bits each read once", py::arg("x"), py::arg("base"),
+  m.def("delta_forward", &delta_forward, "y = x @ (base + s[r] * (delta & mask[r]))^T, base/delta/bits each read once (float32 or bfloat16)", py::arg("x"), py::arg("base"),
         py::arg("delta"), py::arg("bits"), py::arg("scales"), py::arg("perm"), py::arg("offsets"), py::arg("bias") = py::none(), py::arg("isa") = -1);
   m.def("delta_forward_grouped", &delta_forward_grouped, "the same via one materialised weight per active ticket and torch.mm", py::arg("x"),
         py::arg("base"), py::arg("delta"), py::arg("bits"), py::arg("scales"), py::arg("perm"), py::arg("offsets"), py::arg("bias") = py::none(),
