@@ -12,7 +12,7 @@ Costs: bytes of the merged model against one and K fp32 models, and the latency 
 mixes all K tasks: routed merged model vs the K experts run separately on their own rows vs
 rebuilding a dense model per task (what TALL/EMR code does). Writes JSON, Markdown and a plot.
 
-    python bench/merge_bench.py                    # the committed run (accuracy ~30 min on 2 cores)
+    python bench/merge_bench.py                    # the committed run (~7 min accuracy + ~4 min latency, AMD EPYC)
     python bench/merge_bench.py --quick --out /tmp # a smoke run (seconds)
 """
 
