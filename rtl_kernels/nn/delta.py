@@ -14,6 +14,7 @@ from torch import nn
 
 from ..backends import cpu_backend, crossovers
 from ..backends.masked_delta_backends import resolve as resolve_backend
+from ..backends.reference import active_segments
 from ..conv_params import conv_output_format
 from ..masks.packed import PackedMasks, ones_bits, pack_masks
 from ..ops.checks import check_float, check_tensor
@@ -276,8 +277,10 @@ class RTLDeltaConv2d(ConvGeometry, RTLDeltaLayer):
             x = x.unsqueeze(0)
         x, padding = self._padded_input(x)
         plan = plan_for_rows(routes, self.num_tickets, x.shape[:1], x.device, what="[B] (the batch size)")
-        segments = self._segments(plan) if self._form(x, padding, plan) == "per_ticket" else None
-        y = self._fused(x, padding, plan) if segments is None else self._per_ticket(x, padding, plan, segments)
+        if self._form(x, padding, plan) == "per_ticket":
+            y = self._per_ticket(x, padding, plan)
+        else:
+            y = self._fused(x, padding, plan)
         return y.squeeze(0) if unbatched else y
 
     def _out_pixels(self, x: torch.Tensor, padding: tuple[int, int]) -> int:
@@ -307,13 +310,6 @@ class RTLDeltaConv2d(ConvGeometry, RTLDeltaLayer):
         limit = PER_TICKET_MIN_MACS.get(x.dtype, PER_TICKET_MIN_MACS[torch.float32])
         return "per_ticket" if x.shape[0] * pixels * fan_in >= limit * active else "fused"
 
-    @staticmethod
-    def _segments(plan: RoutingPlan) -> list[tuple[int, int, int]]:
-        """``(ticket, start, end)`` in ``plan.perm`` of each active ticket (ticket 0 alone for an empty batch)."""
-        offsets = plan.offsets.tolist()
-        segments = [(t, lo, hi) for t, (lo, hi) in enumerate(zip(offsets, offsets[1:])) if hi > lo]
-        return segments or [(0, 0, 0)]
-
     def _fused(self, x: torch.Tensor, padding: tuple[int, int], plan: RoutingPlan) -> torch.Tensor:
         """Base conv + scales[routes] · routed masked delta conv + ticket bias."""
         stride, dilation, groups = self.stride, self.dilation, self.groups
@@ -341,19 +337,17 @@ class RTLDeltaConv2d(ConvGeometry, RTLDeltaLayer):
         picked = scales[torch.tensor(tickets, device=delta.device)].view(-1, 1, 1, 1, 1)
         return w + picked * torch.where(masks, delta, torch.zeros((), dtype=delta.dtype, device=delta.device))
 
-    def _per_ticket(
-        self, x: torch.Tensor, padding: tuple[int, int], plan: RoutingPlan, segments: list[tuple[int, int, int]]
-    ) -> torch.Tensor:
+    def _per_ticket(self, x: torch.Tensor, padding: tuple[int, int], plan: RoutingPlan) -> torch.Tensor:
         """Each active ticket's filter ``weight + s_t · (delta ⊙ M_t)`` and bias, one dense conv on its images."""
-        tickets = [t for t, _, _ in segments]
+        segments = active_segments(plan) or [(0, plan.perm)]  # an empty batch: ticket 0's filter on no images
+        tickets = [t for t, _ in segments]
         filters = self._ticket_filters(tickets)
         bias = self.ticket_bias()
         conv = (self.stride, padding, self.dilation, self.groups)
-        if segments[0][2] - segments[0][1] == x.shape[0]:  # one ticket holds every image (or the batch is empty)
+        if len(segments) == 1:  # one ticket holds every image (or the batch is empty)
             return F.conv2d(x, filters[0], None if bias is None else bias[tickets[0]], *conv)
         y = None
-        for i, (t, lo, hi) in enumerate(segments):
-            rows = plan.perm[lo:hi]
+        for i, (t, rows) in enumerate(segments):
             yt = F.conv2d(x.index_select(0, rows), filters[i], None if bias is None else bias[t], *conv)
             if y is None:
                 y = torch.empty((x.shape[0], *yt.shape[1:]), dtype=yt.dtype, device=yt.device, memory_format=conv_output_format(x))
