@@ -38,9 +38,9 @@ GRID += [("conflict", 256, "rotate", FINETUNES[0]), ("conflict", 1024, "plain", 
 # fine-tuning the input layer only (the rest stays the base's): the tasks differ in their inputs
 GRID_FC1 = [(ts, 256, "plain", ft) for ts in ("conflict", "dihedral", "shift") for ft in (FINETUNES[0], FINETUNES[3])]
 # sparse (LT-SFT) against dense fine-tuning, on the mild warps (the base keeps 20-47 %), the conflicting tasks and
-# the disjoint cells: (task set, hidden, expert density), all with Adam lr 1e-3 x 10 epochs (per fit), every layer
-GRID_SFT = [("warp", h, d) for h in (256, 1024) for d in (1.0, 0.1, 0.05)]
-GRID_SFT += [(ts, 256, d) for ts in ("conflict", "cells", "dihedral") for d in (1.0, 0.1)]
+# the disjoint cells: (task set, hidden, pre-training, fine-tuning, expert density): Adam lr 1e-3 x 10 epochs per fit, every layer
+GRID_SFT = [("warp", h, "plain", FINETUNES[0], d) for h in (256, 1024) for d in (1.0, 0.1, 0.05)]
+GRID_SFT += [(ts, 256, "plain", FINETUNES[0], d) for ts in ("conflict", "cells", "dihedral") for d in (1.0, 0.1)]
 PARTS = {"all-layers": GRID, "fc1": GRID_FC1, "sft": GRID_SFT}
 # FDA's stage II on the default bench configuration (width 1024: 64 anchors per task fit a 1M-entry layer)
 FDA_VARIANTS = (
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.part == "fda":
         return write_fda(run_fda(args.quick), Path(args.out))
-    grid = [entry if args.part != "sft" else (entry[0], entry[1], "plain", FINETUNES[0], entry[2]) for entry in PARTS[args.part]]
+    grid = list(PARTS[args.part])
     if args.quick:
         grid = grid[:2]
     result = {"date": utc_now().isoformat(timespec="seconds"), "cpu": cpu_model(), "versions": versions(), "load_start": os.getloadavg()[0]}
